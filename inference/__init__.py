@@ -1,0 +1,1 @@
+"""The house-price inference service: model loading, validation, fast prediction, HTTP app."""

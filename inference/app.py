@@ -1,0 +1,192 @@
+"""The inference HTTP service: ``create_app(model_path=None, settings=None)``.
+
+The model is loaded (and checked) once when the app is created; a model that cannot be
+loaded raises ModelLoadError, so gunicorn never starts serving without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import sklearn
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from inference import fastpath, metrics
+from inference.model import LoadedModel, LoadPolicy, load_model
+from inference.schema import FEATURES, SEED_EXAMPLE, RequestError, parse_payload
+from inference.settings import Settings
+
+log = logging.getLogger(__name__)
+EXTENSION = "inference"
+
+INDEX_TEXT = f"""House price inference service.
+
+POST /predict   JSON: one house as {{"bedrooms": 3, ...}} (all {len(FEATURES)} features by name),
+                or {{"instances": [...]}}, {{"dataframe_split": {{...}}}}, {{"dataframe_records": [...]}}
+GET  /health    alive      GET /ready     model loaded and warmed up
+GET  /metadata  model info GET /metrics   Prometheus metrics
+
+Features: {", ".join(FEATURES)}
+"""
+
+
+@dataclass
+class ServiceState:
+    """The loaded model and how predictions are computed; kept in ``app.extensions``."""
+
+    model: LoadedModel
+    settings: Settings
+    fast: fastpath.FastPredictor | None = None
+    warmed_up: bool = False
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        path = "fast" if self.fast is not None and len(x) <= self.settings.fastpath_max_rows else "estimator"
+        start = time.perf_counter()
+        y = self.fast.predict(x) if path == "fast" and self.fast is not None else self.model.predict(x)
+        metrics.PREDICT_LATENCY.labels(path).observe(time.perf_counter() - start)
+        metrics.PREDICTED_ROWS.inc(len(x))
+        return y
+
+    def warm_up(self) -> None:
+        """Run the seed example through both paths so the first request pays no first-call costs."""
+        x = np.array([[SEED_EXAMPLE[f] for f in FEATURES]], dtype=np.float64)
+        y = self.model.predict(x)
+        if self.fast is not None and not np.array_equal(self.fast.predict(x), y):
+            log.warning("fast path disagrees with the model on the warm-up row; disabled")
+            self.fast = None
+        if not np.isfinite(y).all():
+            raise RuntimeError("warm-up prediction is not finite")
+        self.warmed_up = True
+
+    def metadata(self) -> dict[str, Any]:
+        m = self.model
+        meta = m.metadata
+        return {
+            "name": m.name, "version": m.version, "sha256": m.sha256, "path": m.path, "format": m.format,
+            "features": list(m.features), "estimator": type(m.estimator).__name__,
+            "estimator_params": {k: v for k, v in _params(m.estimator).items()},
+            "sklearn_version": {"trained": meta.get("sklearn_version"), "serving": sklearn.__version__},
+            "numpy_version": {"trained": meta.get("numpy_version"), "serving": np.__version__},
+            "metrics": meta.get("metrics"), "trained_at": meta.get("trained_at"),
+            "loaded_at": datetime.fromtimestamp(m.loaded_at, UTC).isoformat(timespec="seconds"),
+            "fastpath": self.fast.kind if self.fast is not None else None,
+            "limits": {"max_rows": self.settings.max_rows, "max_body_bytes": self.settings.max_body_bytes},
+        }
+
+
+def _params(estimator: Any) -> dict[str, Any]:
+    try:
+        params = estimator.get_params(deep=False)
+    except Exception:
+        return {}
+    return {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def create_app(model_path: str | None = None, settings: Settings | None = None) -> Flask:
+    """Build the app; loads the model now (ModelLoadError if it cannot be served)."""
+    settings = settings or Settings.from_env()
+    if model_path is not None:
+        settings = dataclasses.replace(settings, model_path=str(model_path))
+    model = load_model(settings.model_path, LoadPolicy(settings.model_sha256, settings.allow_unpinned_pickle,
+                                                       settings.trusted_types))
+    state = ServiceState(model=model, settings=settings)
+    if settings.fastpath:
+        state.fast = fastpath.build(model.estimator, len(model.features))
+    if settings.warm_up:
+        state.warm_up()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions[EXTENSION] = state
+    model_info = {"name": model.name, "version": model.version, "sha256": model.sha256}
+    prefix = '{"predictions":'
+    suffix = ',"model":' + json.dumps(model_info, separators=(",", ":")) + "}"
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.start = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        labels = (rule, request.method, str(response.status_code))
+        metrics.REQUESTS.labels(*labels).inc()
+        metrics.LATENCY.labels(*labels).observe(time.perf_counter() - g.get("start", time.perf_counter()))
+        return response
+
+    @app.errorhandler(RequestError)
+    def _request_error(exc: RequestError) -> Response:
+        return _json(exc.as_dict(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code or 500,
+                                                                                         "http_error")
+        message = (f"request body exceeds {settings.max_body_bytes} bytes" if exc.code == 413
+                   else exc.description or exc.name)
+        return _error(exc.code or 500, code, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "internal error; see the service log")
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(INDEX_TEXT, mimetype="text/plain")
+
+    @app.get("/health")
+    def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        if not state.warmed_up:
+            return _json({"status": "warming_up", "model": model_info}, 503)
+        return _json({"status": "ready", "model": model_info})
+
+    @app.get("/metadata")
+    def metadata() -> Response:
+        return _json(state.metadata())
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.post("/predict")
+    def predict() -> Response:
+        mimetype = request.mimetype
+        if mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise RequestError(415, "unsupported_media_type",
+                               f"Content-Type must be application/json, got {mimetype or 'none'}")
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            raise RequestError(413, "body_too_large", f"request body exceeds {settings.max_body_bytes} bytes")
+        try:
+            payload = json.loads(request.get_data(cache=False))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        x = parse_payload(payload, model.features, settings.max_rows)
+        y = state.predict(x)
+        body = prefix + json.dumps(y.tolist(), separators=(",", ":")) + suffix
+        return Response(body, mimetype="application/json")
+
+    return app
+
+
