@@ -198,7 +198,8 @@ def parse_payload(payload: Any, features: tuple[str, ...] = FEATURES, max_rows: 
     if key == "dataframe_split":
         return _from_dataframe_split(payload[key], features, max_rows)
     rows = _check_rows(payload[key], key, max_rows)
-    if key == "instances" and all(type(r) is list for r in rows):
+    # The first row decides the layout (TF-serving style: all rows share it).
+    if key == "instances" and type(rows[0]) is list:
         return rows_from_lists(rows, features)
     return rows_from_objects(rows, features, batch=True)
 

@@ -1,0 +1,10 @@
+"""Command line: ``orchestrator <command>``. Each command lives in orchestrator/cli/."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

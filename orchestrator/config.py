@@ -1,0 +1,241 @@
+"""Server settings: loaded once from ORCHESTRATOR_* environment variables and an optional YAML file.
+
+The file (named by ORCHESTRATOR_CONFIG) holds what does not fit in a variable: the allow-listed
+repositories, their webhook secret names and triggers. Scalar keys may come from either place;
+the environment wins. Secrets are never values in the file, only names resolved by ``Secrets``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+ENV_PREFIX = "ORCHESTRATOR_"
+DEFAULT_TRIGGER_BRANCHES = ("main", "master")
+GITHUB_MAX_BODY = 25 * 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Triggers(_Strict):
+    """Which deliveries start a build: merged PRs into these branches, pushes to these branches."""
+
+    pull_request_merged: tuple[str, ...] = DEFAULT_TRIGGER_BRANCHES
+    push: tuple[str, ...] = ()
+
+
+class Allow(_Strict):
+    """What a repository's pipeline may do beyond the safe default."""
+
+    shell: bool = False
+    privileged: bool = False
+    host_mounts: bool = False
+    host_network: bool = False
+
+
+class RepoConfig(_Strict):
+    """One allow-listed repository (like a Jenkins job)."""
+
+    full_name: str
+    clone_url: str
+    webhook_secrets: tuple[str, ...] = ("GITHUB_WEBHOOK_SECRET",)
+    triggers: Triggers = Triggers()
+    pipeline: str = "pipeline.yaml"
+    allow: Allow = Allow()
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _some_secret(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("list at least one secret name (several allow rotation)")
+        return v
+
+
+class _FileModel(_Strict):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "builds"
+    workspace: str = "/var/lib/mlship/workspace"
+    secrets_dir: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    api_tokens: tuple[str, ...] = ("API_TOKEN",)
+    read_auth: bool = False
+    max_body_bytes: int = Field(GITHUB_MAX_BODY, gt=0)
+    max_rows_per_page: int = 50
+    lease_seconds: float = Field(10.0, gt=0)
+    build_timeout: float = Field(3600.0, gt=0)
+    delivery_ttl_days: float = Field(8.0, ge=7)
+    docker_host: str | None = None
+    known_hosts: str | None = None
+    ssh_key: str = "DEPLOY_SSH_KEY"
+    github_api_url: str = "https://api.github.com"
+    github_token: str = "GITHUB_TOKEN"
+    csrf_secret: str = "CSRF_SECRET"
+    repositories: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Resolves secret names from the environment, then from files in ``directory``."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    directory: Path | None = None
+
+    def get(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None and self.directory is not None:
+            path = self.directory / name
+            if path.is_file():
+                value = path.read_text().rstrip("\n")
+        return value if value else None
+
+    def require(self, name: str, purpose: str) -> str:
+        value = self.get(name)
+        if value is None:
+            where = f" or a file {self.directory / name}" if self.directory else ""
+            raise ConfigError(
+                f"secret {name} ({purpose}) is not set: export {name}=...{where}", secret=name
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated server settings. Build with ``load_settings``; tests may construct it directly."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "builds"
+    workspace: Path = Path("/var/lib/mlship/workspace")
+    public_url: str = "http://127.0.0.1:8000"
+    repositories: Mapping[str, RepoConfig] = field(default_factory=dict)
+    secrets: Secrets = field(default_factory=Secrets)
+    api_token_names: tuple[str, ...] = ("API_TOKEN",)
+    read_auth: bool = False
+    max_body_bytes: int = GITHUB_MAX_BODY
+    max_rows_per_page: int = 50
+    lease_seconds: float = 10.0
+    build_timeout: float = 3600.0
+    delivery_ttl_days: float = 8.0
+    docker_host: str | None = None
+    known_hosts: Path | None = None
+    ssh_key_secret: str = "DEPLOY_SSH_KEY"
+    github_api_url: str = "https://api.github.com"
+    github_token_secret: str = "GITHUB_TOKEN"
+    csrf_secret_name: str = "CSRF_SECRET"
+
+    def repo(self, full_name: str) -> RepoConfig | None:
+        return self.repositories.get(full_name)
+
+    def webhook_secrets(self, repo: RepoConfig) -> list[bytes]:
+        """The secret values for a repository, in rotation order (all are accepted)."""
+        return [
+            self.secrets.require(n, f"webhook secret of {repo.full_name}").encode()
+            for n in repo.webhook_secrets
+        ]
+
+    def api_tokens(self) -> list[str]:
+        return [t for t in (self.secrets.get(n) for n in self.api_token_names) if t]
+
+    def github_token(self) -> str | None:
+        return self.secrets.get(self.github_token_secret)
+
+    def secret_values(self) -> list[str]:
+        """Every secret value the server knows, for masking in logs."""
+        names = {self.ssh_key_secret, self.github_token_secret, self.csrf_secret_name, *self.api_token_names}
+        for repo in self.repositories.values():
+            names.update(repo.webhook_secrets)
+        return [v for v in (self.secrets.get(n) for n in sorted(names)) if v]
+
+    def validate(self) -> None:
+        """Checks that need the secrets: every webhook secret set and non-empty."""
+        for repo in self.repositories.values():
+            self.webhook_secrets(repo)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        lines.append(f"{source}: key '{key}': {e['msg']}")
+    return "; ".join(lines)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _FileModel.model_fields:
+        if name == "repositories":
+            continue
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        if name == "api_tokens":
+            out[name] = tuple(s.strip() for s in raw.split(",") if s.strip())
+        elif name == "read_auth":
+            out[name] = raw.lower() in ("1", "true", "yes")
+        else:
+            out[name] = raw
+    return out
+
+
+def load_settings(env: Mapping[str, str] | None = None, validate: bool = True) -> Settings:
+    """Load settings from ``env`` (default os.environ) and the file it names in ORCHESTRATOR_CONFIG."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, Any] = {}
+    source = "environment"
+    path = env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        source = path
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read ORCHESTRATOR_CONFIG={path}: {exc.strerror}", file=path) from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}", file=path) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings", file=path)
+        data.update(loaded or {})
+    data.update(_env_overrides(env))
+    try:
+        model = _FileModel.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source), file=source) from exc
+    repos: dict[str, RepoConfig] = {}
+    for full_name, spec in model.repositories.items():
+        try:
+            repos[full_name] = RepoConfig.model_validate({"full_name": full_name, **(spec or {})})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, f"{source}: repositories.{full_name}"), file=source) from exc
+    secrets_dir = Path(model.secrets_dir) if model.secrets_dir else None
+    settings = Settings(
+        redis_url=model.redis_url,
+        queue=model.queue,
+        workspace=Path(model.workspace),
+        public_url=model.public_url.rstrip("/"),
+        repositories=repos,
+        secrets=Secrets(env=env, directory=secrets_dir),
+        api_token_names=model.api_tokens,
+        read_auth=model.read_auth,
+        max_body_bytes=model.max_body_bytes,
+        max_rows_per_page=model.max_rows_per_page,
+        lease_seconds=model.lease_seconds,
+        build_timeout=model.build_timeout,
+        delivery_ttl_days=model.delivery_ttl_days,
+        docker_host=model.docker_host,
+        known_hosts=Path(model.known_hosts) if model.known_hosts else None,
+        ssh_key_secret=model.ssh_key,
+        github_api_url=model.github_api_url.rstrip("/"),
+        github_token_secret=model.github_token,
+        csrf_secret_name=model.csrf_secret,
+    )
+    if validate:
+        settings.validate()
+    return settings

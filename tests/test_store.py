@@ -1,0 +1,144 @@
+"""Store against a real Redis: atomic build creation with its RQ job, dedup, numbering, locks, leases."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from orchestrator.config import Settings
+from orchestrator.errors import NotFound, StoreUnavailable
+from orchestrator.jobs import build_queue, enqueuer
+from orchestrator.models import BuildStatus, Delivery, Deployment, Trigger
+from orchestrator.store import Store
+
+
+def trig(sha: str = "a" * 40, repo: str = "acme/house-price") -> Trigger:
+    return Trigger(repo=repo, sha=sha, ref="refs/heads/main", branch="main", kind="pull_request_merged",
+                   author="dev", message="Merge pull request #1")
+
+
+@pytest.fixture
+def store(redis_url):
+    return Store.from_url(redis_url)
+
+
+@pytest.fixture
+def queue(redis_url) -> Queue:
+    return build_queue(Settings(redis_url=redis_url))
+
+
+def test_create_build_writes_build_and_json_job_in_one_go(store, queue):
+    build, created = store.create_build(trig(), pipeline="pipeline.yaml", triggered_by="d1",
+                                        enqueue=enqueuer(queue, 60))
+    assert created and build.id == 1 and build.number == 1 and build.status is BuildStatus.QUEUED
+    assert queue.count == 1
+    job = queue.jobs[0]
+    assert job.func_name == "orchestrator.worker.run_build"
+    assert store.resolve_ticket(job.args[0]) == build.id
+    data = queue.connection.hget(f"rq:job:{job.id}", "data")
+    assert data is not None
+    assert queue.serializer is JSONSerializer
+
+
+def test_same_commit_twice_is_one_build(store, queue):
+    enq = enqueuer(queue, 60)
+    b1, c1 = store.create_build(trig(), pipeline="p", triggered_by="pr", enqueue=enq)
+    b2, c2 = store.create_build(trig(), pipeline="p", triggered_by="push", enqueue=enq)
+    assert (c1, c2) == (True, False) and b1.id == b2.id
+    assert store.latest_build_id() == 1
+
+
+def test_delivery_id_maps_to_one_build(store, queue):
+    enq = enqueuer(queue, 60)
+    d = Delivery(id="guid-1", event="pull_request")
+    store.record_delivery(d)
+    b1, _ = store.create_build(trig("b" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d)
+    b2, created = store.create_build(trig("c" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq,
+                                     delivery=d)
+    assert not created and b2.id == b1.id
+    got = store.get_delivery("guid-1")
+    assert got is not None and got.verdict == "queued" and got.build_id == b1.id
+
+
+def test_fifty_concurrent_creations_get_gap_free_numbers(store, queue):
+    enq = enqueuer(queue, 60)
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        b, created = store.create_build(trig(f"{i:040x}"), pipeline="p", triggered_by=str(i), enqueue=enq)
+        assert created
+        with lock:
+            ids.append(b.number)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(ids) == list(range(1, 51))
+    assert queue.count == 50
+
+
+def test_numbers_are_per_repository(store, queue):
+    enq = enqueuer(queue, 60)
+    a, _ = store.create_build(trig("1" * 40, "acme/a"), pipeline="p", triggered_by="x", enqueue=enq)
+    b, _ = store.create_build(trig("2" * 40, "acme/b"), pipeline="p", triggered_by="x", enqueue=enq)
+    c, _ = store.create_build(trig("3" * 40, "acme/a"), pipeline="p", triggered_by="x", enqueue=enq)
+    assert [(a.id, a.number), (b.id, b.number), (c.id, c.number)] == [(1, 1), (2, 1), (3, 2)]
+
+
+def test_missing_build_is_not_found(store):
+    with pytest.raises(NotFound, match="build 42 does not exist"):
+        store.get_build(42)
+
+
+def test_set_status_if_only_from_expected(store, queue):
+    b, _ = store.create_build(trig(), pipeline="p", triggered_by="x", enqueue=enqueuer(queue, 60))
+    assert store.set_status_if(b.id, [BuildStatus.QUEUED], status=BuildStatus.RUNNING)
+    assert not store.set_status_if(b.id, [BuildStatus.QUEUED], status=BuildStatus.CANCELLED)
+    assert store.get_build(b.id).status is BuildStatus.RUNNING
+
+
+def test_log_stream_keeps_every_line_in_order(store):
+    store.append_log(7, [("build", "stdout", f"line {i}") for i in range(2500)])
+    text = store.log_text(7)
+    assert text.count("\n") == 2500 and text.startswith("[build] line 0\n") and "line 2499" in text
+
+
+def test_locks_are_owned_and_expire(store):
+    assert store.acquire_lock("env:qa", "1", ttl=0.3, build_id=1)
+    assert not store.acquire_lock("env:qa", "2", ttl=5)
+    assert not store.release_lock("env:qa", "2")
+    import time
+
+    time.sleep(0.5)
+    assert store.acquire_lock("env:qa", "2", ttl=5)
+    assert store.release_lock("env:qa", "2")
+
+
+def test_expired_lease_is_claimed_once(store):
+    store.renew_lease(5, seconds=-1)
+    assert store.expired_leases() == [5]
+    assert store.claim_expired(5)
+    assert not store.claim_expired(5)
+
+
+def test_deployment_record_and_history(store):
+    for n in (1, 2):
+        store.set_deployment(Deployment(repo="acme/a", environment="qa", build_id=n, build_number=n,
+                                        image=f"img:{n}", sha="s"))
+    current = store.get_deployment("acme/a", "qa")
+    assert current is not None and current.build_id == 2
+    assert [d.build_id for d in store.deployment_history("acme/a", "qa")] == [2, 1]
+    assert store.environments() == [("acme/a", "qa")]
+
+
+def test_store_down_raises_store_unavailable(own_redis):
+    s = Store.from_url(own_redis.url)
+    own_redis.stop()
+    with pytest.raises(StoreUnavailable):
+        s.get_build(1)
