@@ -93,6 +93,9 @@ class Keys:
     def environments(self) -> str:
         return self.p + "environments"
 
+    def counter(self, metric: str) -> str:
+        return self.p + f"counter:{metric}"
+
 
 def _encode_build_fields(values: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -403,6 +406,16 @@ class Store:
         with self.available():
             self.r.delete(self.k.build_locks(build_id))
         return released
+
+    # -- counters (for /metrics across processes) -------------------------------------------
+
+    def incr_counter(self, metric: str, label: str, amount: int = 1) -> None:
+        with self.available():
+            self.r.hincrby(self.k.counter(metric), label, amount)
+
+    def counters(self, metric: str) -> dict[str, int]:
+        with self.available():
+            return {k: int(v) for k, v in self.r.hgetall(self.k.counter(metric)).items()}
 
     # -- deployments ----------------------------------------------------------------------------
 
