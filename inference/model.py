@@ -4,7 +4,8 @@ Safety rules (checked in this order, before any byte is deserialised):
 
 1. The file is read into memory once; its sha256 is computed over exactly those bytes.
 2. ``MODEL_SHA256`` (the operator's pin) must match if set.
-3. ``<model>.json`` next to the model, if present, must record the same sha256. That file
+3. ``<model>.json`` next to the model (``model.json`` for ``model.skops``), if present and
+   naming this file, must record the same sha256. That file
    lives on the same volume as the model, so it detects corruption and mix-ups, not
    tampering: it never counts as a pin.
 4. skops files load with an explicit allow-list of types (never ``trusted=True``);
@@ -102,6 +103,10 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         raise ModelLoadError(path, f"metadata {meta_path} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise ModelLoadError(path, f"metadata {meta_path} must hold a JSON object")
+    if meta.get("file", path.name) != path.name:
+        # model.json describes a sibling (model.skops next to model.pkl): not this file.
+        log.warning("ignoring %s: it describes %s, not %s", meta_path, meta.get("file"), path.name)
+        return {}
     return meta
 
 
