@@ -80,7 +80,8 @@ def test_nan_literal_is_rejected(client: FlaskClient) -> None:
     (json.dumps(SEED_EXAMPLE), None, 415, "unsupported_media_type"),
     ("a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
 ])
-def test_body_errors(client: FlaskClient, data: str, content_type: str | None, status: int, code: str) -> None:
+def test_body_errors(client: FlaskClient, data: str, content_type: str | None, status: int,
+                     code: str) -> None:
     r = client.post("/predict", data=data, content_type=content_type)
     assert r.status_code == status
     assert r.get_json()["error"]["code"] == code

@@ -1,4 +1,5 @@
 """gunicorn really serves the app (2 workers, metrics summed across them) and refuses bad models."""
+# ruff: noqa: S310 - urllib only ever opens the http://127.0.0.1 URL of the server started here
 
 from __future__ import annotations
 

@@ -57,7 +57,8 @@ BAD = [
     ({"instances": [ROW, [*ROW[:4], True, *ROW[5:]]]}, [("floors", 1, "boolean")]),
     ({"instances": [ROW, 5]}, [("(row)", 1, "array")]),
     ({"dataframe_records": [SEED_EXAMPLE, "x"]}, [("(row)", 1, "object")]),
-    ({"dataframe_split": {"columns": list(FEATURES)[1:], "data": [ROW[1:]]}}, [("bedrooms", None, "missing")]),
+    ({"dataframe_split": {"columns": list(FEATURES)[1:], "data": [ROW[1:]]}},
+     [("bedrooms", None, "missing")]),
     ({"dataframe_split": {"columns": [*FEATURES, "pool"], "data": [[*ROW, 1]]}}, [("pool", None, "unknown")]),
     ({"dataframe_split": {"columns": list(FEATURES), "data": [ROW, [*ROW[:-1], "x"]]}},
      [("sqft_lot15", 1, "string")]),
@@ -65,7 +66,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("payload, expected", BAD)
-def test_bad_input_names_each_field_and_row(payload: Any, expected: list[tuple[str, int | None, str]]) -> None:
+def test_bad_input_names_each_field_and_row(payload: Any,
+                                            expected: list[tuple[str, int | None, str]]) -> None:
     with pytest.raises(RequestError) as info:
         parse_payload(payload)
     err = info.value
