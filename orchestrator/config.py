@@ -52,6 +52,7 @@ class RepoConfig(_Strict):
     triggers: Triggers = Triggers()
     pipeline: str = "pipeline.yaml"
     allow: Allow = Allow()
+    vars: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -80,6 +81,7 @@ class _FileModel(_Strict):
     github_api_url: str = "https://api.github.com"
     github_token: str = "GITHUB_TOKEN"
     csrf_secret: str = "CSRF_SECRET"
+    vars: dict[str, str] = Field(default_factory=dict)
     repositories: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -131,6 +133,11 @@ class Settings:
     github_api_url: str = "https://api.github.com"
     github_token_secret: str = "GITHUB_TOKEN"
     csrf_secret_name: str = "CSRF_SECRET"
+    vars: Mapping[str, str] = field(default_factory=dict)
+
+    def pipeline_vars(self, repo: RepoConfig | None) -> dict[str, str]:
+        """Server-provided ${VARS} for a repository's pipeline.yaml (server vars, then the repo's)."""
+        return {**self.vars, **(repo.vars if repo else {})}
 
     def repo(self, full_name: str) -> RepoConfig | None:
         return self.repositories.get(full_name)
@@ -172,7 +179,7 @@ def _describe(err: ValidationError, source: str) -> str:
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _FileModel.model_fields:
-        if name == "repositories":
+        if name in ("repositories", "vars"):
             continue
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is None:
@@ -235,6 +242,7 @@ def load_settings(env: Mapping[str, str] | None = None, validate: bool = True) -
         github_api_url=model.github_api_url.rstrip("/"),
         github_token_secret=model.github_token,
         csrf_secret_name=model.csrf_secret,
+        vars=dict(model.vars),
     )
     if validate:
         settings.validate()

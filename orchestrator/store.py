@@ -174,21 +174,26 @@ class Store:
         rerun_of: int | None = None,
         delivery: Delivery | None = None,
         dedup: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Build, bool]:
         """Create build #N and its queue job atomically; return (build, created).
 
+        ``extra`` sets further initial fields (e.g. pipeline_yaml, image, deploys for promote/rollback).
         ``enqueue(pipe, ticket)`` adds the job to the MULTI pipeline. The Lua script assigns gap-free
         numbers, refuses duplicates (same repo, sha, pipeline; or same delivery id) and marks the
         delivery queued, so no crash between steps can leave a build without a job or vice versa.
         A duplicate still enqueues a job whose ticket resolves to nothing; the worker drops it.
         """
+        unknown = set(extra or {}) - _BUILD_FIELDS
+        if unknown:
+            raise ValueError(f"unknown build fields {sorted(unknown)}")
         ticket = uuid.uuid4().hex
         now = time.time()
         values = {
             "repo": trigger.repo, "sha": trigger.sha, "ref": trigger.ref, "branch": trigger.branch,
             "trigger": trigger.kind, "status": str(BuildStatus.QUEUED), "created_at": now,
             "author": trigger.author, "message": trigger.message, "url": trigger.url,
-            "triggered_by": triggered_by, "rerun_of": rerun_of, "steps": [],
+            "triggered_by": triggered_by, "rerun_of": rerun_of, "steps": [], **(extra or {}),
         }
         flat = [x for kv in _encode_build_fields(values).items() for x in kv]
         dedup_key = self.k.dedup(trigger.repo, trigger.sha, pipeline) if dedup else ""
