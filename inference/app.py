@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,11 +47,21 @@ class ServiceState:
     settings: Settings
     fast: fastpath.FastPredictor | None = None
     warmed_up: bool = False
+    _pool: ThreadPoolExecutor | None = None
+
+    def _predict_large(self, x: np.ndarray) -> np.ndarray:
+        threads = self.settings.batch_threads
+        if threads < 2 or len(x) < self.settings.batch_parallel_min_rows:
+            return self.model.predict(x)
+        if self._pool is None:  # created lazily: threads made before gunicorn forks do not survive
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="predict")
+        chunks = np.array_split(x, threads)
+        return np.concatenate(list(self._pool.map(self.model.predict, chunks)))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         path = "fast" if self.fast is not None and len(x) <= self.settings.fastpath_max_rows else "estimator"
         start = time.perf_counter()
-        y = self.fast.predict(x) if path == "fast" and self.fast is not None else self.model.predict(x)
+        y = self.fast.predict(x) if path == "fast" and self.fast is not None else self._predict_large(x)
         metrics.PREDICT_LATENCY.labels(path).observe(time.perf_counter() - start)
         metrics.PREDICTED_ROWS.inc(len(x))
         return y

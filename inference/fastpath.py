@@ -23,48 +23,67 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def _sibling_order(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Node order (old indices) in which every node's right child directly follows its left."""
+    order = [0]
+    for old in order:  # grows while iterating: a breadth-first walk
+        if left[old] != -1:
+            order += (int(left[old]), int(right[old]))
+    return np.array(order, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class PackedTrees:
-    """Every tree's nodes in one array set; leaves point to themselves."""
+    """Every tree's nodes in one array set, renumbered so that right child == left child + 1.
+
+    One step of the walk is then ``node = left[node] + (x[feature[node]] > threshold[node])``.
+    Leaves point to themselves with threshold +inf, so finished walks stay put.
+    """
 
     feature: np.ndarray    # int64, per node (0 for leaves)
-    threshold: np.ndarray  # float64, per node (+inf for leaves, so a leaf always "goes left" to itself)
-    children: np.ndarray   # int64, shape (2 * n_nodes,): [2i] left child, [2i + 1] right child
+    threshold: np.ndarray  # float64, per node (+inf for leaves)
+    left: np.ndarray       # int64, per node: left child (right child is left + 1); leaves: itself
     value: np.ndarray      # float64, per node
     roots: np.ndarray      # int64, per tree
     depth: int
 
     @classmethod
     def from_trees(cls, trees: list[Any]) -> PackedTrees:
-        feats, thrs, kids, vals, roots = [], [], [], [], []
+        feats, thrs, lefts, vals, roots = [], [], [], [], []
         offset, depth = 0, 0
         for t in trees:
-            n = t.node_count
-            leaf = t.children_left == -1
-            own = np.arange(offset, offset + n, dtype=np.int64)
-            left = np.where(leaf, own, t.children_left + offset)
-            right = np.where(leaf, own, t.children_right + offset)
-            feats.append(np.where(leaf, 0, t.feature).astype(np.int64))
-            thrs.append(np.where(leaf, np.inf, t.threshold).astype(np.float64))
-            kids.append(np.column_stack([left, right]).reshape(-1))
-            vals.append(t.value[:, 0, 0].astype(np.float64))
+            order = _sibling_order(t.children_left, t.children_right)
+            n = len(order)
+            new_index = np.empty(t.node_count, dtype=np.int64)
+            new_index[order] = np.arange(n) + offset
+            old_left = t.children_left[order]
+            leaf = old_left == -1
+            lefts.append(np.where(leaf, np.arange(n) + offset, new_index[np.where(leaf, 0, old_left)]))
+            feats.append(np.where(leaf, 0, t.feature[order]).astype(np.int64))
+            thrs.append(np.where(leaf, np.inf, t.threshold[order]).astype(np.float64))
+            vals.append(t.value[order, 0, 0].astype(np.float64))
             roots.append(offset)
             offset += n
             depth = max(depth, int(t.max_depth))
-        return cls(np.concatenate(feats), np.concatenate(thrs), np.concatenate(kids).astype(np.int64),
+        return cls(np.concatenate(feats), np.concatenate(thrs), np.concatenate(lefts),
                    np.concatenate(vals), np.array(roots, dtype=np.int64), depth)
 
     def leaf_values(self, x: np.ndarray) -> np.ndarray:
         """``(n_trees, n_rows)`` leaf values for float64 rows ``x``."""
         x32 = np.ascontiguousarray(x, dtype=np.float32)
         n_rows, n_features = x32.shape
+        feature, threshold, left = self.feature, self.threshold, self.left
+        if n_rows == 1:  # the common single-row request: skip the per-row offsets
+            row = x32[0]
+            node = self.roots
+            for _ in range(self.depth):
+                node = left[node] + (row[feature[node]] > threshold[node])
+            return self.value[node][:, None]
         flat = x32.reshape(-1)
         row_base = (np.arange(n_rows, dtype=np.int64) * n_features)[None, :]
         node = np.repeat(self.roots[:, None], n_rows, axis=1)
-        feature, threshold, children = self.feature, self.threshold, self.children
         for _ in range(self.depth):
-            go_right = flat[row_base + feature[node]] > threshold[node]
-            node = children[2 * node + go_right]
+            node = left[node] + (flat[row_base + feature[node]] > threshold[node])
         return self.value[node]
 
 

@@ -138,6 +138,30 @@ def _load_pickle(path: Path, data: bytes, pinned: bool, policy: LoadPolicy) -> A
         raise ModelLoadError(path, f"unpickling failed: {type(exc).__name__}: {exc}") from None
 
 
+def _check_trees(path: Path, estimator: Any, n_features: int) -> None:
+    """Refuse trees whose node arrays would make sklearn read out of bounds or loop forever.
+
+    skops restores ``sklearn.tree._tree.Tree`` as data, but sklearn's Cython indexes those
+    arrays without bounds checks: a crafted file could crash the worker or leak memory.
+    sklearn stores children after their parent, so "child index > own index" also rules out cycles.
+    """
+    trees = [getattr(e, "tree_", None) for e in np.ravel(getattr(estimator, "estimators_", []))]
+    trees.append(getattr(estimator, "tree_", None))
+    for i, tree in enumerate(t for t in trees if t is not None):
+        n = int(tree.node_count)
+        left, right, feature = tree.children_left, tree.children_right, tree.feature
+        own = np.arange(n)
+        inner = left != -1
+        ok = (len(left) == len(right) == len(feature) == len(tree.threshold) == tree.value.shape[0] == n
+              and n > 0
+              and bool(np.all(right[~inner] == -1))
+              and bool(np.all((left[inner] > own[inner]) & (left[inner] < n)))
+              and bool(np.all((right[inner] > own[inner]) & (right[inner] < n)))
+              and bool(np.all((feature[inner] >= 0) & (feature[inner] < n_features))))
+        if not ok:
+            raise ModelLoadError(path, f"tree {i} has inconsistent node arrays (corrupt or crafted file)")
+
+
 def load_model(path: str | Path, policy: LoadPolicy | None = None) -> LoadedModel:
     """Read, verify and deserialise the model at ``path``; raise ModelLoadError on any doubt."""
     policy = policy or LoadPolicy()
@@ -170,6 +194,7 @@ def load_model(path: str | Path, policy: LoadPolicy | None = None) -> LoadedMode
     n_in = getattr(estimator, "n_features_in_", len(FEATURES))
     if n_in != len(FEATURES):
         raise ModelLoadError(path, f"estimator expects {n_in} features, the service sends {len(FEATURES)}")
+    _check_trees(path, estimator, len(FEATURES))
     log.info("loaded %s model %s (sha256 %s)", fmt, path, digest)
     return LoadedModel(estimator=estimator, path=str(path), sha256=digest, format=fmt,
                        name=str(meta.get("name") or path.stem), version=str(meta.get("version") or "unknown"),

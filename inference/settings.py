@@ -52,6 +52,10 @@ class Settings:
     # Above ~200 rows sklearn's vectorised predict beats the numpy tree walk (measured).
     fastpath_max_rows: int = 128
     warm_up: bool = True
+    # Large batches are split by rows over this many threads (sklearn's tree walk releases the
+    # GIL). Each row's arithmetic is unchanged, so results stay bit-identical to predict().
+    batch_threads: int = min(4, os.cpu_count() or 1)
+    batch_parallel_min_rows: int = 2000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,4 +73,5 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes),
             fastpath=_flag(env, "FASTPATH", True),
             fastpath_max_rows=_int(env, "FASTPATH_MAX_ROWS", cls.fastpath_max_rows, minimum=0),
+            batch_threads=_int(env, "BATCH_THREADS", cls.batch_threads),
         )

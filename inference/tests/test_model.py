@@ -130,3 +130,22 @@ def test_model_with_wrong_feature_count_is_refused(tmp_path: Path) -> None:
     path.write_bytes(sio.dumps(model))
     with pytest.raises(ModelLoadError, match="expects 3 features"):
         load_model(path)
+
+
+def test_trees_with_out_of_range_nodes_are_refused(tmp_path: Path, trained) -> None:  # type: ignore[no-untyped-def]
+    """A trusted Tree type still carries raw indices; a crafted one must never reach predict()."""
+    import copy
+
+    import numpy as np
+
+    model = copy.deepcopy(trained[1])
+    state = model.estimators_[3].tree_.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes["left_child"][0] = 10**6  # points far outside the node array
+    state["nodes"] = nodes
+    model.estimators_[3].tree_.__setstate__(state)
+    path = tmp_path / "crafted.skops"
+    path.write_bytes(sio.dumps(model))
+    with pytest.raises(ModelLoadError, match="tree 3 has inconsistent node arrays"):
+        load_model(path)
+    assert np.isfinite(trained[1].predict(np.zeros((1, 18)))).all()  # the original is untouched
