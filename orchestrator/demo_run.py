@@ -17,7 +17,7 @@ import yaml
 
 from . import demo
 from .services import REPO_ROOT
-from .stack import REPO_NAME, Stack, Say
+from .stack import REPO_NAME, Say, Stack
 from .store import Store
 
 SEED_REQUEST = {
@@ -114,6 +114,7 @@ def run_demo(stack: Stack, say: Say) -> bool:
     for name, env in envs.items():
         port = env.get("container", {}).get("publish")
         resp = requests.post(f"http://127.0.0.1:{port}/predict", json=SEED_REQUEST, timeout=10)
-        say(f"{name}: POST http://127.0.0.1:{port}/predict (the seed's request) → {resp.status_code} {resp.text}")
+        say(f"{name}: POST http://127.0.0.1:{port}/predict (the seed's request) → "
+            f"{resp.status_code} {resp.text}")
         ok = ok and resp.status_code == 200
     return ok

@@ -117,7 +117,8 @@ class Stack:
             "lease_seconds": 10,
             "vars": {
                 "REGISTRY": self.registry.addr, "BASE_IMAGE": self.base_image,
-                "QA_HOST": "127.0.0.1", "QA_PORT": str(self.hosts["qa"].port), "QA_USER": self.hosts["qa"].user,
+                "QA_HOST": "127.0.0.1", "QA_PORT": str(self.hosts["qa"].port),
+                "QA_USER": self.hosts["qa"].user,
                 "PROD_HOST": "127.0.0.1", "PROD_PORT": str(self.hosts["prod"].port),
                 "PROD_USER": self.hosts["prod"].user,
             },
@@ -148,7 +149,8 @@ class Stack:
         exe = [sys.executable, "-m", "orchestrator"]
 
         def web() -> None:
-            self._spawn([*exe, "web", "--bind", f"127.0.0.1:{self.web_port}", "--workers", "2"], logs / "web.log")
+            bind = f"127.0.0.1:{self.web_port}"
+            self._spawn([*exe, "web", "--bind", bind, "--workers", "2"], logs / "web.log")
             wait_for(lambda: port_open(self.web_port), 30, f"web app on {self.url}")
 
         def worker() -> None:
