@@ -97,3 +97,18 @@ class StepTimeout(StepFailed):
     """A step or the whole build exceeded its timeout."""
 
     code = "timeout"
+
+
+# -- webhook intake (issue 4): the HTTP status each maps to is in orchestrator/webhooks.py --------
+
+
+class PayloadTooLarge(PayloadError):
+    """A request body over the configured size limit (max_body_bytes)."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedContentType(PayloadError):
+    """A request body that is not application/json."""
+
+    code = "unsupported_content_type"
