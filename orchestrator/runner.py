@@ -1,0 +1,417 @@
+"""Run one build: lease, checkout, pipeline from that commit, steps in order, an honest record.
+
+No Flask here: the worker, the janitor and the web process share this module.
+
+Status rules: a step that fails on its own terms (StepFailed: non-zero exit, timeout, failed health
+check) makes the build ``failed``, unless the step says ``continue_on_error``; anything the build
+depends on breaking (InfrastructureError: clone, daemon, registry, host) makes it ``error``; a cancel
+request makes it ``cancelled``. Every change to a step record is saved as it happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from . import statuses
+from .cancel import cancel_build, rerun_build
+from .config import Settings
+from .errors import (
+    Cancelled,
+    InfrastructureError,
+    OrchestratorError,
+    PayloadError,
+    PipelineError,
+    StepFailed,
+    StepTimeout,
+    StoreUnavailable,
+)
+from .logs import LogWriter, Masker
+from .models import Build, BuildStatus, StepRecord, StepStatus
+from .pipeline import MAX_BYTES, Pipeline, Step, build_variables, load_pipeline
+from .steps import runner_for
+from .steps.base import CANCELLED, TIMEOUT, CancelToken, StepContext
+from .store import Store
+from .workspace import build_dir, clean, prepare
+
+__all__ = ["BuildRunner", "cancel_build", "docker_factory", "rerun_build", "run_build"]
+
+log = logging.getLogger(__name__)
+CANCEL_POLL = 0.5
+DEPLOY_TRIGGERS = {"promote": "deploy", "rollback": "rollback"}
+_DOCKER_CLIENTS: dict[str, Any] = {}
+_DOCKER_LOCK = threading.Lock()
+
+
+def docker_factory(settings: Settings) -> Callable[[], Any]:
+    """A function returning this process's DockerClient for the configured daemon (created once)."""
+    host = settings.docker_host or ""
+
+    def make() -> Any:
+        with _DOCKER_LOCK:
+            client = _DOCKER_CLIENTS.get(host)
+            if client is None:
+                try:
+                    client = (
+                        docker.DockerClient(base_url=host, timeout=120)
+                        if host
+                        else docker.from_env(timeout=120)
+                    )
+                    client.ping()
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                    raise InfrastructureError(
+                        f"cannot reach the Docker daemon at {host or 'DOCKER_HOST'}: {exc}"
+                    ) from exc
+                _DOCKER_CLIENTS[host] = client
+            return client
+
+    return make
+
+
+class Monitor(threading.Thread):
+    """The build's heartbeat: renews the lease, polls for a cancel request, enforces the step deadline.
+
+    When it fires the current step's token, the kill functions run on a thread of their own, so a
+    slow kill never delays the lease renewal.
+    """
+
+    def __init__(self, store: Store, build_id: int, lease_seconds: float) -> None:
+        super().__init__(name=f"heartbeat-{build_id}", daemon=True)
+        self.store = store
+        self.build_id = build_id
+        self.lease_seconds = lease_seconds
+        self.cancel_requested = False
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._token: CancelToken | None = None
+        self._deadline = math.inf
+        self._detail = ""
+
+    def watch(self, token: CancelToken, deadline: float, detail: str) -> None:
+        with self._lock:
+            self._token, self._deadline, self._detail = token, deadline, detail
+        if self.cancel_requested:
+            self._fire(token, CANCELLED, "cancelled by request")
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._token, self._deadline = None, math.inf
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(5)
+
+    def _fire(self, token: CancelToken, reason: str, detail: str) -> None:
+        threading.Thread(target=token.set, args=(reason, detail), daemon=True).start()
+
+    def run(self) -> None:
+        last_renew = time.monotonic()
+        last_poll = 0.0
+        while not self._stop_event.wait(0.1):
+            now = time.monotonic()
+            try:
+                if now - last_renew >= self.lease_seconds / 3:
+                    self.store.renew_lease(self.build_id, self.lease_seconds)
+                    last_renew = now
+                if now - last_poll >= CANCEL_POLL:
+                    last_poll = now
+                    if not self.cancel_requested and self.store.cancel_requested(self.build_id):
+                        self.cancel_requested = True
+            except StoreUnavailable:
+                continue  # keep trying; if Redis stays away the lease expires and the janitor decides
+            with self._lock:
+                token, deadline, detail = self._token, self._deadline, self._detail
+            if token is None or token.is_set():
+                continue
+            if self.cancel_requested:
+                self._fire(token, CANCELLED, "cancelled by request")
+            elif now >= deadline:
+                self._fire(token, TIMEOUT, detail)
+
+
+class BuildRunner:
+    """Runs one build from queued to a final status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        build_id: int,
+        *,
+        worker_name: str = "",
+        docker: Callable[[], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.build_id = build_id
+        self.worker_name = worker_name
+        self.docker = docker or docker_factory(settings)
+        self.workspace: Path | None = None
+
+    def run(self) -> Build | None:
+        """Claim and run the build; None if it is not queued any more (cancelled, taken, finished)."""
+        started = time.time()
+        if not self.store.set_status_if(
+            self.build_id,
+            [BuildStatus.QUEUED],
+            status=str(BuildStatus.RUNNING),
+            started_at=started,
+            worker=self.worker_name,
+        ):
+            return None
+        self.store.renew_lease(self.build_id, self.settings.lease_seconds)
+        monitor = Monitor(self.store, self.build_id, self.settings.lease_seconds)
+        monitor.start()
+        build = self.store.get_build(self.build_id)
+        logw = LogWriter(self.store, self.build_id, Masker(self.settings.secret_values()))
+        self._report(build, "pending", "build started")
+        status, error = BuildStatus.ERROR, "internal error"
+        try:
+            status, error = self._execute(build, monitor, logw)
+        except Cancelled as exc:
+            status, error = BuildStatus.CANCELLED, str(exc)
+        except StepFailed as exc:
+            status, error = BuildStatus.FAILED, str(exc)
+        except (PipelineError, PayloadError) as exc:
+            status, error = BuildStatus.FAILED, str(exc)
+        except (InfrastructureError, StoreUnavailable) as exc:
+            status, error = BuildStatus.ERROR, str(exc)
+        except Exception as exc:
+            log.exception("build %s crashed", self.build_id)
+            status, error = BuildStatus.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            monitor.stop()
+        if error and status is not BuildStatus.SUCCESS:
+            with contextlib.suppress(Exception):
+                logw.step = logw.step or "build"
+                logw.line(f"build {status}: {error}", "stderr")
+        with contextlib.suppress(Exception):
+            logw.close()
+        self._finish(build, status, error)
+        return build
+
+    # -- phases -------------------------------------------------------------------------------------
+
+    def _execute(self, build: Build, monitor: Monitor, logw: LogWriter) -> tuple[BuildStatus, str]:
+        repo = self.settings.repo(build.repo)
+        if repo is None:
+            raise InfrastructureError(
+                f"repository {build.repo} is not configured on this server "
+                "(server configuration: repositories)"
+            )
+        variables = build_variables(build, self.settings.pipeline_vars(repo))
+        build_timeout = self.settings.build_timeout
+        build_deadline = time.monotonic() + build_timeout
+        deploy_kind = DEPLOY_TRIGGERS.get(build.trigger)
+        if deploy_kind:
+            self.workspace = build_dir(self.settings.workspace, build.id)
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            pipeline = load_pipeline(
+                build.pipeline_yaml,
+                f"{repo.pipeline} (as built)",
+                variables=variables,
+                secrets=self.settings.secrets,
+                allow=repo.allow,
+            )
+            env = str(build.deploys.get("environment", ""))
+            steps = [
+                Step.model_validate({"name": f"{build.trigger}-{env}", deploy_kind: {"environment": env}})
+            ]
+        else:
+            logw.step = "checkout"
+            logw.line(f"checking out {build.sha} from {repo.clone_url}")
+            token = CancelToken()
+            monitor.watch(token, build_deadline, f"the build's timeout of {build_timeout:.0f}s was reached")
+            try:
+                self.workspace = prepare(
+                    self.settings.workspace, build.id, repo.clone_url, build.sha, on_cancel=token.on_cancel
+                )
+            finally:
+                monitor.unwatch()
+            pipeline, text = self._load(repo.pipeline, variables, repo.allow)
+            self.store.update_build(build.id, pipeline_yaml=text)
+            build.pipeline_yaml = text
+            steps = pipeline.steps
+            if pipeline.timeout:
+                build_deadline = min(build_deadline, time.monotonic() + pipeline.timeout)
+                build_timeout = min(build_timeout, pipeline.timeout)
+        logw.masker.add(*pipeline.secret_values)
+        build.steps = [StepRecord(name=s.name, kind=s.kind) for s in steps]
+        self._save(build)
+        outcome, error = BuildStatus.SUCCESS, ""
+        for step, rec in zip(steps, build.steps, strict=True):
+            if outcome is not BuildStatus.SUCCESS:
+                rec.status, rec.error = StepStatus.SKIPPED, "not run: an earlier step did not succeed"
+                continue
+            if not step.runs_on(build.branch):
+                rec.status = StepStatus.SKIPPED
+                rec.error = f"runs only on branch {', '.join(step.when.branch if step.when else [])}"
+                self._save(build)
+                continue
+            if monitor.cancel_requested:
+                rec.status = StepStatus.CANCELLED
+                outcome, error = BuildStatus.CANCELLED, "cancelled by request"
+                continue
+            self._run_step(
+                build, pipeline, step, rec, variables, monitor, logw, build_deadline, build_timeout
+            )
+            if rec.status is StepStatus.FAILED and not step.continue_on_error:
+                outcome, error = BuildStatus.FAILED, f"step '{step.name}' failed: {rec.error}"
+            elif rec.status is StepStatus.ERROR:
+                outcome, error = BuildStatus.ERROR, f"step '{step.name}': {rec.error}"
+            elif rec.status is StepStatus.CANCELLED:
+                outcome, error = BuildStatus.CANCELLED, f"cancelled during step '{step.name}'"
+        self._save(build)
+        return outcome, error
+
+    def _load(self, name: str, variables: dict[str, str], allow: Any) -> tuple[Pipeline, str]:
+        assert self.workspace is not None
+        path = self.workspace / name
+        if not path.is_file():
+            raise PipelineError(
+                f"{name} not found at this commit: add it to the repository root (see docs/pipeline.md)",
+                file=name,
+            )
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        text = raw.decode("utf-8", "replace")
+        return load_pipeline(
+            text, name, variables=variables, secrets=self.settings.secrets, allow=allow
+        ), text
+
+    def _run_step(
+        self,
+        build: Build,
+        pipeline: Pipeline,
+        step: Step,
+        rec: StepRecord,
+        variables: dict[str, str],
+        monitor: Monitor,
+        logw: LogWriter,
+        build_deadline: float,
+        build_timeout: float,
+    ) -> None:
+        token = CancelToken()
+        now = time.monotonic()
+        step_deadline = now + step.timeout if step.timeout else math.inf
+        if step_deadline <= build_deadline:
+            deadline, detail = step_deadline, f"step '{step.name}' timed out after {step.timeout:g}s"
+        else:
+            deadline, detail = build_deadline, f"the build's timeout of {build_timeout:g}s was reached"
+        rec.status, rec.started_at = StepStatus.RUNNING, time.time()
+        self._save(build)
+        logw.step = step.name
+        logw.line(f"step {step.name} ({step.kind}) started")
+        assert self.workspace is not None
+        ctx = StepContext(
+            build=build,
+            step=step,
+            pipeline=pipeline,
+            settings=self.settings,
+            store=self.store,
+            workspace=self.workspace,
+            vars=variables,
+            log=logw,
+            cancel=token,
+            record=rec,
+            deadline=deadline,
+            docker_factory=self.docker,
+            save=lambda: self._save(build),
+        )
+        monitor.watch(token, deadline, detail)
+        try:
+            runner_for(step.kind)(ctx)
+            rec.status = StepStatus.SUCCESS
+        except Cancelled as exc:
+            rec.status, rec.error = StepStatus.CANCELLED, str(exc)
+        except StepTimeout as exc:
+            rec.status, rec.error = StepStatus.FAILED, str(exc)
+        except StepFailed as exc:
+            rec.status, rec.error = StepStatus.FAILED, str(exc)
+            code = exc.context.get("exit_code")
+            if rec.exit_code is None and isinstance(code, int):
+                rec.exit_code = code
+        except (InfrastructureError, StoreUnavailable) as exc:
+            rec.status, rec.error = StepStatus.ERROR, str(exc)
+        except PipelineError as exc:
+            rec.status, rec.error = StepStatus.FAILED, str(exc)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            rec.status, rec.error = StepStatus.ERROR, f"Docker daemon: {exc}"
+        except OrchestratorError as exc:
+            rec.status, rec.error = StepStatus.ERROR, str(exc)
+        except Exception as exc:
+            log.exception("step %s of build %s crashed", step.name, build.id)
+            logw.line("".join(traceback.format_exception_only(exc)).strip(), "stderr")
+            rec.status, rec.error = StepStatus.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            monitor.unwatch()
+        rec.finished_at = time.time()
+        if rec.error:
+            rec.error = logw.masker(rec.error)
+        logw.line(
+            f"step {step.name} {rec.status}"
+            + (f": {rec.error}" if rec.error else "")
+            + f" ({rec.finished_at - rec.started_at:.1f}s)"
+        )
+        self._save(build)
+
+    def _save(self, build: Build) -> None:
+        self.store.update_build(
+            build.id, steps=build.steps, image=build.image, digest=build.digest, deploys=build.deploys
+        )
+
+    def _finish(self, build: Build, status: BuildStatus, error: str) -> None:
+        finished = time.time()
+        build.status, build.finished_at, build.error = status, finished, error
+        for rec in build.steps:
+            if rec.status in (StepStatus.RUNNING, StepStatus.PENDING):
+                rec.status = StepStatus.CANCELLED if status is BuildStatus.CANCELLED else StepStatus.SKIPPED
+                rec.finished_at = rec.finished_at or (finished if rec.started_at else None)
+        try:
+            self.store.set_status_if(
+                build.id,
+                [BuildStatus.RUNNING],
+                status=str(status),
+                finished_at=finished,
+                error=error,
+                steps=build.steps,
+            )
+            self.store.release_lease(build.id)
+            self.store.release_build_locks(build.id)
+            self.store.incr_counter("builds", str(status))
+        except StoreUnavailable:
+            log.error(
+                "build %s finished %s but Redis is unreachable; the janitor will mark it", build.id, status
+            )
+        if self.workspace is not None:
+            clean(self.workspace)
+        state = {BuildStatus.SUCCESS: "success", BuildStatus.FAILED: "failure"}.get(status, "error")
+        self._report(build, state, f"build {status}" + (f": {error}" if error else ""))
+
+    def _report(self, build: Build, state: str, description: str) -> None:
+        try:
+            statuses.report(self.settings, build, state, description[:140])
+        except Exception:  # a commit status is a courtesy; it never fails a build
+            log.warning("could not report commit status for build %s", build.id, exc_info=True)
+
+
+def run_build(
+    settings: Settings,
+    store: Store,
+    build_id: int,
+    worker_name: str = "",
+    docker: Callable[[], Any] | None = None,
+) -> Build | None:
+    """Run build ``build_id`` to its end (see BuildRunner)."""
+    return BuildRunner(settings, store, build_id, worker_name=worker_name, docker=docker).run()

@@ -1,0 +1,155 @@
+"""The worker process: the RQ job ``run_build(ticket)`` and the janitor for lost builds.
+
+RQ runs jobs in this process (SimpleWorker): a build's heartbeat thread then dies with the process,
+so a SIGKILL really loses the lease, and the janitor of any surviving worker (or the web process)
+marks the build ``error: worker lost`` within seconds of the lease expiring, releases its locks
+and removes its containers. RQ's own detection of dead workers takes minutes; we do not wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from . import statuses
+from .config import Settings, load_settings
+from .errors import InfrastructureError, NotFound, StoreUnavailable
+from .jobs import build_queue, rq_connection
+from .models import BuildStatus, StepStatus
+from .runner import docker_factory
+from .runner import run_build as run_one
+from .store import Store
+
+log = logging.getLogger(__name__)
+JANITOR_INTERVAL = 2.0
+WORKER_LOST = "worker lost"
+
+_process: dict[str, Any] = {}
+
+
+def configure(settings: Settings) -> None:
+    """Set the settings this process's jobs use (the CLI does it; tests may too)."""
+    _process["settings"] = settings
+    _process["store"] = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
+
+
+def _settings() -> Settings:
+    if "settings" not in _process:
+        configure(load_settings())
+    settings: Settings = _process["settings"]
+    return settings
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def run_build(ticket: str) -> str:
+    """The RQ job: resolve the ticket to a build and run it. A ticket of a duplicate is dropped."""
+    settings = _settings()
+    store: Store = _process["store"]
+    build_id = store.resolve_ticket(ticket)
+    if build_id is None:
+        return "duplicate"
+    build = run_one(settings, store, build_id, worker_name=worker_name())
+    return str(build.status) if build else "not queued"
+
+
+def janitor_once(
+    store: Store, docker: Any = None, now: float | None = None, settings: Settings | None = None
+) -> list[int]:
+    """Mark every build whose lease expired as error "worker lost"; release its locks; remove its
+    containers (if a Docker client is given). Safe to run in many processes: one claim wins."""
+    lost: list[int] = []
+    for build_id in store.expired_leases(now):
+        if not store.claim_expired(build_id, now):
+            continue
+        try:
+            build = store.get_build(build_id)
+        except NotFound:
+            store.release_build_locks(build_id)
+            continue
+        finished = time.time()
+        steps = build.steps
+        for rec in steps:
+            if rec.status is StepStatus.RUNNING:
+                rec.status, rec.error, rec.finished_at = StepStatus.ERROR, WORKER_LOST, finished
+            elif rec.status is StepStatus.PENDING:
+                rec.status, rec.error = StepStatus.SKIPPED, f"not run: {WORKER_LOST}"
+        error = f"{WORKER_LOST}: its lease expired (worker {build.worker or 'unknown'} stopped renewing it)"
+        if not store.set_status_if(
+            build_id,
+            [BuildStatus.RUNNING, BuildStatus.QUEUED],
+            status=str(BuildStatus.ERROR),
+            finished_at=finished,
+            error=error,
+            steps=steps,
+        ):
+            continue
+        lost.append(build_id)
+        released = store.release_build_locks(build_id)
+        store.incr_counter("builds", str(BuildStatus.ERROR))
+        with contextlib.suppress(Exception):
+            store.append_log(
+                build_id,
+                [("janitor", "stderr", error + (f"; released locks {released}" if released else ""))],
+            )
+        if docker is not None:
+            from .steps.docker import remove_build_containers
+
+            with contextlib.suppress(Exception):
+                removed = remove_build_containers(docker, build_id)
+                if removed:
+                    store.append_log(build_id, [("janitor", "stderr", f"removed containers {removed}")])
+        if settings is not None:
+            with contextlib.suppress(Exception):
+                build.status, build.error = BuildStatus.ERROR, error
+                statuses.report(settings, build, "error", WORKER_LOST)
+        log.warning("build %s: %s", build_id, error)
+    return lost
+
+
+def start_janitor(settings: Settings, store: Store, interval: float = JANITOR_INTERVAL) -> threading.Event:
+    """Run janitor_once every ``interval`` seconds in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+    make_docker = docker_factory(settings)
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                try:
+                    client = make_docker()
+                except InfrastructureError:
+                    client = None
+                janitor_once(store, client, settings=settings)
+            except StoreUnavailable:
+                continue
+            except Exception:
+                log.exception("janitor pass failed")
+
+    threading.Thread(target=loop, name="janitor", daemon=True).start()
+    return stop
+
+
+def work(settings: Settings, burst: bool = False) -> bool:
+    """Start an RQ worker on ``settings.queue`` (JSON serializer) with the janitor beside it."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    configure(settings)
+    store: Store = _process["store"]
+    connection = rq_connection(settings.redis_url)
+    queue = build_queue(settings, connection)
+    stop = start_janitor(settings, store)
+    try:
+        with contextlib.suppress(Exception):
+            janitor_once(store, None, settings=settings)
+        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer, name=worker_name())
+        return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
+    finally:
+        stop.set()
