@@ -1,0 +1,191 @@
+"""The docker commands a deploy runs on a host, built as argv lists (pure; no I/O).
+
+Every function returns ``list[str]``; ``orchestrator.ssh`` joins it with ``shlex.join``, so each
+value (image refs, env values, labels from pipeline.yaml, names built from webhook data) reaches
+the remote shell as one quoted word, never as shell syntax. Positional values come after ``--``
+so a value that starts with ``-`` cannot become an option. Tests assert the exact argv.
+
+The swap layout per environment on a host (see docs/deploy.md):
+
+    network  <name>-net            user-defined bridge; containers find each other by name
+    edge     <name>-edge           python3 -m inference.edge serve, publishes <publish>:<port>
+    volume   <name>-edge-state     the edge's /state (upstream file survives an edge restart)
+    app      <name>-b<number>      one per build; the edge forwards new connections to one of them
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .errors import DeployError
+
+Argv = list[str]
+
+STATE_FILE = "/state/upstream"
+LABEL_ROLE = "mlship.role"
+LABEL_APP = "mlship.app"
+LABEL_BUILD = "mlship.build-number"
+EDGE_MODULE = ("python3", "-m", "inference.edge")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+
+
+@dataclass(frozen=True)
+class AppContainer:
+    """Everything ``docker run`` needs for one build's app container."""
+
+    name: str
+    image: str
+    network: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    volumes: Sequence[str] = ()
+    memory: str | None = None
+    cpus: float | None = None
+    restart: str = "unless-stopped"
+    network_alias: str | None = None
+
+
+def names(container_name: str, build_number: int) -> dict[str, str]:
+    """The names of one environment's parts on a host (network, edge, state volume, this build's app)."""
+    return {
+        "network": f"{container_name}-net",
+        "edge": f"{container_name}-edge",
+        "state": f"{container_name}-edge-state",
+        "app": f"{container_name}-b{build_number}",
+    }
+
+
+def _docker(*args: str, config: str | None = None) -> Argv:
+    return ["docker", *(["--config", config] if config else []), *args]
+
+
+def _check_keys(kind: str, values: Mapping[str, str], pattern: re.Pattern[str]) -> None:
+    for key in values:
+        if not pattern.match(key):
+            raise DeployError(
+                f"container {kind} name {key!r} is not allowed: use letters, digits, '_', '.', '-' "
+                "(and '/' for labels), starting with a letter or digit", key=key)
+
+
+def registry_of(image: str) -> str:
+    """The registry host of an image ref (Docker's rule: a first part with '.' or ':' or localhost)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def login(registry: str, username: str, config: str) -> Argv:
+    """``docker login`` reading the password from stdin (never an argument, so never in ps or logs).
+
+    ``config`` is a per-deploy client config directory (on tmpfs), removed after the deploy,
+    so the credentials are not left in the host user's ~/.docker/config.json.
+    """
+    return _docker("login", "--username", username, "--password-stdin", "--", registry, config=config)
+
+
+def make_config_dir(path: str) -> Argv:
+    return ["mkdir", "-m", "700", "-p", "--", path]
+
+
+def remove_config_dir(path: str) -> Argv:
+    return ["rm", "-rf", "--", path]
+
+
+def pull(image: str, config: str | None = None) -> Argv:
+    return _docker("pull", "--quiet", "--", image, config=config)
+
+
+def network_exists(network: str) -> Argv:
+    return _docker("network", "inspect", "--format", "{{.Name}}", "--", network)
+
+
+def network_create(network: str) -> Argv:
+    return _docker("network", "create", "--driver", "bridge", "--label", "mlship.managed=1", "--", network)
+
+
+def run(app: AppContainer) -> Argv:
+    """``docker run --detach`` for an app container; our mlship.* labels come last so they win."""
+    _check_keys("env", app.env, _ENV_KEY)
+    _check_keys("label", app.labels, _LABEL_KEY)
+    argv = _docker("run", "--detach", "--name", app.name, "--network", app.network, "--restart", app.restart)
+    if app.network_alias:
+        argv += ["--network-alias", app.network_alias]
+    for key, value in app.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    for key, value in app.env.items():
+        argv += ["--env", f"{key}={value}"]
+    for volume in app.volumes:
+        argv += ["--volume", volume]
+    if app.memory:
+        argv += ["--memory", app.memory]
+    if app.cpus:
+        argv += ["--cpus", f"{app.cpus:g}"]
+    return [*argv, "--", app.image]
+
+
+def run_edge(name: str, image: str, network: str, state_volume: str, publish: int, port: int,
+             labels: Mapping[str, str] | None = None) -> Argv:
+    """The edge proxy: started once per environment and host, it publishes the stable port."""
+    argv = _docker("run", "--detach", "--name", name, "--network", network, "--restart", "unless-stopped",
+                   "--publish", f"{publish}:{port}", "--volume", f"{state_volume}:/state")
+    for key, value in (labels or {}).items():
+        argv += ["--label", f"{key}={value}"]
+    return [*argv, "--", image, *EDGE_MODULE, "serve", "--listen", f"0.0.0.0:{port}", "--state", STATE_FILE]
+
+
+def probe(edge_or_app: str, url: str, status: int, timeout: float) -> Argv:
+    """One HTTP health probe, run inside a container on the environment's network."""
+    return _docker("exec", edge_or_app, *EDGE_MODULE, "probe", url, "--status", str(status),
+                   "--timeout", f"{timeout:g}")
+
+
+def set_upstream(edge: str, upstream: str) -> Argv:
+    """Point the edge's new connections at ``upstream`` (host:port). Root inside the container: the
+    state volume is root-owned, the edge process itself runs as the image's unprivileged user."""
+    return _docker("exec", "--user", "0", edge, *EDGE_MODULE, "set", "--state", STATE_FILE, upstream)
+
+
+def read_upstream(edge: str) -> Argv:
+    return _docker("exec", edge, "cat", STATE_FILE)
+
+
+def state(container: str) -> Argv:
+    """Prints the container's status (running, exited...); exit code 1 if it does not exist."""
+    return _docker("container", "inspect", "--format", "{{.State.Status}}", "--", container)
+
+
+def list_app_containers(app_name: str) -> Argv:
+    """Names of every app container of this environment (running or not), one per line."""
+    return _docker("ps", "--all", "--no-trunc", "--filter", f"label={LABEL_APP}={app_name}",
+                   "--filter", f"label={LABEL_ROLE}=app", "--format", "{{.Names}}")
+
+
+def logs(container: str, tail: int = 50) -> Argv:
+    return _docker("logs", "--tail", str(tail), "--", container)
+
+
+def stop(container: str, grace: int) -> Argv:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    return _docker("stop", "--time", str(grace), "--", container)
+
+
+def rm(container: str) -> Argv:
+    return _docker("rm", "--force", "--volumes", "--", container)
+
+
+def image_rm(image: str) -> Argv:
+    """Without --force: the daemon refuses to remove an image a container still uses (a safety net)."""
+    return _docker("image", "rm", "--", image)
+
+
+def kill_group(pid: int, grace: float = 1.0) -> Argv:
+    """Kill a remote process group (a cancelled command): TERM, a short grace, then KILL."""
+    if pid <= 1:
+        raise ValueError(f"refusing to kill process group {pid}")
+    # "-PGID" without "--": dash's kill builtin rejects "--"; the pid is validated as an int above.
+    script = 'kill -TERM "-$0" 2>/dev/null || exit 0; sleep "$1"; kill -KILL "-$0" 2>/dev/null; exit 0'
+    return ["sh", "-c", script, str(pid), f"{grace:g}"]
