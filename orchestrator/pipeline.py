@@ -70,7 +70,7 @@ class DockerBuildSpec(_Spec):
     context: str = "."
     dockerfile: str = "Dockerfile"
     build_args: dict[str, str] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=lambda: ["${BUILD_NUMBER}"], min_length=1)
+    tags: list[str] | None = Field(default=None, min_length=1)  # default: [BUILD_NUMBER]
     target: str | None = None
     pull: bool = False
     no_cache: bool = False
@@ -86,13 +86,13 @@ class DockerRunSpec(_Spec):
     volumes: list[str] = Field(default_factory=list)
     privileged: bool = False
     memory: str | None = None
-    cpus: float | None = Field(None, gt=0)
+    cpus: float | None = Field(default=None, gt=0)
 
 
 class DockerPushSpec(_Spec):
-    tags: list[str] = Field(default_factory=lambda: ["${BUILD_NUMBER}"], min_length=1)
+    tags: list[str] | None = Field(default=None, min_length=1)  # default: [BUILD_NUMBER]
     auth: RegistryAuth | None = None
-    retries: int = Field(3, ge=1, le=10)
+    retries: int = Field(default=3, ge=1, le=10)
 
 
 class DeploySpec(_Spec):
@@ -163,24 +163,24 @@ class ContainerSpec(_Spec):
     env: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
     memory: str | None = None
-    cpus: float | None = Field(None, gt=0)
+    cpus: float | None = Field(default=None, gt=0)
 
 
 class HealthSpec(_Spec):
-    path: str = Field("/ready", pattern=r"^/")
+    path: str = Field(default="/ready", pattern=r"^/")
     status: int = 200
-    interval: float = Field(1.0, gt=0)
-    timeout: float = Field(60.0, gt=0)
-    retries: int = Field(3, ge=1)
+    interval: float = Field(default=1.0, gt=0)
+    timeout: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=3, ge=1)
 
 
 class Environment(_Spec):
     hosts: list[HostSpec] = Field(min_length=1)
-    parallelism: int = Field(1, ge=1)
+    parallelism: int = Field(default=1, ge=1)
     registry_login: RegistryAuth | None = None
     container: ContainerSpec
-    health: HealthSpec = HealthSpec()
-    drain_seconds: float = Field(2.0, ge=0)
+    health: HealthSpec = Field(default_factory=lambda: HealthSpec())
+    drain_seconds: float = Field(default=2.0, ge=0)
 
 
 class Pipeline(_Spec):

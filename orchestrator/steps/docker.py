@@ -76,13 +76,22 @@ class BuildRequest:
         return kw
 
 
+def default_tags(variables: Mapping[str, str]) -> list[str]:
+    return [variables.get("BUILD_NUMBER") or "latest"]
+
+
 def build_request(
-    spec: DockerBuildSpec, image: str, workspace: Path, labels: Mapping[str, str], timeout: float
+    spec: DockerBuildSpec,
+    image: str,
+    workspace: Path,
+    labels: Mapping[str, str],
+    timeout: float,
+    variables: Mapping[str, str],
 ) -> BuildRequest:
     return BuildRequest(
         path=str(workspace / spec.context),
         dockerfile=spec.dockerfile,
-        tags=tuple(image_ref(image, t) for t in spec.tags),
+        tags=tuple(image_ref(image, t) for t in (spec.tags or default_tags(variables))),
         buildargs=dict(spec.build_args),
         labels=dict(labels),
         pull=spec.pull,
@@ -159,9 +168,9 @@ class PushRequest:
         return kw
 
 
-def push_requests(spec: DockerPushSpec, image: str) -> list[PushRequest]:
+def push_requests(spec: DockerPushSpec, image: str, variables: Mapping[str, str]) -> list[PushRequest]:
     auth = {"username": spec.auth.username, "password": spec.auth.password} if spec.auth else None
-    return [PushRequest(image, tag, auth) for tag in spec.tags]
+    return [PushRequest(image, tag, auth) for tag in (spec.tags or default_tags(variables))]
 
 
 # -- the thin layer -------------------------------------------------------------------------------
@@ -185,10 +194,18 @@ def _abort_stream(api: Any, gen: Iterator[Any]) -> None:
             response.close()
 
 
+def image_labels(ctx: StepContext) -> dict[str, str]:
+    """Labels on the built image. Not the build id: containers inherit image labels, and the janitor
+    removes containers by build id, so a deployed container must never carry one by inheritance."""
+    return {"org.opencontainers.image.revision": ctx.build.sha, "mlship.repo": ctx.build.repo}
+
+
 def docker_build(ctx: StepContext) -> None:
     """Build the image from the workspace, streaming the build output; tag it with every tag."""
     spec: DockerBuildSpec = ctx.step.spec
-    req = build_request(spec, ctx.pipeline.image, ctx.workspace, ctx.container_labels(), ctx.remaining())
+    req = build_request(
+        spec, ctx.pipeline.image, ctx.workspace, image_labels(ctx), ctx.remaining(), ctx.vars
+    )
     if not Path(req.path).is_dir():
         raise StepFailed(f"build context '{spec.context}' is not a directory in the repository")
     if not (Path(req.path) / req.dockerfile).is_file():
@@ -222,9 +239,9 @@ def docker_build(ctx: StepContext) -> None:
         if exc.is_server_error() and "connection" in str(exc).lower():
             raise _infra("docker build", exc) from exc
         raise StepFailed(f"docker build failed: {exc.explanation or exc}") from exc
-    except docker.errors.DockerException as exc:
+    except docker.errors.DockerException as exc:  # raised by the SDK itself: a bad tag, a bad context
         ctx.stopped()
-        raise _infra("docker build", exc) from exc
+        raise StepFailed(f"docker build failed: {exc}") from exc
     ctx.stopped()
     if not image_id:
         raise StepFailed("docker build ended without producing an image (see the log above)")
@@ -289,8 +306,8 @@ def docker_run(ctx: StepContext) -> None:
                 api._disable_socket_timeout(api._get_raw_response_socket(stream._response))
             pump = threading.Thread(target=_pump, args=(stream, ctx), daemon=True)
             pump.start()
+            ctx.log.line(f"starting container {container.id[:12]} from {req.image}")
             container.start()
-            ctx.log.line(f"started container {container.id[:12]} from {req.image}")
             code = _wait_exit(container)
             pump.join(10)
         finally:
@@ -343,7 +360,7 @@ def docker_push(ctx: StepContext) -> None:
     spec: DockerPushSpec = ctx.step.spec
     if not ctx.build.image:
         raise StepFailed("nothing to push: no docker_build step produced an image")
-    requests_ = push_requests(spec, ctx.pipeline.image)
+    requests_ = push_requests(spec, ctx.pipeline.image, ctx.vars)
     api = ctx.docker.api
     built_repo, built_tag = split_ref(ctx.build.image)
     digest = ""

@@ -1,0 +1,226 @@
+"""The runner against the real Docker daemon, Redis and git origin, with small images FROM the base image."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from orchestrator.cancel import cancel_build, rerun_build
+from orchestrator.models import BuildStatus, StepStatus
+
+from .conftest import BUILD_STEP, small_pipeline
+
+pytestmark = pytest.mark.docker
+
+
+def steps_of(build):
+    return {s.name: s for s in build.steps}
+
+
+def test_build_run_push_success_records_everything(builds, docker_client, registry):
+    pipeline = small_pipeline(
+        BUILD_STEP
+        + """\
+- name: test
+  docker_run: {command: [sh, -c, "echo hello from $GREETING; echo to-stderr >&2; cat /work/msg.txt"],
+               env: {GREETING: "build ${BUILD_NUMBER} of ${BRANCH}"}}
+- name: push
+  docker_push: {tags: ["${BUILD_NUMBER}", latest]}
+"""
+    )
+    build = builds.commit_and_run(pipeline, {"small/msg.txt": "file from the commit\n"})
+    assert build.status is BuildStatus.SUCCESS, build.error
+    s = steps_of(build)
+    assert [x.status for x in build.steps] == [StepStatus.SUCCESS] * 3
+    assert s["test"].exit_code == 0
+    assert all(x.started_at and x.finished_at and x.finished_at >= x.started_at for x in build.steps)
+    assert build.digest.startswith("sha256:")
+    assert build.image == f"{registry.addr}/small:{build.number}"
+    assert build.pipeline_yaml == pipeline
+    log = builds.store.log_text(build.id)
+    assert f"[test] hello from build {build.number} of main" in log
+    assert "[test] to-stderr" in log
+    assert "[test] file from the commit" in log
+    assert "[build] Step 1/6 : ARG BASE_IMAGE" in log
+    # the registry really has it
+    data = docker_client.images.get_registry_data(build.image)
+    assert data.id == build.digest
+    assert builds.store.counters("builds").get("success") == 1
+    # nothing left running
+    assert docker_client.containers.list(all=True, filters={"label": f"mlship.build={build.id}"}) == []
+
+
+def test_failing_test_step_fails_build_and_stops(builds):
+    pipeline = small_pipeline(
+        BUILD_STEP
+        + """\
+- name: test
+  docker_run: {command: [sh, -c, "echo 2 tests failed; exit 3"]}
+- name: push
+  docker_push: {}
+"""
+    )
+    build = builds.commit_and_run(pipeline)
+    assert build.status is BuildStatus.FAILED
+    s = steps_of(build)
+    assert s["test"].status is StepStatus.FAILED and s["test"].exit_code == 3
+    assert s["test"].error == "command exited with code 3"
+    assert s["push"].status is StepStatus.SKIPPED
+    assert build.error == "step 'test' failed: command exited with code 3"
+    assert "[test] 2 tests failed" in builds.store.log_text(build.id)
+
+
+def test_continue_on_error_goes_on(builds):
+    pipeline = small_pipeline(
+        BUILD_STEP
+        + """\
+- name: lint
+  docker_run: {command: [sh, -c, "exit 1"]}
+  continue_on_error: true
+- name: test
+  docker_run: {command: ["true"]}
+"""
+    )
+    build = builds.commit_and_run(pipeline)
+    assert build.status is BuildStatus.SUCCESS
+    assert [x.status for x in build.steps] == [StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.SUCCESS]
+
+
+def test_build_error_is_a_failure_with_its_log(builds):
+    build = builds.commit_and_run(
+        small_pipeline(BUILD_STEP),
+        {"small/Dockerfile": "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo compiling && exit 7\n"},
+    )
+    assert build.status is BuildStatus.FAILED
+    s = steps_of(build)["build"]
+    assert s.status is StepStatus.FAILED
+    assert "returned a non-zero code: 7" in s.error
+    log = builds.store.log_text(build.id)
+    assert "[build] compiling" in log
+    assert "docker build failed" in log
+
+
+def test_step_timeout_kills_container(builds, docker_client):
+    pipeline = small_pipeline(
+        BUILD_STEP
+        + """\
+- name: slow
+  docker_run: {command: [sleep, "300"]}
+  timeout: 2
+"""
+    )
+    t0 = time.monotonic()
+    build = builds.commit_and_run(pipeline)
+    assert time.monotonic() - t0 < 30
+    s = steps_of(build)["slow"]
+    assert build.status is BuildStatus.FAILED
+    assert s.status is StepStatus.FAILED and s.error == "step 'slow' timed out after 2s"
+    assert s.finished_at - s.started_at < 7
+    assert docker_client.containers.list(all=True, filters={"label": f"mlship.build={build.id}"}) == []
+
+
+def test_cancel_running_docker_run_within_5s(builds, docker_client):
+    pipeline = small_pipeline(
+        BUILD_STEP
+        + """\
+- name: slow
+  docker_run: {command: [sleep, "300"]}
+- name: after
+  docker_run: {command: ["true"]}
+"""
+    )
+    build = builds.create(builds.commit(pipeline))
+    done = threading.Thread(target=builds.run, args=(build,))
+    done.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        b = builds.store.get_build(build.id)
+        if b.steps and steps_of(b)["slow"].status is StepStatus.RUNNING:
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert docker_client.containers.list(filters={"label": f"mlship.build={build.id}"})
+    t0 = time.monotonic()
+    cancel_build(builds, build.id, by="alice")
+    done.join(30)
+    elapsed = time.monotonic() - t0
+    b = builds.store.get_build(build.id)
+    assert b.status is BuildStatus.CANCELLED, b.error
+    assert elapsed < 5
+    assert steps_of(b)["slow"].status is StepStatus.CANCELLED
+    assert steps_of(b)["after"].status is StepStatus.SKIPPED
+    assert docker_client.containers.list(all=True, filters={"label": f"mlship.build={build.id}"}) == []
+
+
+def test_cancel_queued_build_removes_job(builds):
+    build = builds.create(builds.commit(small_pipeline(BUILD_STEP)))
+    assert builds.queue.count == 1
+    cancelled = cancel_build(builds, build.id)
+    assert cancelled.status is BuildStatus.CANCELLED
+    assert builds.queue.count == 0
+    assert builds.run(build).status is BuildStatus.CANCELLED  # a stray job would not run it
+
+
+def test_deploy_step_not_available_is_clear(builds, monkeypatch):
+    import orchestrator.steps as steps
+
+    monkeypatch.setattr(steps, "_load_optional", lambda module: None)
+    monkeypatch.delitem(steps.STEP_KINDS, "deploy", raising=False)
+    pipeline = small_pipeline(
+        BUILD_STEP + "- name: deploy-qa\n  deploy: {environment: qa}\n",
+        extra=(
+            "environments:\n  qa:\n    hosts: [{host: 127.0.0.1}]\n"
+            "    container: {name: small-qa}\n"
+        ),
+    )
+    build = builds.commit_and_run(pipeline)
+    assert build.status is BuildStatus.ERROR
+    assert "deploy steps are not available on this server" in steps_of(build)["deploy-qa"].error
+
+
+def test_when_branch_skips_step(builds):
+    pipeline = small_pipeline(
+        BUILD_STEP + '- name: only-main\n  docker_run: {command: ["true"]}\n  when: {branch: [main]}\n'
+    )
+    build = builds.commit_and_run(pipeline, branch="feature")
+    assert build.status is BuildStatus.SUCCESS
+    assert steps_of(build)["only-main"].status is StepStatus.SKIPPED
+
+
+def test_secrets_are_masked_in_logs(make_settings, store, git_origin):
+    from .conftest import Builds
+
+    multi = "-----BEGIN KEY-----\nline-one-secret\nline-two-secret\n-----END KEY-----"
+    settings = make_settings(secrets={"TOKEN": "s3cr3t-t0ken", "PEM": multi})
+    b = Builds(settings, store, git_origin)
+    pipeline = small_pipeline(
+        BUILD_STEP
+        + """\
+- name: leak
+  docker_run:
+    command: [sh, -c, 'echo "t=$TOKEN"; echo "$PEM"; printf %s "$TOKEN" | base64; echo "$PEM" | base64 -w0']
+    env: {TOKEN: "${secrets.TOKEN}", PEM: "${secrets.PEM}"}
+"""
+    )
+    build = b.commit_and_run(pipeline)
+    assert build.status is BuildStatus.SUCCESS, build.error
+    log = store.log_text(build.id)
+    assert "t=***" in log
+    for leaked in ("s3cr3t-t0ken", "line-one-secret", "line-two-secret", "czNjcjN0LXQwa2Vu"):
+        assert leaked not in log
+    assert "sha" not in build.pipeline_yaml or "s3cr3t" not in build.pipeline_yaml
+
+
+def test_rerun_same_sha_new_number_linked(builds):
+    pipeline = small_pipeline(BUILD_STEP)
+    first = builds.commit_and_run(pipeline)
+    # the branch moves on; the re-run must still use the original commit's pipeline
+    builds.commit(small_pipeline(BUILD_STEP + '- name: extra\n  docker_run: {command: ["true"]}\n'))
+    again = rerun_build(builds, first.id, by="bob")
+    assert again.number == first.number + 1 and again.sha == first.sha and again.rerun_of == first.id
+    again = builds.run(again)
+    assert again.status is BuildStatus.SUCCESS
+    assert [s.name for s in again.steps] == ["build"]
+    assert again.pipeline_yaml == pipeline
