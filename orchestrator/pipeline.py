@@ -466,7 +466,13 @@ def _describe(e: Any) -> tuple[Path_, str, bool]:
             msg += f"; allowed: {', '.join(allowed)}"
         return loc, msg, True
     if kind == "missing":
-        return loc, "missing required key", False
+        return loc, f"missing required key '{loc[-1]}'", False
+    if (
+        loc
+        and loc[-1] == "timeout"
+        and kind in ("greater_than", "less_than_equal", "float_parsing", "float_type")
+    ):
+        return loc, f"must be a number of seconds greater than 0 (at most 604800), got {e['input']!r}", False
     if kind == "literal_error" and loc == ("version",):
         return loc, f"unsupported version {e['input']!r}; this server reads version: 1", False
     if kind == "too_short":

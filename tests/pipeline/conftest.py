@@ -31,10 +31,7 @@ def small_pipeline(steps: str, image: str = "${REGISTRY}/small", extra: str = ""
     return (
         "version: 1\nname: small\n"
         f'image: "{image}"\n'
-        "steps:\n"
-        + textwrap.indent(textwrap.dedent(steps).strip("\n"), "  ")
-        + "\n"
-        + extra
+        "steps:\n" + textwrap.indent(textwrap.dedent(steps).strip("\n"), "  ") + "\n" + extra
     )
 
 
@@ -104,7 +101,9 @@ class Builds:
         run_build(self.settings, self.store, build.id, worker_name="test")
         return self.store.get_build(build.id)
 
-    def commit_and_run(self, pipeline: str, files: dict[str, str] | None = None, branch: str = "main") -> Build:
+    def commit_and_run(
+        self, pipeline: str, files: dict[str, str] | None = None, branch: str = "main"
+    ) -> Build:
         return self.run(self.create(self.commit(pipeline, files, branch), branch))
 
 

@@ -170,10 +170,7 @@ def test_deploy_step_not_available_is_clear(builds, monkeypatch):
     monkeypatch.delitem(steps.STEP_KINDS, "deploy", raising=False)
     pipeline = small_pipeline(
         BUILD_STEP + "- name: deploy-qa\n  deploy: {environment: qa}\n",
-        extra=(
-            "environments:\n  qa:\n    hosts: [{host: 127.0.0.1}]\n"
-            "    container: {name: small-qa}\n"
-        ),
+        extra=("environments:\n  qa:\n    hosts: [{host: 127.0.0.1}]\n    container: {name: small-qa}\n"),
     )
     build = builds.commit_and_run(pipeline)
     assert build.status is BuildStatus.ERROR
