@@ -22,7 +22,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=int(os.environ.get("ORCHESTRATOR_WEB_THREADS", "1")),
                    help="threads per worker; more than 1 selects the gthread worker (default 1: sync)")
     p.add_argument("--timeout", type=int, default=60,
-                   help="seconds before gunicorn restarts a silent worker (live log streams send keep-alives)")
+                   help="seconds before gunicorn restarts a silent worker")
     p.add_argument("--access-log", action="store_true", help="also write gunicorn's access log to stderr")
 
 
@@ -54,7 +54,7 @@ def serve(app: Any, options: dict[str, Any]) -> None:
     """Run ``app`` under gunicorn in this process (blocks until gunicorn stops)."""
     from gunicorn.app.base import BaseApplication
 
-    class _Server(BaseApplication):  # type: ignore[misc]
+    class _Server(BaseApplication):
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -310,7 +310,8 @@ def test_body_just_under_and_over_the_limit(make_app, store) -> None:
     under = gh.send("pull_request", sized(limit - 1, "2" * 40))
     assert under.status == 202
     over = gh.send("pull_request", sized(limit + 1, "3" * 40))
-    assert over.status == 413 and over.body["error"] == "payload_too_large" and str(limit) in over.body["reason"]
+    assert over.status == 413 and over.body["error"] == "payload_too_large"
+    assert str(limit) in over.body["reason"]
     assert store.latest_build_id() == 2
 
 
@@ -336,7 +337,7 @@ def test_hostile_branch_names_are_recorded_as_data(make_app, store, service_log,
     assert not marker.exists()
     lines = lines_of(service_log)
     assert all(line["event"] in ("delivery", "config") for line in lines)  # no forged line
-    assert [line["ref"] for line in lines if line.get("event") == "delivery"][0] == "refs/heads/" + branch
+    assert next(x["ref"] for x in lines if x.get("event") == "delivery") == "refs/heads/" + branch
 
 
 # -- logs, metrics, configuration -------------------------------------------------------------------

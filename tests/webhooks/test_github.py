@@ -217,18 +217,20 @@ CASES: list[tuple[str, str, dict[str, Any], RepoConfig, tuple[str, ...]]] = [
      ("ignored", "branch deletion (refs/heads/retrain-2024)")),
     ("deletion flagged by after only", "push", push_to("main", "0" * 40), PUSH_MAIN,
      ("ignored", "branch deletion")),
-    ("push to a non-branch ref", "push", _with(payload("push.branch"), "ref", "refs/notes/commits"), PUSH_MAIN,
-     ("ignored", "not a branch")),
+    ("push to a non-branch ref", "push", _with(payload("push.branch"), "ref", "refs/notes/commits"),
+     PUSH_MAIN, ("ignored", "not a branch")),
     ("push without ref", "push", _with(payload("push.branch"), "ref", _DELETE), PUSH_MAIN,
      ("'ref' must be a non-empty string",)),
-    ("push with a bad after", "push", push_to("main", "zz" * 20), PUSH_MAIN, ("'after' must be a commit sha",)),
+    ("push with a bad after", "push", push_to("main", "zz" * 20), PUSH_MAIN,
+     ("'after' must be a commit sha",)),
     ("unknown event", "issues", {"action": "opened", "repository": {"full_name": REPO}}, DEFAULT,
      ("ignored", "event 'issues' does not start builds")),
     ("release event", "release", {"action": "published"}, DEFAULT, ("ignored", "event 'release'")),
 ]
 
 
-@pytest.mark.parametrize(("event", "p", "repo", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("event", "p", "repo", "expected"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
 def test_decide(event: str, p: dict[str, Any], repo: RepoConfig, expected: tuple[str, ...]) -> None:
     if expected[0] == "build":
         d = decide(event, p, repo)
@@ -271,7 +273,8 @@ HOSTILE = ["$(touch /tmp/x)", "--upload-pack=touch /tmp/pwned", "`id`; rm -rf /"
 
 @pytest.mark.parametrize("branch", HOSTILE)
 def test_hostile_branch_names_are_kept_verbatim(branch: str) -> None:
-    every = RepoConfig(full_name=REPO, clone_url="x", triggers=Triggers(pull_request_merged=("*",), push=("*",)))
+    every = RepoConfig(full_name=REPO, clone_url="x",
+                       triggers=Triggers(pull_request_merged=("*",), push=("*",)))
     t = decide("push", push_to(branch, "c" * 40), every).trigger
     assert t is not None and t.branch == branch and t.ref == "refs/heads/" + branch
     t = decide("pull_request", merged_pr("d" * 40, base=branch), every).trigger
