@@ -25,7 +25,8 @@ MIN_SECRET_LEN = 3  # shorter values would mask ordinary text everywhere and hid
 
 def _b64_forms(value: bytes) -> set[str]:
     """The base64 text of ``value`` at each of the 3 byte alignments it may have inside a longer blob."""
-    forms: set[str] = set()
+    whole = base64.b64encode(value).decode()
+    forms: set[str] = {whole, whole.rstrip("=")}
     for k in range(3):
         enc = base64.b64encode(b"\0" * k + value).decode().rstrip("=")
         start = (4 * k + 2) // 3
@@ -33,8 +34,7 @@ def _b64_forms(value: bytes) -> set[str]:
         part = enc[start:end]
         if len(part) >= 4:
             forms.add(part)
-            forms.add(part.replace("+", "-").replace("/", "_"))
-    return forms
+    return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
 
 
 class Masker:

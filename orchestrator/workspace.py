@@ -25,7 +25,7 @@ GIT_TIMEOUT = 600.0
 
 def validate_sha(sha: str) -> str:
     """Return ``sha`` if it is a full lowercase commit id, else raise PayloadError."""
-    if not isinstance(sha, str) or not SHA_RE.match(sha):
+    if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
         raise PayloadError(f"refusing to check out {sha!r}: a commit sha is exactly 40 hex digits", sha=sha)
     return sha
 
