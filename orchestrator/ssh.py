@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import shlex
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -121,8 +120,9 @@ class SshHost:
     def __init__(self, target: Target, key: paramiko.PKey, known_hosts: Path | None,
                  connect_timeout: float = 10.0) -> None:
         if known_hosts is None:
-            raise ConfigError("no known_hosts file is configured: set ORCHESTRATOR_KNOWN_HOSTS to a file "
-                              "with the deploy hosts' keys (ssh-keyscan -p PORT HOST >> FILE, after verifying)")
+            raise ConfigError(
+                "no known_hosts file is configured: set ORCHESTRATOR_KNOWN_HOSTS to a file with the deploy "
+                "hosts' keys (ssh-keyscan -p PORT HOST >> FILE, after verifying them)")
         if not Path(known_hosts).is_file():
             raise ConfigError(f"known_hosts file {known_hosts} does not exist (ORCHESTRATOR_KNOWN_HOSTS)")
         self.target = target
@@ -301,7 +301,7 @@ class SshHost:
         while True:
             try:
                 data = recv(CHUNK)
-            except socket.timeout:
+            except TimeoutError:
                 if stopped.is_set():
                     return
                 continue
