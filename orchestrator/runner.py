@@ -183,9 +183,9 @@ class BuildRunner:
             status, error = BuildStatus.CANCELLED, str(exc)
         except StepFailed as exc:
             status, error = BuildStatus.FAILED, str(exc)
-        except (PipelineError, PayloadError) as exc:
+        except PipelineError as exc:
             status, error = BuildStatus.FAILED, str(exc)
-        except (InfrastructureError, StoreUnavailable) as exc:
+        except (InfrastructureError, StoreUnavailable, PayloadError) as exc:
             status, error = BuildStatus.ERROR, str(exc)
         except Exception as exc:
             log.exception("build %s crashed", self.build_id)

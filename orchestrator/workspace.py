@@ -72,6 +72,14 @@ def _git_env() -> dict[str, str]:
     return env
 
 
+def _verb(argv: list[str]) -> str:
+    """The git subcommand of an argv (skipping -C dir and -c key=value)."""
+    i = 1
+    while i < len(argv) and argv[i] in ("-C", "-c"):
+        i += 2
+    return argv[i] if i < len(argv) else "?"
+
+
 def run_git(
     argv: list[str],
     timeout: float = GIT_TIMEOUT,
@@ -106,7 +114,7 @@ def run_git(
         raise Cancelled("cancelled during checkout")
     if proc.returncode != 0:
         raise InfrastructureError(
-            f"git {argv[3] if argv[1] == '-C' else argv[1]} failed: "
+            f"git {_verb(argv)} failed: "
             f"{err.decode(errors='replace').strip()[-1500:]}",
             argv=argv,
         )
@@ -132,6 +140,7 @@ def prepare(
     except InfrastructureError as first:
         try:
             run_git(fallback_fetch(clone_url, dest), on_cancel=on_cancel)
+            run_git(["git", "-C", str(dest), "cat-file", "-e", f"{sha}^{{commit}}"], on_cancel=on_cancel)
         except InfrastructureError:
             raise InfrastructureError(
                 f"could not fetch commit {sha} from {clone_url}: {first}", sha=sha

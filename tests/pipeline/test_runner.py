@@ -221,3 +221,82 @@ def test_rerun_same_sha_new_number_linked(builds):
     assert again.status is BuildStatus.SUCCESS
     assert [s.name for s in again.steps] == ["build"]
     assert again.pipeline_yaml == pipeline
+
+
+def test_hostile_sha_never_reaches_git(builds, tmp_path):
+    from orchestrator.models import Trigger
+
+    marker = tmp_path / "pwned"
+    trig = Trigger(
+        repo="acme/house-price",
+        sha=f"--upload-pack=touch {marker}",
+        ref="refs/heads/main",
+        branch="main",
+        kind="push",
+    )
+    build, _ = builds.store.create_build(
+        trig, pipeline="pipeline.yaml", triggered_by="t", enqueue=lambda pipe, ticket: None, dedup=False
+    )
+    done = builds.run(build)
+    assert done.status is BuildStatus.ERROR
+    assert "a commit sha is exactly 40 hex digits" in done.error
+    assert not marker.exists()
+
+
+def test_unknown_commit_is_an_infrastructure_error(builds):
+    done = builds.run(builds.create("f" * 40))
+    assert done.status is BuildStatus.ERROR
+    assert done.error.startswith(f"could not fetch commit {'f' * 40} from file://")
+
+
+def test_invalid_pipeline_at_the_commit_fails_with_line(builds):
+    done = builds.commit_and_run(small_pipeline(BUILD_STEP + "- name: t\n  docker_run: {comand: [x]}\n"))
+    assert done.status is BuildStatus.FAILED
+    assert done.error.startswith("pipeline.yaml:8: steps[1].docker_run.comand: unknown key 'comand'")
+    assert "unknown key 'comand'" in builds.store.log_text(done.id)
+
+
+def test_shell_step_refused_without_permission(builds):
+    done = builds.commit_and_run(small_pipeline('- name: sh\n  shell: {command: ["true"]}\n'))
+    assert done.status is BuildStatus.FAILED
+    assert "shell steps run on the worker itself and are not allowed" in done.error
+
+
+def test_shell_step_runs_and_timeout_kills_its_process_group(make_settings, store, git_origin, tmp_path):
+    from orchestrator.config import Allow
+
+    from .conftest import Builds
+
+    b = Builds(make_settings(allow=Allow(shell=True)), store, git_origin)  # noqa: S604
+    pids = tmp_path / "pids"
+    ok = b.commit_and_run(
+        small_pipeline('- name: hello\n  shell: {command: [sh, -c, "echo hi from $BRANCH"]}\n')
+    )
+    assert ok.status is BuildStatus.SUCCESS and "[hello] hi from main" in store.log_text(ok.id)
+    pipeline = small_pipeline(
+        "- name: hang\n"
+        f'  shell: {{command: [sh, -c, "sleep 300 & echo $! > {pids}; sleep 300"]}}\n'
+        "  timeout: 1\n"
+    )
+    t0 = time.monotonic()
+    done = b.commit_and_run(pipeline)
+    assert done.status is BuildStatus.FAILED and done.steps[0].error == "step 'hang' timed out after 1s"
+    assert time.monotonic() - t0 < 10
+    child = int(pids.read_text())
+    assert wait_gone(child), "the backgrounded child of the shell step survived"
+
+
+def wait_gone(pid: int, timeout: float = 5) -> bool:
+    """True once ``pid`` is gone or a zombie (killed, waiting for init to reap it)."""
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
