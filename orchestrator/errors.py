@@ -112,3 +112,33 @@ class UnsupportedContentType(PayloadError):
     """A request body that is not application/json."""
 
     code = "unsupported_content_type"
+
+
+# -- REST API and web forms (issue 7): the HTTP status each maps to is in orchestrator/api.py ------
+
+
+class Unauthorized(OrchestratorError):
+    """No credentials were presented (no bearer token, not signed in)."""
+
+    code = "unauthorized"
+
+
+class Forbidden(OrchestratorError):
+    """Credentials were presented but are not valid (wrong token, bad CSRF token)."""
+
+    code = "forbidden"
+
+
+class Unavailable(OrchestratorError):
+    """An action whose implementation is not installed in this server (yet)."""
+
+    code = "not_implemented"
+
+
+class Superseded(OrchestratorError):
+    """A deploy was skipped: a newer build is already deployed to that environment (not a failure).
+
+    The runner records the step and the build as ``superseded`` and runs no further steps.
+    """
+
+    code = "superseded"

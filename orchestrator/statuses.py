@@ -1,15 +1,80 @@
 """Commit statuses back to GitHub (pending / success / failure with a link to the build page).
 
-Placeholder with the final signature; the web/API issue implements it. Failures to report never
-fail a build: they are logged.
+``POST {github_api_url}/repos/{owner}/{name}/statuses/{sha}`` with context "mlship", only when a
+token is configured. Failures to report never fail a build: they are logged and swallowed.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
 from .config import Settings
 from .models import Build
+
+log = logging.getLogger("orchestrator.statuses")
+CONTEXT = "mlship"
+STATES = ("pending", "success", "failure", "error")
+TIMEOUT = 5.0
+_REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    """One commit status call as data (tested without a network)."""
+
+    url: str
+    body: dict[str, str]
+    headers: dict[str, str]
+
+
+def build_request(
+    settings: Settings, token: str, build: Build, state: str, description: str
+) -> StatusRequest:
+    """The request that reports ``state`` for ``build``'s commit."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, not {state!r}")
+    body = {
+        "state": state,
+        "target_url": f"{settings.public_url}/builds/{build.id}",
+        "description": description[:140],
+        "context": CONTEXT,
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": "2022-11-28",
+        "Content-Type": "application/json",
+        "User-Agent": "mlship",
+    }
+    return StatusRequest(f"{settings.github_api_url}/repos/{build.repo}/statuses/{build.sha}", body, headers)
 
 
 def report(settings: Settings, build: Build, state: str, description: str) -> None:
     """Report ``state`` (pending|success|failure|error) for the build's commit, if a token is set."""
-    return None
+    token = settings.github_token()
+    if not token:
+        return
+    if not _REPO_RE.match(build.repo) or not _SHA_RE.match(build.sha):
+        log.warning("not reporting a status for build %s: repo %r / sha %r are not GitHub-shaped",
+                    build.id, build.repo[:100], build.sha[:50])
+        return
+    try:
+        req = build_request(settings, token, build, state, description)
+        # The URL is the operator's github_api_url (http/https), never taken from a payload.
+        http = urllib.request.Request(  # noqa: S310
+            req.url, data=json.dumps(req.body).encode(), headers=req.headers, method="POST"
+        )
+        with urllib.request.urlopen(http, timeout=TIMEOUT) as resp:  # noqa: S310
+            resp.read()
+    except urllib.error.HTTPError as exc:
+        log.warning("GitHub refused the commit status for build %s (%s %s): HTTP %s — check the token's "
+                    "repo:status scope", build.id, build.repo, build.sha[:7], exc.code)
+    except Exception as exc:  # a status is a courtesy; it never fails a build
+        log.warning("could not report the commit status for build %s to %s: %s",
+                    build.id, settings.github_api_url, exc)

@@ -422,6 +422,15 @@ class Store:
         with self.available():
             return {k: int(v) for k, v in self.r.hgetall(self.k.counter(metric)).items()}
 
+    def incr_counters(self, amounts: dict[str, dict[str, int]]) -> None:
+        """Several counter increments ({metric: {label: amount}}) in one round trip (request metrics)."""
+        with self.available():
+            pipe = self.r.pipeline(transaction=False)
+            for metric, labels in amounts.items():
+                for label, amount in labels.items():
+                    pipe.hincrby(self.k.counter(metric), label, amount)
+            pipe.execute()
+
     # -- deployments ----------------------------------------------------------------------------
 
     def get_deployment(self, repo: str, env: str) -> Deployment | None:

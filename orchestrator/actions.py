@@ -1,0 +1,149 @@
+"""What a person or script can ask for: trigger, re-run, cancel, promote, roll back.
+
+Thin glue shared by the REST API, the HTML forms and the CLI: it validates the request, then
+delegates to the pipeline engine (orchestrator.cancel) and the deploy engine
+(orchestrator.deployments). A piece that is not installed answers ``Unavailable`` (HTTP 501).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from . import Runtime
+from .config import RepoConfig
+from .errors import InfrastructureError, NotFound, PayloadError, Unavailable
+from .models import Build, Trigger
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
+_REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]*$")
+ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+LS_REMOTE_TIMEOUT = 30.0
+
+
+def normalize_ref(ref: str) -> tuple[str, str]:
+    """``main`` or ``refs/heads/main`` → (full ref, branch); PayloadError for anything unsafe."""
+    if not isinstance(ref, str) or not ref or len(ref) > 255:
+        raise PayloadError("ref must be a branch name like 'main' or 'refs/heads/main'", ref=str(ref)[:80])
+    full = ref if ref.startswith("refs/heads/") else f"refs/heads/{ref}"
+    branch = full[len("refs/heads/"):]
+    bad = (
+        not _REF_PART.match(branch) or ".." in branch or "//" in branch or "@{" in branch
+        or branch.endswith(("/", ".", ".lock")) or "/." in branch
+    )
+    if bad:
+        raise PayloadError(
+            f"ref {ref!r} is not a valid branch name (letters, digits, '._+/-'; no '..', no leading '-')",
+            ref=ref[:80],
+        )
+    return full, branch
+
+
+def ls_remote_argv(clone_url: str, full_ref: str) -> list[str]:
+    """The git command that resolves a branch of the origin to its commit (``--`` before the ref)."""
+    return ["git", "ls-remote", clone_url, "--", full_ref]
+
+
+def resolve_branch(repo: RepoConfig, full_ref: str) -> str:
+    """The sha ``full_ref`` points to at the repository's origin; NotFound if the branch is missing."""
+    from .workspace import run_git
+
+    out = run_git(ls_remote_argv(repo.clone_url, full_ref), timeout=LS_REMOTE_TIMEOUT)
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if name.strip() == full_ref and SHA_RE.match(sha.strip()):
+            return sha.strip()
+    raise NotFound(f"branch {full_ref} does not exist in {repo.full_name}", repo=repo.full_name, ref=full_ref)
+
+
+def _repo(rt: Runtime, name: Any) -> RepoConfig:
+    if not isinstance(name, str) or not name:
+        raise PayloadError("repo is required: the full name of an allow-listed repository, e.g. acme/model")
+    repo = rt.settings.repo(name)
+    if repo is None:
+        raise NotFound(
+            f"repository {name!r} is not allow-listed on this server (server configuration: repositories)",
+            repo=name[:100],
+        )
+    return repo
+
+
+def trigger_build(rt: Runtime, repo_name: Any, ref: Any = None, sha: Any = None, by: str = "") -> Build:
+    """A manual build of ``repo`` at ``sha`` (exact) or at the head of branch ``ref``."""
+    repo = _repo(rt, repo_name)
+    if ref is None and sha is None:
+        raise PayloadError("give a ref (branch) or a sha (40 hex digits) to build")
+    full_ref, branch = normalize_ref(ref) if ref is not None else ("", "")
+    if sha is not None:
+        if not isinstance(sha, str) or not SHA_RE.match(sha):
+            raise PayloadError("sha must be a full 40-character lowercase hex commit id", sha=str(sha)[:80])
+    else:
+        try:
+            sha = resolve_branch(repo, full_ref)
+        except InfrastructureError as exc:
+            raise InfrastructureError(
+                f"cannot resolve {full_ref} at {repo.full_name}'s origin: {exc}", repo=repo.full_name
+            ) from exc
+    from .jobs import enqueuer
+
+    trigger = Trigger(repo=repo.full_name, sha=sha, ref=full_ref, branch=branch, kind="manual",
+                      author=by, message=f"manual build of {branch or sha[:7]}")
+    build, _ = rt.store.create_build(
+        trigger, pipeline=repo.pipeline, triggered_by=by or "api",
+        enqueue=enqueuer(rt.queue, rt.settings.build_timeout), dedup=False,
+    )
+    return build
+
+
+def _piece(module: str, name: str, what: str) -> Callable[..., Build]:
+    """A function of another engineer's module, or Unavailable (501) if it is not installed."""
+    try:
+        fn = getattr(importlib.import_module(f"orchestrator.{module}"), name)
+    except (ImportError, AttributeError) as exc:
+        raise Unavailable(f"{what} is not available on this server (orchestrator.{module}.{name} is missing)",
+                          missing=f"{module}.{name}") from exc
+    return fn
+
+
+def rerun(rt: Runtime, build_id: int, by: str = "") -> Build:
+    """A new build of the same commit; Conflict while the original still runs."""
+    return _piece("cancel", "rerun_build", "re-run")(rt, build_id, by=by)
+
+
+def cancel(rt: Runtime, build_id: int, by: str = "") -> Build:
+    """Cancel a queued or running build; Conflict if it already finished."""
+    return _piece("cancel", "cancel_build", "cancel")(rt, build_id, by=by)
+
+
+def _env(env: Any) -> str:
+    if not isinstance(env, str) or not ENV_RE.match(env):
+        raise PayloadError("environment must be a name like 'qa' or 'prod' ([a-z0-9_-])",
+                           environment=str(env)[:80])
+    return env
+
+
+def promote(rt: Runtime, build_id: int, env: Any, by: str = "") -> Build:
+    """Deploy a successful build's image to ``env`` (a new build with trigger 'promote')."""
+    env = _env(env)
+    rt.store.get_build(build_id)  # NotFound before anything else
+    return _piece("deployments", "request_promote", "promote")(rt, build_id, env, by)
+
+
+def rollback(rt: Runtime, repo_name: Any, env: Any, by: str = "") -> Build:
+    """Put the previous deployment of ``repo`` in ``env`` back (a new build with trigger 'rollback')."""
+    env = _env(env)
+    repo = _repo(rt, repo_name)
+    return _piece("deployments", "request_rollback", "rollback")(rt, repo.full_name, env, by)
+
+
+def available(action: str) -> bool:
+    """Whether the module behind an action is installed (the pages hide buttons that would 501)."""
+    module = {"promote": "deployments", "rollback": "deployments"}.get(action, "cancel")
+    try:
+        importlib.import_module(f"orchestrator.{module}")
+    except ImportError:
+        return False
+    return True
