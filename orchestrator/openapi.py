@@ -119,6 +119,17 @@ _SCHEMAS: dict[str, Any] = {
             "history": {"type": "array", "items": _ref("Deployment")},
         },
     },
+    "LogEvent": {
+        "type": "object",
+        "description": "One Server-Sent Event: `log` (data: {step, stream, text, ts}; id: log entry id), "
+                       "then `end` (data: {status, error}) when the build finished; `error` if Redis failed.",
+        "properties": {
+            "event": {"type": "string", "enum": ["log", "end", "error"]},
+            "id": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "retry": {"type": "integer"},
+        },
+    },
     "TriggerRequest": {
         "type": "object", "required": ["repo"],
         "description": "Build `repo` at `sha` (exact commit) or at the head of branch `ref`; "
@@ -185,7 +196,7 @@ def document() -> dict[str, Any]:
         "/api/v1/builds/{build_id}/log/stream": {"get": _op(
             "streamLog", "Follow the log: Server-Sent Events `log` (id = entry id) then `end`", {
                 "200": {"description": "text/event-stream; resume with the Last-Event-ID header",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                        "content": {"text/event-stream": {"schema": _ref("LogEvent")}}},
                 **_errors(*_READ, 404)},
             params=[_BUILD_ID,
                     {"name": "Last-Event-ID", "in": "header",
