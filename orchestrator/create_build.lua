@@ -1,11 +1,11 @@
 -- Create one build atomically (see Store.create_build).
 -- KEYS: 1 global seq, 2 repo seq, 3 dedup key or '', 4 builds index, 5 delivery key or '', 6 ticket key
 -- ARGV: 1 build key prefix, 2 JSON flat list of field/value, 3 ticket ttl, 4 delivery/dedup ttl
--- Returns {created (0/1), build id}.
+-- Returns {created (0/1), build id, the build's hash as a flat list} (one round trip in all).
 -- The build key is derived from the new id, so it cannot be declared in KEYS (standalone Redis only).
 if KEYS[5] ~= '' then
   local prior = redis.call('HGET', KEYS[5], 'build_id')
-  if prior and prior ~= '' then return {0, tonumber(prior)} end
+  if prior and prior ~= '' then return {0, tonumber(prior), redis.call('HGETALL', ARGV[1] .. prior)} end
 end
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
@@ -15,7 +15,7 @@ if KEYS[3] ~= '' then
         'reason', 'same commit already built as build ' .. existing)
       redis.call('EXPIRE', KEYS[5], ARGV[4])
     end
-    return {0, tonumber(existing)}
+    return {0, tonumber(existing), redis.call('HGETALL', ARGV[1] .. existing)}
   end
 end
 local id = redis.call('INCR', KEYS[1])
@@ -31,4 +31,4 @@ if KEYS[5] ~= '' then
     'reason', 'queued as build ' .. id)
   redis.call('EXPIRE', KEYS[5], ARGV[4])
 end
-return {1, id}
+return {1, id, redis.call('HGETALL', bkey)}

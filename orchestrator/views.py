@@ -168,7 +168,7 @@ def builds_page() -> str:
     filters = list_filters()
     offset, limit = _offset(), rt.settings.max_rows_per_page
     builds, total = rt.store.list_builds(offset=offset, limit=limit, **filters)
-    template = "_build_rows.html" if request.args.get("fragment") == "rows" else "builds.html"
+    template = "_build_table.html" if request.args.get("fragment") == "rows" else "builds.html"
     return render_template(template, builds=builds, filters=filters,
                            page=_page_args(total, offset, limit, **filters))
 

@@ -38,11 +38,11 @@
 
   // Builds list: refresh the rows every few seconds while the tab is visible.
   function liveList() {
-    var table = document.querySelector("table[data-refresh]");
-    if (!table) return;
-    var url = withParam(table.getAttribute("data-refresh"), "fragment", "rows");
+    var holder = document.querySelector("[data-refresh]");
+    if (!holder) return;
+    var url = withParam(holder.getAttribute("data-refresh"), "fragment", "rows");
     setInterval(function () {
-      if (document.visibilityState === "visible") swap(url, "#build-rows").catch(function () {});
+      if (document.visibilityState === "visible") swap(url, "#build-table").catch(function () {});
     }, 3000);
   }
 

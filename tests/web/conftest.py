@@ -209,3 +209,9 @@ def github_api() -> Iterator[GitHubStandIn]:
     stand_in = GitHubStandIn().start()
     yield stand_in
     stand_in.stop()
+
+
+def unavailable_browser() -> None:
+    from tests.conftest import unavailable
+
+    unavailable("Debian's chromium is not installed: apt-get install -y chromium chromium-driver")

@@ -52,7 +52,7 @@ def test_builds_list_filters_and_pages(redis_url):
     failed = c.get("/?status=failed").get_data(as_text=True)
     assert "change 3" in failed and "change 1" in failed and "change 4" not in failed
     rows = c.get("/?fragment=rows").get_data(as_text=True)
-    assert rows.lstrip().startswith("<tbody") and "<html" not in rows
+    assert rows.lstrip().startswith('<table class="builds cards" id="build-table">') and "<html" not in rows
 
 
 def test_webhook_data_is_escaped_everywhere(client, seed):
