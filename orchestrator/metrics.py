@@ -137,9 +137,20 @@ def render(rt: Any) -> bytes:
     return generate_latest(registry)
 
 
+_paused_until = [0.0]
+PAUSE_AFTER_FAILURE = 5.0
+
+
 def record_request(rt: Any, method: str, endpoint: str, status: int, started: float) -> None:
-    """Count one request in Redis; never fails the request if Redis is down."""
+    """Count one request in Redis; never fails the request if Redis is down.
+
+    After a failure, counting pauses for a few seconds so an unreachable Redis does not add its
+    connect timeout to every answer (the webhook's 503 must stay fast).
+    """
+    if time.monotonic() < _paused_until[0]:
+        return
     try:
         rt.store.incr_counters(request_increments(method, endpoint, status, time.perf_counter() - started))
     except Exception:  # metrics are best effort
+        _paused_until[0] = time.monotonic() + PAUSE_AFTER_FAILURE
         log.debug("could not record request metrics", exc_info=True)

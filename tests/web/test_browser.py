@@ -80,12 +80,13 @@ def seed_realistic(seed):
                seconds=12, trigger="manual", error="cancelled by API_TOKEN")
     seed.build("success", message="Validate input ranges in /predict", branch="main", author="alice",
                ago=1500, seconds=301, trigger="rerun", rerun_of=3)
+    now = time.time()
+    steps = [StepRecord("build", "docker_build", StepStatus.SUCCESS, now - 65, now - 24),
+             StepRecord("test", "docker_run", StepStatus.RUNNING, now - 23),
+             StepRecord("push", "docker_push"), StepRecord("deploy-qa", "deploy"),
+             StepRecord("deploy-prod", "deploy")]
     return seed.build("running", message="Merge pull request #42 from acme/faster-predict\n\nVectorise it",
-                      branch="main", author="erin", ago=70, log=LOG, steps=[
-                          StepRecord("build", "docker_build", StepStatus.SUCCESS, time.time() - 65, time.time() - 24),
-                          StepRecord("test", "docker_run", StepStatus.RUNNING, time.time() - 23),
-                          StepRecord("push", "docker_push"), StepRecord("deploy-qa", "deploy"),
-                          StepRecord("deploy-prod", "deploy")])
+                      branch="main", author="erin", ago=70, log=LOG, steps=steps)
 
 
 def test_list_live_log_rerun_and_screenshots(page, seed, rt):
@@ -107,13 +108,14 @@ def test_list_live_log_rerun_and_screenshots(page, seed, rt):
     assert page.locator("#log .ln").count() == len(LOG)
     assert page.locator("#cancel-btn").is_visible() and page.locator("#rerun-btn").count() == 0
 
+    later = ["inference/tests/test_model.py ..............                  [ 62%]",
+             "inference/tests/test_validation.py ..................          [100%]",
+             "=" * 30 + " 48 passed in 3.12s " + "=" * 30]
+
     def more_output() -> None:
-        for i, text in enumerate(["inference/tests/test_model.py ..............                  [ 62%]",
-                                  "inference/tests/test_validation.py ..................          [100%]",
-                                  "============================== 48 passed in 3.12s =============================="]):
+        for text in later:
             time.sleep(0.4)
             rt.store.append_log(running.id, [("test", "stdout", text)])
-            del i
 
     t = threading.Thread(target=more_output)
     t.start()
