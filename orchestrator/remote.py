@@ -154,8 +154,9 @@ def read_upstream(edge: str) -> Argv:
 
 
 def state(container: str) -> Argv:
-    """Prints the container's status (running, exited...); exit code 1 if it does not exist."""
-    return _docker("container", "inspect", "--format", "{{.State.Status}}", "--", container)
+    """Prints the container's status (running, exited, restarting...) and its restart count; exit code 1
+    if it does not exist."""
+    return _docker("container", "inspect", "--format", "{{.State.Status}} {{.RestartCount}}", "--", container)
 
 
 def list_app_containers(app_name: str) -> Argv:

@@ -133,9 +133,13 @@ class HostDeploy:
         finally:
             self.state.timings[name] = time.monotonic() - t0
 
-    def status(self, container: str) -> str:
+    def status(self, container: str, raw: bool = False) -> str:
+        """The container's status ("" if it does not exist); unless ``raw``, "crashed" once it restarted."""
         res = self.sh(remote.state(container), check=False, capture=True, quiet=True)
-        return res.stdout.strip() if res.exit_code == 0 else ""
+        if res.exit_code != 0:
+            return ""
+        status, _, restarts = res.stdout.strip().partition(" ")
+        return "crashed" if not raw and restarts.strip() not in ("", "0") else status
 
     # -- phase 1: pull, start, check, switch -------------------------------------------------------
 
@@ -144,7 +148,7 @@ class HostDeploy:
         n = self.plan.names
         if self.sh(remote.network_exists(n["network"]), check=False, quiet=True).exit_code != 0:
             self.sh(remote.network_create(n["network"]))
-        edge_up = self.status(n["edge"]) == "running"
+        edge_up = self.status(n["edge"], raw=True) == "running"
         if edge_up:
             res = self.sh(remote.read_upstream(n["edge"]), check=False, capture=True, quiet=True)
             self.state.previous_upstream = res.stdout.strip() if res.exit_code == 0 else ""
@@ -209,7 +213,7 @@ class HostDeploy:
                 lines = (res.stderr or res.stdout).strip().splitlines()
                 last = lines[-1] if lines else f"exit {res.exit_code}"
                 st = self.status(name)
-                if st in ("exited", "dead", ""):
+                if st in ("exited", "dead", "restarting", "crashed", ""):
                     self.fail_health(name, f"the container stopped ({st or 'gone'}) before it was healthy")
             if time.monotonic() + h.interval > deadline:
                 self.fail_health(name, f"not healthy within {h.timeout:g}s ({attempts} probes; last: {last})")
