@@ -170,7 +170,30 @@ class Stack:
                                       + log.read_text(errors="replace")[-2000:])
         self.procs.append(proc)
 
-    def stop(self) -> None:
+    def remove_deployments(self) -> list[str]:
+        """Remove the containers and networks that deploys of the example repository created here."""
+        if not self.docker.host:
+            return []
+        client = self.docker.client()
+        removed: list[str] = []
+        apps: set[str] = set()
+        for c in client.containers.list(all=True, filters={"label": f"mlship.repo={REPO_NAME}"}):
+            apps.add(c.labels.get("mlship.app", ""))
+            c.remove(force=True)
+            removed.append(c.name)
+        for net in client.networks.list(names=[f"{a}-net" for a in apps if a]):
+            net.remove()
+        client.close()
+        return removed
+
+    def stop(self, keep_deployments: bool = False) -> None:
+        if not keep_deployments:
+            try:
+                removed = self.remove_deployments()
+                if removed:
+                    self.say(f"removed deployed containers {', '.join(sorted(removed))}")
+            except Exception as exc:
+                self.say(f"could not remove deployed containers: {exc}")
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()

@@ -23,6 +23,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="also merge a change in a local example repo, send the signed webhook, wait for the "
                         "deploy and print a prediction from the deployed container")
     p.add_argument("--exit", action="store_true", help="stop everything after the demo instead of waiting")
+    p.add_argument("--keep-deployments", action="store_true",
+                   help="leave the deployed inference containers running when stopping")
 
 
 @command("standalone", "run everything on this machine (Redis, Docker, registry, SSH host, web, worker)",
@@ -58,7 +60,7 @@ def standalone(args: argparse.Namespace) -> int:
         return 0
     finally:
         say("stopping")
-        stack.stop()
+        stack.stop(keep_deployments=args.keep_deployments)
 
 
 def _banner(stack: object) -> None:
