@@ -27,6 +27,7 @@ from .errors import (
     OrchestratorError,
     PayloadError,
     PayloadTooLarge,
+    PipelineError,
     StoreUnavailable,
     Unauthorized,
     Unavailable,
@@ -45,8 +46,8 @@ RETRY_MS = 500
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _STATUS: list[tuple[type[OrchestratorError], int]] = [
     (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (PayloadTooLarge, 413),
-    (UnsupportedContentType, 415), (PayloadError, 400), (Unavailable, 501), (InfrastructureError, 502),
-    (StoreUnavailable, 503),
+    (UnsupportedContentType, 415), (PayloadError, 400), (PipelineError, 409), (Unavailable, 501),
+    (InfrastructureError, 502), (StoreUnavailable, 503),
 ]
 
 

@@ -239,19 +239,63 @@ def test_trigger_body_must_be_a_json_object(client):
     assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]["message"]
 
 
-def test_promote_and_rollback_validate_then_delegate(client, seed):
-    b = seed.build("success")
+PIPELINE = """\
+version: 1
+name: house-price
+image: registry.local/house-price
+steps:
+  - name: build
+    docker_build: {}
+  - name: deploy-qa
+    deploy: {environment: qa}
+environments:
+  qa:
+    hosts: [{host: 127.0.0.1, port: 2222}]
+    container: {name: house-price-qa}
+  prod:
+    hosts: [{host: 127.0.0.1, port: 2223}]
+    container: {name: house-price-prod}
+"""
+
+
+def test_promote_validates_then_queues_a_promote_build(client, seed):
+    b = seed.build("success", pipeline_yaml=PIPELINE, image="registry.local/house-price:1",
+                   digest="sha256:" + "1" * 64)
     bad = client.post(f"/api/v1/builds/{b.id}/promote", json={"environment": "../prod"}, headers=auth())
     assert bad.status_code == 400
     missing = client.post("/api/v1/builds/999999/promote", json={"environment": "prod"}, headers=auth())
     assert missing.status_code == 404
+    promote = f"/api/v1/builds/{b.id}/promote"
+    unknown_env = client.post(promote, json={"environment": "staging"}, headers=auth())
+    assert unknown_env.status_code == 404 and "staging" in unknown_env.get_json()["error"]["message"]
     resp = client.post(f"/api/v1/builds/{b.id}/promote", json={"environment": "prod"}, headers=auth())
-    # 201 once the deploy engine is installed; until then a clear 501 naming the missing piece.
-    assert resp.status_code in (201, 409, 501), resp.get_json()
-    if resp.status_code == 501:
-        assert "deployments" in resp.get_json()["error"]["message"]
-    rb = client.post("/api/v1/environments/prod/rollback", json={"repo": "evil/x"}, headers=auth())
-    assert rb.status_code == 404
+    assert resp.status_code == 201, resp.get_json()
+    new = resp.get_json()
+    assert (new["trigger"], new["deploys"]["environment"], new["image"]) == (
+        "promote", "prod", "registry.local/house-price:1")
+    failed = seed.build("failed", pipeline_yaml=PIPELINE)
+    conflict = client.post(f"/api/v1/builds/{failed.id}/promote", json={"environment": "prod"},
+                           headers=auth())
+    assert conflict.status_code == 409
+
+
+def test_rollback_queues_a_build_of_the_previous_deployment(client, seed, rt):
+    from orchestrator.models import Deployment
+
+    old = seed.build("success", pipeline_yaml=PIPELINE, image="registry.local/house-price:1")
+    new = seed.build("success", pipeline_yaml=PIPELINE, image="registry.local/house-price:2")
+    nothing = client.post("/api/v1/environments/qa/rollback", json={"repo": REPO}, headers=auth())
+    assert nothing.status_code == 404
+    for b in (old, new):
+        rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=b.id, build_number=b.number,
+                                           image=b.image, sha=b.sha))
+    assert client.post("/api/v1/environments/qa/rollback", json={"repo": "evil/x"},
+                       headers=auth()).status_code == 404
+    assert client.post("/api/v1/environments/qa/rollback", json={"repo": REPO}).status_code == 401
+    resp = client.post("/api/v1/environments/qa/rollback", json={"repo": REPO}, headers=auth())
+    assert resp.status_code == 201, resp.get_json()
+    rb = resp.get_json()
+    assert (rb["trigger"], rb["image"], rb["deploys"]["source_build"]) == ("rollback", old.image, old.id)
 
 
 def test_deliveries_and_environments(client, rt):

@@ -216,3 +216,19 @@ def test_ago(delta, text):
 def test_only_http_links(url, ok):
     assert (http_url(url) == url) is ok
     assert http_url("") == ""
+
+
+def test_rollback_buttons_where_a_previous_deployment_exists(client, seed, rt):
+    from orchestrator.models import Deployment
+
+    old, new = seed.build("success"), seed.build("success")
+    sign_in(client)
+    rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=old.id, build_number=old.number,
+                                       image="r/x:1", sha=old.sha))
+    assert "Roll back" not in client.get("/environments").get_data(as_text=True)  # nothing earlier
+    rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=new.id, build_number=new.number,
+                                       image="r/x:2", sha=new.sha))
+    envs = client.get("/environments").get_data(as_text=True)
+    assert "Roll back" in envs and 'action="/environments/qa/rollback"' in envs
+    assert "Roll back qa" in client.get(f"/builds/{new.id}").get_data(as_text=True)
+    assert "Roll back qa" not in client.get(f"/builds/{old.id}").get_data(as_text=True)
