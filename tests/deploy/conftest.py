@@ -27,11 +27,22 @@ def model_volume(docker_client: Any, example_images: ExampleImages) -> Iterator[
 
 
 @pytest.fixture
-def deploy_env(redis_url: str, deploy_hosts: Any, docker_client: Any, example_images: ExampleImages,
-               model_volume: str, tmp_path: Path) -> Iterator[DeployEnv]:
+def deploy_env(
+    redis_url: str,
+    deploy_hosts: Any,
+    docker_client: Any,
+    example_images: ExampleImages,
+    model_volume: str,
+    tmp_path: Path,
+) -> Iterator[DeployEnv]:
     store = Store.from_url(redis_url)
-    env = DeployEnv(store=store, settings=make_settings(redis_url, deploy_hosts, tmp_path / "ws"),
-                    hosts=deploy_hosts, images=example_images, volume=model_volume)
+    env = DeployEnv(
+        store=store,
+        settings=make_settings(redis_url, deploy_hosts, tmp_path / "ws"),
+        hosts=deploy_hosts,
+        images=example_images,
+        volume=model_volume,
+    )
     try:
         yield env
     finally:

@@ -36,8 +36,9 @@ class ExampleImages:
 
 def build_example_images(client: Any, base_image: str, registry_addr: str) -> ExampleImages:
     repository = f"{registry_addr}/house-price"
-    img1, _ = client.images.build(path=str(REPO_ROOT), buildargs={"BASE_IMAGE": base_image}, rm=True,
-                                  tag=f"{repository}:1")
+    client.images.build(
+        path=str(REPO_ROOT), buildargs={"BASE_IMAGE": base_image}, rm=True, tag=f"{repository}:1"
+    )
     df = f"FROM {repository}:1\nLABEL org.example.build=2\n"
     client.images.build(fileobj=io.BytesIO(df.encode()), tag=f"{repository}:2", rm=True)
     digests: dict[int, str] = {}
@@ -54,9 +55,13 @@ def build_example_images(client: Any, base_image: str, registry_addr: str) -> Ex
 def make_model_volume(client: Any, image: str) -> str:
     name = f"mlship-test-models-{uuid.uuid4().hex[:8]}"
     client.volumes.create(name)
-    client.containers.run(image, ["python3", "-m", "inference.train", "--out", "/models", "--trees", "10",
-                                  "--rows", "2000"], user="0", volumes={name: {"bind": "/models", "mode": "rw"}},
-                          remove=True)
+    client.containers.run(
+        image,
+        ["python3", "-m", "inference.train", "--out", "/models", "--trees", "10", "--rows", "2000"],
+        user="0",
+        volumes={name: {"bind": "/models", "mode": "rw"}},
+        remove=True,
+    )
     return name
 
 
@@ -71,8 +76,9 @@ class DeployEnv:
     volume: str
     name: str = field(default_factory=lambda: f"hp{uuid.uuid4().hex[:6]}")
     publish: int = field(default_factory=free_port)
-    env: dict[str, str] = field(default_factory=lambda: {"MODEL_PATH": "/models/model.skops",
-                                                          "WEB_CONCURRENCY": "2"})
+    env: dict[str, str] = field(
+        default_factory=lambda: {"MODEL_PATH": "/models/model.skops", "WEB_CONCURRENCY": "2"}
+    )
     labels: dict[str, str] = field(default_factory=dict)
     extra_hosts: list[tuple[str, int]] = field(default_factory=list)
     health_timeout: float = 60
@@ -90,21 +96,40 @@ class DeployEnv:
 
         env: dict[str, Any] = {
             "hosts": hosts,
-            "container": {"name": self.name, "port": 5000, "publish": self.publish,
-                          "volumes": [f"{self.volume}:/models:ro"], "env": self.env, "labels": self.labels},
-            "health": {"path": "/ready", "status": 200, "interval": 0.5, "timeout": self.health_timeout,
-                       "retries": 2},
+            "container": {
+                "name": self.name,
+                "port": 5000,
+                "publish": self.publish,
+                "volumes": [f"{self.volume}:/models:ro"],
+                "env": self.env,
+                "labels": self.labels,
+            },
+            "health": {
+                "path": "/ready",
+                "status": 200,
+                "interval": 0.5,
+                "timeout": self.health_timeout,
+                "retries": 2,
+            },
             "drain_seconds": 1,
         }
         if self.registry_login:
             env["registry_login"] = {"username": "ci", "password": "${secrets.REGISTRY_PASSWORD}"}
         doc = {
-            "version": 1, "name": "house-price", "image": self.images.repository,
-            "steps": [{"name": "deploy-qa", "deploy": {"environment": "qa"}},
-                      {"name": "deploy-prod", "deploy": {"environment": "prod", "promote": "manual"}}],
-            "environments": {"qa": env, "prod": {**env, "container": {**env["container"],
-                                                                       "name": self.name + "-prod",
-                                                                       "publish": free_port()}}},
+            "version": 1,
+            "name": "house-price",
+            "image": self.images.repository,
+            "steps": [
+                {"name": "deploy-qa", "deploy": {"environment": "qa"}},
+                {"name": "deploy-prod", "deploy": {"environment": "prod", "promote": "manual"}},
+            ],
+            "environments": {
+                "qa": env,
+                "prod": {
+                    **env,
+                    "container": {**env["container"], "name": self.name + "-prod", "publish": free_port()},
+                },
+            },
         }
         return yaml.safe_dump(doc, sort_keys=False)
 
@@ -113,12 +138,20 @@ class DeployEnv:
         seq = self.store.r.get(self.store.k.repo_seq(REPO))
         self.store.r.set(self.store.k.repo_seq(REPO), number - 1)  # the Lua script numbers it ``number``
         sha = f"{number:040x}"
-        values = {"pipeline_yaml": self.pipeline_yaml(), "image": self.images.refs[number],
-                  "digest": self.images.digests[number], **extra}
+        values = {
+            "pipeline_yaml": self.pipeline_yaml(),
+            "image": self.images.refs[number],
+            "digest": self.images.digests[number],
+            **extra,
+        }
         build, _ = self.store.create_build(
             Trigger(repo=REPO, sha=sha, ref="refs/heads/main", branch="main", kind=trigger),
-            pipeline="pipeline.yaml", triggered_by="test", enqueue=lambda pipe, ticket: None, dedup=False,
-            extra=values)
+            pipeline="pipeline.yaml",
+            triggered_by="test",
+            enqueue=lambda pipe, ticket: None,
+            dedup=False,
+            extra=values,
+        )
         if seq is not None and int(seq) > number:
             self.store.r.set(self.store.k.repo_seq(REPO), seq)
         return build
@@ -130,12 +163,24 @@ class DeployEnv:
     @contextmanager
     def context(self, build: Build, step: str = "deploy-qa") -> Iterator[StepContext]:
         pipeline = self.pipeline(build)
-        log = LogWriter(self.store, build.id, Masker([*self.settings.secret_values(), *pipeline.secret_values]))
+        log = LogWriter(
+            self.store, build.id, Masker([*self.settings.secret_values(), *pipeline.secret_values])
+        )
         log.step = step
         rec = StepRecord(name=step, kind=pipeline.step(step).kind)
-        ctx = StepContext(build=build, step=pipeline.step(step), pipeline=pipeline, settings=self.settings,
-                          store=self.store, workspace=Path("/nonexistent"), vars=build_variables(build, {}),
-                          log=log, cancel=CancelToken(), record=rec, deadline=time.monotonic() + 600)
+        ctx = StepContext(
+            build=build,
+            step=pipeline.step(step),
+            pipeline=pipeline,
+            settings=self.settings,
+            store=self.store,
+            workspace=Path("/nonexistent"),
+            vars=build_variables(build, {}),
+            log=log,
+            cancel=CancelToken(),
+            record=rec,
+            deadline=time.monotonic() + 600,
+        )
         try:
             yield ctx
         finally:
@@ -152,10 +197,13 @@ class DeployEnv:
         return self.store.log_text(build.id)
 
 
-def test_settings(redis_url: str, hosts: Any, workspace: Path, extra_secrets: dict[str, str] | None = None
-                  ) -> Settings:
+def test_settings(
+    redis_url: str, hosts: Any, workspace: Path, extra_secrets: dict[str, str] | None = None
+) -> Settings:
     return Settings(
-        redis_url=redis_url, workspace=workspace, known_hosts=hosts.known_hosts,
+        redis_url=redis_url,
+        workspace=workspace,
+        known_hosts=hosts.known_hosts,
         secrets=Secrets(env={"DEPLOY_SSH_KEY": hosts.client_key.read_text(), **(extra_secrets or {})}),
         repositories={REPO: RepoConfig(full_name=REPO, clone_url="file:///nonexistent")},
     )
@@ -218,9 +266,13 @@ class Load(threading.Thread):
         self.join(15)
         lat = sorted(self.latencies)
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
-        return {"requests": len(lat), "failed": len(self.failures), "p99_ms": round(p99 * 1000, 1),
-                "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else 0.0,
-                "failures": self.failures[:5]}
+        return {
+            "requests": len(lat),
+            "failed": len(self.failures),
+            "p99_ms": round(p99 * 1000, 1),
+            "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else 0.0,
+            "failures": self.failures[:5],
+        }
 
 
 def wait_http(url: str, timeout: float = 60) -> None:

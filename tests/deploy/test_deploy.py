@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.ssh, pytest.mark.docker, pytest.mark.slow]
 
 
 def _containers(client: Any, env: DeployEnv) -> list[str]:
-    return sorted(c.name for c in client.containers.list(all=True, filters={"label": f"mlship.app={env.name}"}))
+    return sorted(
+        c.name for c in client.containers.list(all=True, filters={"label": f"mlship.app={env.name}"})
+    )
 
 
 def _served_build(env: DeployEnv) -> str:
@@ -61,7 +63,9 @@ def test_deploy_then_redeploy_with_zero_failed_requests(deploy_env: DeployEnv, d
     assert "health check" in log and f"now sends new connections to {env.name}-b2" in log
 
 
-def test_failing_health_check_keeps_the_old_container_serving(deploy_env: DeployEnv, docker_client: Any) -> None:
+def test_failing_health_check_keeps_the_old_container_serving(
+    deploy_env: DeployEnv, docker_client: Any
+) -> None:
     env = deploy_env
     env.deploy(env.new_build(1))
     env.env = {**env.env, "MODEL_PATH": "/models/missing.skops"}
@@ -79,8 +83,9 @@ def test_failing_health_check_keeps_the_old_container_serving(deploy_env: Deploy
     assert env.store.get_deployment(REPO, "qa").build_number == 1  # type: ignore[union-attr]
 
 
-def test_rollback_by_api_runs_the_same_swap_through_the_runner(deploy_env: DeployEnv,
-                                                               docker_client: Any) -> None:
+def test_rollback_by_api_runs_the_same_swap_through_the_runner(
+    deploy_env: DeployEnv, docker_client: Any
+) -> None:
     env = deploy_env
     env.deploy(env.new_build(1))
     env.deploy(env.new_build(2))
@@ -144,8 +149,9 @@ def test_lock_of_a_crashed_deploy_expires(deploy_env: DeployEnv) -> None:
     assert env.store.lock_owner(lock_name(REPO, "qa")) is None  # released after the deploy
 
 
-def test_hostile_env_and_labels_arrive_verbatim(deploy_env: DeployEnv, docker_client: Any,
-                                                tmp_path: Path) -> None:
+def test_hostile_env_and_labels_arrive_verbatim(
+    deploy_env: DeployEnv, docker_client: Any, tmp_path: Path
+) -> None:
     env = deploy_env
     marker = tmp_path / "pwned"
     hostile = {
@@ -169,8 +175,9 @@ def test_hostile_env_and_labels_arrive_verbatim(deploy_env: DeployEnv, docker_cl
     assert not marker.exists()
 
 
-def test_failure_on_a_later_host_rolls_back_the_hosts_already_changed(deploy_env: DeployEnv,
-                                                                       docker_client: Any) -> None:
+def test_failure_on_a_later_host_rolls_back_the_hosts_already_changed(
+    deploy_env: DeployEnv, docker_client: Any
+) -> None:
     env = deploy_env
     env.deploy(env.new_build(1))
     env.extra_hosts = [("127.0.0.1", free_port())]  # a second host that is down
@@ -191,16 +198,23 @@ def test_failure_on_a_later_host_rolls_back_the_hosts_already_changed(deploy_env
 def test_registry_login_password_never_in_log_or_on_disk(deploy_env: DeployEnv, docker_client: Any) -> None:
     env = deploy_env
     password = "pw-" + "z" * 20
-    env.settings = type(env.settings)(**{**env.settings.__dict__, "secrets": type(env.settings.secrets)(
-        env={**env.settings.secrets.env, "REGISTRY_PASSWORD": password})})
+    env.settings = type(env.settings)(
+        **{
+            **env.settings.__dict__,
+            "secrets": type(env.settings.secrets)(
+                env={**env.settings.secrets.env, "REGISTRY_PASSWORD": password}
+            ),
+        }
+    )
     env.registry_login = True
     b1 = env.new_build(1)
     env.deploy(b1)
     log = env.log(b1)
     assert "docker --config /dev/shm/mlship-docker-" in log and "login --username ci --password-stdin" in log
     assert password not in log
-    leftovers = subprocess.run(["sh", "-c", "ls -d /dev/shm/mlship-docker-* 2>/dev/null"],
-                               capture_output=True, text=True).stdout
+    leftovers = subprocess.run(
+        ["sh", "-c", "ls -d /dev/shm/mlship-docker-* 2>/dev/null"], capture_output=True, text=True
+    ).stdout
     assert leftovers == ""
     cfg = Path.home() / ".docker" / "config.json"
     assert not cfg.exists() or password not in cfg.read_text()

@@ -47,10 +47,12 @@ def test_stdin_is_passed_and_not_in_argv(deploy_hosts: Any) -> None:
 
 def test_megabytes_on_both_streams_without_deadlock(deploy_hosts: Any) -> None:
     # 4 MB on stdout and 4 MB on stderr, interleaved: a reader of one stream only would block forever.
-    script = ("import sys\n"
-              "for i in range(50000):\n"
-              "    sys.stdout.write('out %06d %s\\n' % (i, 'x' * 70))\n"
-              "    sys.stderr.write('err %06d %s\\n' % (i, 'y' * 70))\n")
+    script = (
+        "import sys\n"
+        "for i in range(50000):\n"
+        "    sys.stdout.write('out %06d %s\\n' % (i, 'x' * 70))\n"
+        "    sys.stderr.write('err %06d %s\\n' % (i, 'y' * 70))\n"
+    )
     counts = {"stdout": 0, "stderr": 0}
     last: dict[str, str] = {}
 
@@ -79,8 +81,11 @@ def test_cancel_kills_the_remote_process_group(deploy_hosts: Any) -> None:
         threading.Timer(1.0, token.set).start()
         started = time.monotonic()
         with pytest.raises(Cancelled):
-            ssh.run(["sh", "-c", f"sh -c 'sleep 300' {tag}-bg & sleep 301; : {tag}", tag], cancel=token,
-                    timeout=60)
+            ssh.run(
+                ["sh", "-c", f"sh -c 'sleep 300' {tag}-bg & sleep 301; : {tag}", tag],
+                cancel=token,
+                timeout=60,
+            )
         assert time.monotonic() - started < 6
     time.sleep(1.5)
     assert not _remote_alive(f"{tag}-bg")

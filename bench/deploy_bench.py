@@ -1,0 +1,210 @@
+"""Failed requests and p99 latency under constant load during a redeploy, a rollback, and the seed's
+stop-and-run, all on the same machine, image and load.
+
+    .venv/bin/python bench/deploy_bench.py [--rate 100] [--rounds 1]
+
+Starts the real test bed (dockerd, registry, redis, one sshd host), builds the example image (root
+Dockerfile) as builds 1 and 2, then measures, each under ``--rate`` GET /ready per second on a new
+connection each:
+
+- mlship redeploy: build 1 → build 2 through the deploy step (edge proxy swap);
+- mlship rollback: build 2 → build 1 through request_rollback and the runner;
+- seed stop-and-run: ``docker stop old; docker rm old; docker run -d -p PORT:5000 ... new`` over the
+  same SSH connection (what the seed's Jenkins job does, with the stop it forgot added).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orchestrator import Runtime
+from orchestrator.deployments import request_rollback
+from orchestrator.jobs import build_queue
+from orchestrator.runner import run_build
+from orchestrator.services import (
+    DockerDaemon,
+    RedisServer,
+    Registry,
+    SshHost,
+    ensure_base_image,
+    free_port,
+    keygen,
+)
+from orchestrator.ssh import SshHost as Ssh
+from orchestrator.ssh import Target, load_private_key
+from orchestrator.store import Store
+from tests.deploy.helpers import (
+    REPO,
+    DeployEnv,
+    Load,
+    build_example_images,
+    cleanup,
+    make_model_volume,
+    test_settings,
+    wait_http,
+)
+
+SETTLE = 1.0  # seconds of load before and after each operation
+
+
+class _Hosts:
+    def __init__(self, host: SshHost, key: Path, known: Path) -> None:
+        self.hosts = {"qa": host, "prod": host}
+        self.client_key = key
+        self.known_hosts = known
+
+    def __getitem__(self, name: str) -> SshHost:
+        return self.hosts[name]
+
+
+def measure(url: str, rate: float, action: object) -> dict[str, object]:
+    load = Load(url, rate=rate)
+    load.start()
+    time.sleep(SETTLE)
+    t0 = time.monotonic()
+    action()  # type: ignore[operator]
+    took = time.monotonic() - t0
+    time.sleep(SETTLE)
+    result = load.stop()
+    result["operation_s"] = round(took, 1)
+    return result
+
+
+def seed_stop_and_run(ssh: Ssh, image: str, old: str, new: str, port: int, volume: str) -> None:
+    for argv in (
+        ["docker", "stop", old],
+        ["docker", "rm", old],
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            new,
+            "-p",
+            f"{port}:5000",
+            "-v",
+            f"{volume}:/models:ro",
+            "-e",
+            "WEB_CONCURRENCY=2",
+            image,
+        ],
+    ):
+        assert ssh.run(argv).exit_code == 0, argv
+    wait_http(f"http://127.0.0.1:{port}/ready", 60)  # the seed does not wait; we wait to stop the clock
+
+
+def _seed_swap(ssh: Ssh, image: str, old: str, new: str, port: int, volume: str) -> object:
+    return lambda: seed_stop_and_run(ssh, image, old, new, port, volume)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "deploy.json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mlb-", dir="/tmp"))
+    daemon = DockerDaemon().ensure(work=Path("/run/mlship-test"))
+    client = daemon.client()
+    redis = RedisServer(work / "redis").start()
+    registry = Registry(work / "registry").start()
+    key = keygen(work / "ssh" / "client_key", "bench")
+    host = SshHost(
+        "qa", work / "ssh" / "qa", daemon.host, (key.parent / "client_key.pub").read_text()
+    ).start()
+    known = work / "ssh" / "known_hosts"
+    known.write_text(host.known_hosts_line())
+    results: dict[str, list[dict[str, object]]] = {
+        "mlship redeploy": [],
+        "mlship rollback": [],
+        "seed stop-and-run": [],
+    }
+    volume = ""
+    try:
+        print("building the example image (builds 1 and 2)...", flush=True)
+        images = build_example_images(client, ensure_base_image(daemon.host), registry.addr)
+        volume = make_model_volume(client, images.refs[1])
+        hosts = _Hosts(host, key, known)
+        for _ in range(args.rounds):
+            store = Store.from_url(redis.url)
+            store.r.flushall()
+            settings = test_settings(redis.url, hosts, work / "ws")
+            env = DeployEnv(store=store, settings=settings, hosts=hosts, images=images, volume=volume)
+            try:
+                env.deploy(env.new_build(1))
+                wait_http(env.url + "/ready")
+                b2 = env.new_build(2)
+                results["mlship redeploy"].append(
+                    measure(env.url, args.rate, lambda b=b2, e=env: e.deploy(b))
+                )
+                rt = Runtime(settings, store, build_queue(settings))
+                rb = request_rollback(rt, REPO, "qa", "bench")
+
+                def rollback(rb_id: int = rb.id, e: DeployEnv = env) -> None:
+                    run_build(e.settings, e.store, rb_id)
+                    assert e.store.get_build(rb_id).status == "success", e.store.log_text(rb_id)[-3000:]
+
+                results["mlship rollback"].append(measure(env.url, args.rate, rollback))
+            finally:
+                cleanup(client, env.name)
+            # The seed's way, same host, image, volume and load.
+            port = free_port()
+            old, new = f"seed-{uuid.uuid4().hex[:6]}", f"seed-{uuid.uuid4().hex[:6]}"
+            ssh = Ssh(Target("127.0.0.1", host.port, host.user), load_private_key(key.read_text()), known)
+            ssh.connect()
+            seed_swap = _seed_swap(ssh, images.refs[2], old, new, port, volume)
+            try:
+                ssh.run(
+                    [
+                        "docker",
+                        "run",
+                        "-d",
+                        "--name",
+                        old,
+                        "-p",
+                        f"{port}:5000",
+                        "-v",
+                        f"{volume}:/models:ro",
+                        "-e",
+                        "WEB_CONCURRENCY=2",
+                        images.refs[1],
+                    ]
+                )
+                wait_http(f"http://127.0.0.1:{port}/ready", 60)
+                results["seed stop-and-run"].append(measure(f"http://127.0.0.1:{port}", args.rate, seed_swap))
+            finally:
+                for c in (old, new):
+                    ssh.run(["docker", "rm", "-f", c])
+                ssh.close()
+    finally:
+        host.stop()
+        registry.stop()
+        redis.stop()
+        if volume:
+            client.volumes.get(volume).remove(force=True)
+    print(
+        f"\nconstant load: {args.rate:g} GET /ready per second, a new connection each; "
+        f"{SETTLE:g}s of load before and after the operation\n"
+    )
+    print(f"{'approach':<20} {'requests':>9} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'op s':>6}")
+    for name, rows in results.items():
+        for r in rows:
+            print(
+                f"{name:<20} {r['requests']:>9} {r['failed']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+                f"{r['operation_s']:>6}"
+            )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"rate": args.rate, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
