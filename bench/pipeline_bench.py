@@ -211,15 +211,26 @@ def main() -> None:
                     else:
                         bare.append(script_run(bed, sha, f"bare{i}"))
                 print(f"  pair {i + 1}: pipeline {ours[-1]:.2f}s  shell script {bare[-1]:.2f}s", flush=True)
-            ratio = statistics.median(ours) / statistics.median(bare)
-            print(f"full build+test+push, median of {args.pairs} interleaved pairs:")
+            ratios = [a / b for a, b in zip(ours, bare, strict=True)]
+            ratio = statistics.median(ratios)
+            print(f"full build+test+push, {args.pairs} interleaved pairs (this machine is shared, so the")
+            print("  per-pair ratio's median and the ratio of the fastest runs are the steady figures):")
             print(
-                f"  pipeline {statistics.median(ours):.2f}s   bare script {statistics.median(bare):.2f}s   "
-                f"ratio {ratio:.3f}x   (goal <= 1.10x)"
+                f"  pipeline median {statistics.median(ours):.2f}s min {min(ours):.2f}s   "
+                f"bare script median {statistics.median(bare):.2f}s min {min(bare):.2f}s"
+            )
+            print(
+                f"  median per-pair ratio {ratio:.3f}x   fastest/fastest {min(ours) / min(bare):.3f}x   "
+                "(goal <= 1.10x)"
             )
             results = {
                 "pickup_ms": {"p50": statistics.median(lat), "p99": pct(lat, 99), "all": lat},
-                "full_run_s": {"pipeline": ours, "script": bare, "ratio_of_medians": ratio},
+                "full_run_s": {
+                    "pipeline": ours,
+                    "script": bare,
+                    "median_pair_ratio": ratio,
+                    "min_ratio": min(ours) / min(bare),
+                },
             }
             out = ROOT / "bench" / "results"
             out.mkdir(exist_ok=True)

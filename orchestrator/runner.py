@@ -36,6 +36,7 @@ from .errors import (
     StepFailed,
     StepTimeout,
     StoreUnavailable,
+    Superseded,
 )
 from .logs import LogWriter, Masker
 from .models import Build, BuildStatus, StepRecord, StepStatus
@@ -272,6 +273,8 @@ class BuildRunner:
                 outcome, error = BuildStatus.ERROR, f"step '{step.name}': {rec.error}"
             elif rec.status is StepStatus.CANCELLED:
                 outcome, error = BuildStatus.CANCELLED, f"cancelled during step '{step.name}'"
+            elif rec.status is StepStatus.SUPERSEDED:
+                outcome, error = BuildStatus.SUPERSEDED, f"step '{step.name}': {rec.error}"
         self._save(build)
         return outcome, error
 
@@ -348,6 +351,8 @@ class BuildRunner:
             rec.status, rec.error = StepStatus.FAILED, str(exc)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             rec.status, rec.error = StepStatus.ERROR, f"Docker daemon: {exc}"
+        except Superseded as exc:  # a newer build is already deployed: not a failure, but stop here
+            rec.status, rec.error = StepStatus.SUPERSEDED, str(exc)
         except OrchestratorError as exc:
             rec.status, rec.error = StepStatus.ERROR, str(exc)
         except Exception as exc:
@@ -396,7 +401,8 @@ class BuildRunner:
             )
         if self.workspace is not None:
             clean(self.workspace)
-        state = {BuildStatus.SUCCESS: "success", BuildStatus.FAILED: "failure"}.get(status, "error")
+        state = {BuildStatus.SUCCESS: "success", BuildStatus.SUPERSEDED: "success",
+                 BuildStatus.FAILED: "failure"}.get(status, "error")
         self._report(build, state, f"build {status}" + (f": {error}" if error else ""))
 
     def _report(self, build: Build, state: str, description: str) -> None:
