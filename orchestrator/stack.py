@@ -54,6 +54,7 @@ class Stack:
     api_token: str = ""
     config_path: Path | None = None
     known_hosts: Path | None = None
+    push_branches: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -124,7 +125,7 @@ class Stack:
             },
             "repositories": {REPO_NAME: {
                 "clone_url": self.origin.url, "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
-                "triggers": {"pull_request_merged": ["main", "master"], "push": []},
+                "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
             }},
         }
         self.config_path = self.state / "config.yaml"
