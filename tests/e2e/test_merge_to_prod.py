@@ -69,8 +69,9 @@ class Client:
         before = origin.head("main")
         merge_sha = origin.merge(branch, message=f"Merge pull request from {branch}")
         url = f"{self.s.url}/webhooks/github"
-        pr = demo.send(url, self.s.webhook_secret, "pull_request", demo.merged_pull_request(
-            REPO_NAME, origin.url, number=7, merge_sha=merge_sha, head_sha=head, head_ref=branch, title=title))
+        payload = demo.merged_pull_request(REPO_NAME, origin.url, number=7, merge_sha=merge_sha,
+                                           head_sha=head, head_ref=branch, title=title)
+        pr = demo.send(url, self.s.webhook_secret, "pull_request", payload)
         push = demo.send(url, self.s.webhook_secret, "push", demo.push(
             REPO_NAME, origin.url, ref="refs/heads/main", before=before, after=merge_sha, message=title))
         return pr, push, merge_sha
@@ -81,8 +82,9 @@ def _ssh_docker(stack: Stack, host: str, argv: str) -> str:
     client = paramiko.SSHClient()
     client.load_host_keys(str(stack.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect("127.0.0.1", port=h.port, username=h.user,
-                   key_filename=str(stack.state / "ssh" / "deploy_key"), allow_agent=False, look_for_keys=False)
+    key = str(stack.state / "ssh" / "deploy_key")
+    client.connect("127.0.0.1", port=h.port, username=h.user, key_filename=key, allow_agent=False,
+                   look_for_keys=False)
     try:
         _, out, err = client.exec_command(argv, timeout=30)
         assert out.channel.recv_exit_status() == 0, err.read()
