@@ -136,6 +136,20 @@ def test_older_build_is_superseded(deploy_env: DeployEnv, docker_client: Any) ->
     assert env.store.get_deployment(REPO, "qa").build_number == 2  # type: ignore[union-attr]
 
 
+def test_promoting_an_older_build_is_superseded_through_the_runner(deploy_env: DeployEnv) -> None:
+    env = deploy_env
+    b1 = env.new_build(1)
+    env.store.update_build(b1.id, status="success")
+    env.deploy(env.new_build(2))
+    rt = Runtime(env.settings, env.store, build_queue(env.settings))
+    pb = request_promote(rt, b1.id, "qa", "carol")
+    run_build(env.settings, env.store, pb.id)
+    final = env.store.get_build(pb.id)
+    assert final.status is BuildStatus.SUPERSEDED, (final.error, env.log(pb))
+    assert final.steps[0].status is StepStatus.SUPERSEDED
+    assert env.store.get_deployment(REPO, "qa").build_number == 2  # type: ignore[union-attr]
+
+
 def test_lock_of_a_crashed_deploy_expires(deploy_env: DeployEnv) -> None:
     env = deploy_env
     crashed = EnvironmentLock(env.store, REPO, "qa", build_id=999, ttl=3)
