@@ -146,10 +146,6 @@ def _process(intake: Intake, d: Delivery, scope: str | None) -> Answer:
     except ConfigError as exc:  # no secret configured at all: nothing can be verified
         return _recorded(rt, _verdict(d, 401, "rejected", str(exc)), d)
 
-    prior = rt.store.get_delivery(d.id)
-    if prior is not None and prior.verdict in SUCCESS and prior.event != "ping":
-        return _replay(rt, settings, prior, d)
-
     try:
         payload = github.parse_body(body)
         repo_name = github.repository_of(payload)
@@ -172,7 +168,11 @@ def _process(intake: Intake, d: Delivery, scope: str | None) -> Answer:
         return _finish(rt, _reject(d, SignatureError(
             f"{github.SIGNATURE_HEADER} does not match a webhook secret of {repo_name}")), d)
 
-    rt.store.record_delivery(d)  # "received": a crash from here on leaves a trace and allows redelivery
+    # Record "received" (a crash from here on leaves a trace and allows redelivery), unless this id
+    # already succeeded: then answer as before. Pings are stateless and simply answered again.
+    prior = rt.store.begin_delivery(d, replay=SUCCESS if d.event != "ping" else ())
+    if prior is not None:
+        return _replay(rt, settings, prior, d)
     try:
         decision = github.decide(d.event, payload, repo)
     except PayloadError as exc:
@@ -245,8 +245,7 @@ def _replay(rt: Any, settings: Settings, prior: Delivery, d: Delivery) -> Answer
 def _finish(rt: Any, answer: Answer, d: Delivery) -> Answer:
     """Record the verdict (the delivery's final state) and count it."""
     d.duration_ms = applog.now_ms(g.webhook_start)
-    rt.store.record_delivery(d)
-    rt.store.incr_counter("deliveries", d.verdict)
+    rt.store.finish_delivery(d, "deliveries")
     return answer
 
 

@@ -1,0 +1,70 @@
+"""Store.begin_delivery / finish_delivery and create_build's single round trip, against a real Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import redis
+import redis.connection
+
+from orchestrator.config import Settings
+from orchestrator.jobs import build_queue, enqueuer
+from orchestrator.models import Delivery, Trigger
+from orchestrator.store import Store
+
+SUCCESS = ("queued", "duplicate", "ignored")
+
+
+def test_begin_records_received_then_returns_a_successful_record(store: Store) -> None:
+    d = Delivery(id="g1", event="push", repo="acme/x", ref="refs/heads/main")
+    assert store.begin_delivery(d, SUCCESS) is None
+    got = store.get_delivery("g1")
+    assert got is not None and (got.verdict, got.event, got.repo, got.ref) == ("received", "push", "acme/x",
+                                                                                "refs/heads/main")
+    d.verdict, d.reason, d.status_code = "ignored", "tag push", 200
+    store.finish_delivery(d)
+    again = store.begin_delivery(Delivery(id="g1", event="push"), SUCCESS)
+    assert again is not None
+    assert (again.verdict, again.reason, again.status_code) == ("ignored", "tag push", 200)
+    assert store.counters("deliveries") == {"ignored": 1}
+
+
+def test_begin_overwrites_a_failed_or_unfinished_record(store: Store) -> None:
+    for verdict in ("received", "rejected", "failed"):
+        store.record_delivery(Delivery(id=f"g-{verdict}", event="push", verdict=verdict))
+        assert store.begin_delivery(Delivery(id=f"g-{verdict}", event="push"), SUCCESS) is None
+        got = store.get_delivery(f"g-{verdict}")
+        assert got is not None and got.verdict == "received"
+
+
+def test_begin_without_replay_verdicts_always_records(store: Store) -> None:
+    store.finish_delivery(Delivery(id="p1", event="ping", verdict="ignored"))
+    assert store.begin_delivery(Delivery(id="p1", event="ping"), ()) is None
+
+
+def test_delivery_records_expire_after_the_ttl(redis_url: str) -> None:
+    store = Store.from_url(redis_url, delivery_ttl_days=7)
+    store.begin_delivery(Delivery(id="t1", event="push"))
+    ttl = redis.Redis.from_url(redis_url).ttl("mlship:delivery:t1")
+    assert 7 * 86400 - 5 <= ttl <= 7 * 86400
+
+
+def test_create_build_is_one_round_trip(redis_url: str, store: Store) -> None:
+    queue = build_queue(Settings(redis_url=redis_url))
+    trig = Trigger(repo="acme/x", sha="a" * 40, ref="refs/heads/main", branch="main", kind="push")
+    store.create_build(trig, pipeline="p", triggered_by="warm", enqueue=enqueuer(queue, 60))
+    sends: list[object] = []
+    real = redis.connection.Connection.send_packed_command
+
+    def counting(self: object, command: object, check_health: bool = True) -> None:
+        sends.append(command)
+        real(self, command, check_health)  # type: ignore[arg-type]
+
+    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        build, created = store.create_build(dataclasses.replace(trig, sha="b" * 40), pipeline="p",
+                                            triggered_by="d2", enqueue=enqueuer(queue, 60))
+    finally:
+        redis.connection.Connection.send_packed_command = real  # type: ignore[method-assign]
+    assert created and build.number == 2 and build.sha == "b" * 40 and build.triggered_by == "d2"
+    assert len(sends) == 1  # MULTI ... EXEC only: no SCRIPT EXISTS before, no read-back after
