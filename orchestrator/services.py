@@ -169,6 +169,28 @@ class DockerDaemon:
             raise InfrastructureError(f"dockerd did not start; its log ends with:\n{tail}") from None
         return self
 
+    def remove_leftovers(self) -> list[str]:
+        """Remove what earlier, killed runs deployed on this daemon (containers, networks, edge state).
+
+        Only for a daemon dedicated to tests: restart policies would otherwise bring old edge proxies
+        back on the ports the tests publish.
+        """
+        client = self.client()
+        removed = []
+        try:
+            for c in client.containers.list(all=True):
+                if any(k.startswith("mlship.") for k in (c.labels or {})):
+                    c.remove(force=True)
+                    removed.append(c.name)
+            for net in client.networks.list(filters={"label": "mlship.managed=1"}):
+                net.remove()
+            for vol in client.volumes.list():
+                if vol.name.endswith("-edge-state"):
+                    vol.remove(force=True)
+        finally:
+            client.close()
+        return removed
+
     def client(self) -> Any:
         import docker
 

@@ -86,6 +86,9 @@ def docker_daemon(session_dir: Path) -> Iterator[DockerDaemon]:
         daemon = DockerDaemon().ensure(work=Path("/run/mlship-test"))
     except InfrastructureError as exc:
         unavailable(f"no Docker daemon: {exc}")
+    if daemon.started_here:
+        # A daemon of the tests' own keeps its data between runs: clear what killed runs left behind.
+        daemon.remove_leftovers()
     yield daemon
     daemon.stop()
 
