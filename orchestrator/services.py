@@ -207,15 +207,24 @@ class DockerDaemon:
             self.proc = None
 
 
-def ensure_base_image(docker_host: str) -> str:
-    """Return a usable BASE_IMAGE tag, building localbase/python:3.11 once if nothing can be pulled."""
+def ensure_base_image(docker_host: str, progress: Callable[[str], None] | None = None) -> str:
+    """Return a usable BASE_IMAGE tag, building localbase/python:3.11 once if nothing can be pulled.
+
+    ``progress`` receives the script's progress lines (debootstrap takes about 70 s the first time).
+    """
     env = {**os.environ, "DOCKER_HOST": docker_host}
-    out = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "base-image")], env=env, capture_output=True, text=True, check=False,
-    )
-    if out.returncode != 0:
-        raise InfrastructureError(f"could not provide a base image:\n{out.stderr[-3000:]}")
-    return out.stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen([str(REPO_ROOT / "scripts" / "base-image")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    tail: list[str] = []
+    assert proc.stderr is not None and proc.stdout is not None
+    for line in proc.stderr:
+        tail = [*tail[-40:], line]
+        if progress and (line.startswith(("base-image:", "I: Retrieving", "I: Extracting", "I: Installing"))):
+            progress(line.rstrip())
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        raise InfrastructureError("could not provide a base image:\n" + "".join(tail))
+    return out.strip().splitlines()[-1]
 
 
 @dataclass

@@ -81,7 +81,7 @@ class Stack:
         self.redis_url = self.redis.url
 
     def _base_image(self) -> None:
-        self.base_image = ensure_base_image(self.docker.host)
+        self.base_image = ensure_base_image(self.docker.host, progress=lambda line: self.say(f"    {line}"))
 
     def _start_registry(self) -> None:
         port = 5000 if not port_open(5000) else free_port()
