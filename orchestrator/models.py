@@ -161,6 +161,9 @@ class Deployment:
     deployed_at: float = field(default_factory=time.time)
     hosts: list[str] = field(default_factory=list)
     action: str = "deploy"  # deploy | rollback | promote
+    # The model the build shipped from its artifacts ("" = the operator's model on the volume).
+    model_sha256: str = ""
+    model_path: str = ""  # MODEL_PATH inside the container, e.g. /models/<sha256[:16]>/model.skops
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -190,3 +190,80 @@ def kill_group(pid: int, grace: float = 1.0) -> Argv:
     # "-PGID" without "--": dash's kill builtin rejects "--"; the pid is validated as an int above.
     script = 'kill -TERM "-$0" 2>/dev/null || exit 0; sleep "$1"; kill -KILL "-$0" 2>/dev/null; exit 0'
     return ["sh", "-c", script, str(pid), f"{grace:g}"]
+
+
+# -- the build's model on the hosts' model volume -------------------------------------------------------
+
+# Runs in the image on the host: reads each file's exact byte count from stdin into a temp file in the
+# target directory, checks its sha256, then renames it into place (atomic; the files are immutable and
+# named by hash, so a repeated upload rewrites identical bytes). Never a shell: argv only.
+UPLOAD_SCRIPT = """\
+import hashlib, os, sys, tempfile
+d, a = sys.argv[1], sys.argv[2:]
+os.makedirs(d, mode=0o755, exist_ok=True)
+src = sys.stdin.buffer
+for i in range(0, len(a), 3):
+    name, left, want = a[i], int(a[i + 1]), a[i + 2]
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".upload-")
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as f:
+            while left:
+                b = src.read(min(left, 1 << 20))
+                if not b:
+                    sys.exit(f"{name}: the stream ended {left} bytes early")
+                h.update(b)
+                f.write(b)
+                left -= len(b)
+            f.flush()
+            os.fsync(f.fileno())
+        if h.hexdigest() != want:
+            sys.exit(f"{name}: received sha256 {h.hexdigest()}, expected {want}")
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, os.path.join(d, name))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+print("stored", d, " ".join(a[0::3]))
+"""
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    name: str
+    size: int
+    sha256: str
+
+
+def model_volume(volumes: Sequence[str], model_path: str) -> tuple[str, str]:
+    """``(volume name, its mount path)``: the first named volume mounted at the directory of ``model_path``.
+
+    This is where the deploy puts the build's model (``<mount>/<sha256[:16]>/<file>``).
+    """
+    directory = model_path.rstrip("/").rpartition("/")[0] or "/"
+    for spec in volumes:
+        parts = spec.split(":")
+        if len(parts) >= 2 and parts[1].rstrip("/") == directory.rstrip("/") and not parts[0].startswith(
+                ("/", ".", "~")) and "/" not in parts[0]:
+            return parts[0], parts[1].rstrip("/")
+    raise DeployError(
+        f"the build has a model to ship, but no named volume in container.volumes is mounted at "
+        f"{directory} (the directory of MODEL_PATH={model_path}): add one, e.g. \"ml_vol:{directory}:ro\"",
+        model_path=model_path)
+
+
+def upload_model(image: str, volume: str, mount: str, directory: str, files: Sequence[UploadFile]) -> Argv:
+    """``docker run -i --rm`` in ``image`` that stores ``files`` (their bytes, in order, on stdin) in
+    ``<mount>/<directory>/`` of ``volume``. Root inside: a fresh volume's root is root-owned."""
+    if not _FILE_NAME.match(directory):
+        raise DeployError(f"model directory name {directory!r} is not allowed", directory=directory)
+    args: list[str] = []
+    for f in files:
+        if not _FILE_NAME.match(f.name) or not _SHA256.match(f.sha256) or f.size < 0:
+            raise DeployError(f"model file {f.name!r} cannot be uploaded (name, size or sha256 invalid)")
+        args += [f.name, str(f.size), f.sha256]
+    argv = _docker("run", "--interactive", "--rm", "--user", "0", "--network", "none",
+                   "--label", f"{LABEL_ROLE}=model-upload", "--volume", f"{volume}:{mount}")
+    return [*argv, "--", image, "python3", "-c", UPLOAD_SCRIPT, f"{mount}/{directory}", *args]

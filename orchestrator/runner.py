@@ -373,7 +373,8 @@ class BuildRunner:
 
     def _save(self, build: Build) -> None:
         self.store.update_build(
-            build.id, steps=build.steps, image=build.image, digest=build.digest, deploys=build.deploys
+            build.id, steps=build.steps, image=build.image, digest=build.digest, deploys=build.deploys,
+            gate=build.gate,
         )
 
     def _finish(self, build: Build, status: BuildStatus, error: str) -> None:
@@ -403,7 +404,7 @@ class BuildRunner:
             clean(self.workspace)
         state = {BuildStatus.SUCCESS: "success", BuildStatus.SUPERSEDED: "success",
                  BuildStatus.FAILED: "failure"}.get(status, "error")
-        self._report(build, state, f"build {status}" + (f": {error}" if error else ""))
+        self._report(build, state, statuses.describe(build, str(status), error))
 
     def _report(self, build: Build, state: str, description: str) -> None:
         try:

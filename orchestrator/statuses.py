@@ -55,6 +55,15 @@ def build_request(
     return StatusRequest(f"{settings.github_api_url}/repos/{build.repo}/statuses/{build.sha}", body, headers)
 
 
+def describe(build: Build, status: str, error: str) -> str:
+    """The commit status description of a finished build; a stopped model gate leads with its reason
+    ("model gate failed: <checks>"), so the pull request shows why the model did not reach Prod."""
+    marker = "model gate failed: "
+    if status == "failed" and marker in error:
+        return error[error.index(marker):][:140]
+    return (f"build {status}" + (f": {error}" if error else ""))[:140]
+
+
 def report(settings: Settings, build: Build, state: str, description: str) -> None:
     """Report ``state`` (pending|success|failure|error) for the build's commit, if a token is set."""
     token = settings.github_token()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import InfrastructureError
-from . import docker, shell
+from . import docker, model_check, shell
 from .base import CancelToken, StepContext, StepRunner
 
 __all__ = ["STEP_KINDS", "CancelToken", "StepContext", "StepRunner", "runner_for"]
@@ -17,6 +17,7 @@ __all__ = ["STEP_KINDS", "CancelToken", "StepContext", "StepRunner", "runner_for
 STEP_KINDS: dict[str, StepRunner] = {}
 docker.register(STEP_KINDS)
 shell.register(STEP_KINDS)
+model_check.register(STEP_KINDS)
 
 
 def _load_optional(module: str) -> None:

@@ -17,6 +17,8 @@ at their old containers (still running) and the new ones removed. See docs/deplo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import shlex
 import time
 import uuid
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import deployments, remote
+from .. import artifacts, deployments, remote
 from ..errors import Cancelled, DeployError, InfrastructureError, StepFailed, Superseded
 from ..models import Deployment
 from ..pipeline import Environment, HealthSpec
@@ -40,6 +42,22 @@ CONFIG_ROOT = "/dev/shm"  # noqa: S108 - per-deploy docker client config (regist
 
 
 @dataclass(frozen=True)
+class ModelShip:
+    """The build's model on the hosts: uploaded from its artifacts, or (``artifact`` None) already on
+    the volume from an earlier deploy of the same build (a rollback whose artifacts are gone)."""
+
+    sha256: str
+    path: str  # MODEL_PATH in the container: <mount>/<sha256[:16]>/<file>
+    volume: str = ""
+    mount: str = ""
+    artifact: artifacts.ModelArtifact | None = None
+
+    def env(self) -> dict[str, str]:
+        """Overrides the pipeline's env: the container serves exactly this file, pinned by hash."""
+        return {"MODEL_PATH": self.path, "MODEL_SHA256": self.sha256}
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to deploy where: pure data derived from the build and the environment."""
 
@@ -51,6 +69,7 @@ class Plan:
     number: int  # the number of the build whose image this is
     sha: str
     action: str  # deploy | promote | rollback
+    model: ModelShip | None = None  # None: the operator's model on the volume (env as written)
 
     @property
     def names(self) -> dict[str, str]:
@@ -64,8 +83,9 @@ class Plan:
         c = self.env.container
         labels = {**c.labels, remote.LABEL_ROLE: "app", remote.LABEL_APP: c.name,
                   remote.LABEL_BUILD: str(self.number), "mlship.repo": self.repo, "mlship.env": self.env_name}
+        env = {**c.env, **(self.model.env() if self.model else {})}
         return remote.AppContainer(name=name, image=self.image, network=self.names["network"],
-                                   env=dict(c.env), labels=labels, volumes=tuple(c.volumes),
+                                   env=env, labels=labels, volumes=tuple(c.volumes),
                                    memory=c.memory, cpus=c.cpus)
 
 
@@ -145,6 +165,8 @@ class HostDeploy:
 
     def switch(self) -> None:
         self.timed("pull", self.pull)
+        if self.plan.model is not None and self.plan.model.artifact is not None:
+            self.timed("model", self.upload_model)
         n = self.plan.names
         if self.sh(remote.network_exists(n["network"]), check=False, quiet=True).exit_code != 0:
             self.sh(remote.network_create(n["network"]))
@@ -176,6 +198,26 @@ class HostDeploy:
             self.sh(remote.pull(self.plan.image, config=config))
         finally:
             self.sh(remote.remove_config_dir(config), check=False, cancellable=False)
+
+    def upload_model(self) -> None:
+        """Stream the model (and its model.json) over stdin into ``<volume>/<sha256[:16]>/`` on the host."""
+        m = self.plan.model
+        assert m is not None and m.artifact is not None
+        blobs = [(p.name, p.read_bytes()) for p in m.artifact.files()]
+        files = [remote.UploadFile(name, len(data), hashlib.sha256(data).hexdigest()) for name, data in blobs]
+        if files[0].sha256 != m.sha256:
+            raise DeployError(f"the model artifact {m.artifact.path} changed after it was checked "
+                              f"(sha256 {files[0].sha256[:16]}, expected {m.sha256[:16]}); not deployed")
+        size = sum(f.size for f in files)
+        self.ctx.log.line(f"[{self.label}] uploading model {m.sha256[:16]} ({size / 1e6:.1f} MB: "
+                          f"{', '.join(f.name for f in files)}) to volume {m.volume} as {m.path}")
+        argv = remote.upload_model(self.plan.image, m.volume, m.mount, m.sha256[:16], files)
+        res = self.sh(argv, quiet=True, capture=True, stdin=b"".join(data for _, data in blobs), check=False)
+        if res.exit_code != 0:
+            why = (res.stderr or res.stdout).strip()[-500:]
+            raise DeployError(f"uploading the model to volume {m.volume} on {self.label} failed with exit "
+                              f"code {res.exit_code}: {why}", host=self.label)
+        self.ctx.log.line(f"[{self.label}] {res.stdout.strip()}")
 
     def free_name(self, base: str) -> str:
         """``base``, unless a container of that name serves now (a redeploy of the same build)."""
@@ -301,6 +343,28 @@ def _plan(ctx: StepContext, env_name: str, action: str, image: str) -> Plan:
                 action=action)
 
 
+def _model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip | None:
+    """The model this deploy ships (see docs/deploy.md, "The model"): the deployed build's model
+    artifact if it wrote one, else the file an earlier deploy of that build left on the volume, else
+    None (the container uses the pipeline's MODEL_PATH on the operator's volume, as before)."""
+    rel = artifacts.model_path(ctx.pipeline)
+    try:
+        art = artifacts.find_model(ctx.settings.workspace, plan.build_id, rel)
+    except StepFailed as exc:
+        raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
+    if art is None:
+        prior = next((d for d in history if d.build_id == plan.build_id and d.model_sha256 and d.model_path),
+                     None)
+        return ModelShip(prior.model_sha256, prior.model_path) if prior else None
+    model_path = plan.env.container.env.get("MODEL_PATH", "")
+    if not model_path.startswith("/"):
+        raise DeployError(f"build #{plan.number} has a model to ship, but environments.{plan.env_name}."
+                          "container.env.MODEL_PATH is not an absolute path: set it (e.g. "
+                          "/models/model.skops); its directory names the model volume")
+    volume, mount = remote.model_volume(plan.env.container.volumes, model_path)
+    return ModelShip(art.sha256, f"{mount}/{art.short}/{art.path.name}", volume, mount, art)
+
+
 def _rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> list[HostState]:
     """Phase 1 on every host, ``parallelism`` at a time; undo the switched hosts if one fails."""
     key = key_from_settings(ctx.settings)
@@ -352,12 +416,13 @@ def _close(states: list[HostState]) -> None:
 
 
 def _record(ctx: StepContext, plan: Plan, states: list[HostState], outcome: str) -> None:
+    model = {"model_sha256": plan.model.sha256, "model_path": plan.model.path} if plan.model else {}
     ctx.record.details.update({
         "environment": plan.env_name, "image": plan.image, "action": plan.action, "outcome": outcome,
-        "build_number": plan.number, "hosts": {str(s.target): s.details() for s in states},
+        "build_number": plan.number, "hosts": {str(s.target): s.details() for s in states}, **model,
     })
     ctx.build.deploys = {**ctx.build.deploys, plan.env_name: {"outcome": outcome, "image": plan.image,
-                                                               "number": plan.number}}
+                                                               "number": plan.number, **model}}
     with contextlib.suppress(Exception):
         ctx.save()
 
@@ -388,6 +453,9 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
         ctx.log.line(f"{action} {image} to {env_name} ({len(plan.env.hosts)} host(s), parallelism "
                      f"{plan.env.parallelism})")
         history = ctx.store.deployment_history(b.repo, env_name, limit=20)
+        plan = dataclasses.replace(plan, model=_model(ctx, plan, history))
+        if plan.model is not None:
+            ctx.log.line(f"model: sha256 {plan.model.sha256[:16]}, served from {plan.model.path}")
         states = _rollout(ctx, plan, lock)
         try:
             if plan.env.drain_seconds:
@@ -400,7 +468,9 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
             _close(states)
         ctx.store.set_deployment(Deployment(
             repo=b.repo, environment=env_name, build_id=plan.build_id, build_number=plan.number, image=image,
-            sha=b.sha, container=states[0].container, hosts=[str(s.target) for s in states], action=action))
+            sha=b.sha, container=states[0].container, hosts=[str(s.target) for s in states], action=action,
+            model_sha256=plan.model.sha256 if plan.model else "",
+            model_path=plan.model.path if plan.model else ""))
         _record(ctx, plan, states, "deployed")
         ctx.log.line(f"{env_name} now runs build #{plan.number} ({image})")
     finally:

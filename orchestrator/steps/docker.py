@@ -21,6 +21,7 @@ import docker
 import docker.errors
 import requests
 
+from ..artifacts import ensure_dir
 from ..errors import InfrastructureError, StepFailed
 from ..pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec
 from .base import StepContext
@@ -138,7 +139,14 @@ class RunRequest:
         return kw
 
 
-def run_request(spec: DockerRunSpec, image: str, labels: Mapping[str, str]) -> RunRequest:
+def run_request(
+    spec: DockerRunSpec, image: str, labels: Mapping[str, str], artifacts: Path | None = None
+) -> RunRequest:
+    """``artifacts``: the build's artifact directory, bind-mounted read-write at ``spec.artifacts``
+    (the runner's mount, so it needs no allow.host_mounts)."""
+    volumes = tuple(spec.volumes)
+    if spec.artifacts is not None and artifacts is not None:
+        volumes += (f"{artifacts}:{spec.artifacts}:rw",)
     return RunRequest(
         image=spec.image or image,
         command=tuple(spec.command) if spec.command is not None else None,
@@ -147,7 +155,7 @@ def run_request(spec: DockerRunSpec, image: str, labels: Mapping[str, str]) -> R
         working_dir=spec.workdir,
         user=spec.user,
         network_mode=spec.network,
-        volumes=tuple(spec.volumes),
+        volumes=volumes,
         privileged=spec.privileged,
         mem_limit=spec.memory,
         nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
@@ -289,7 +297,8 @@ def docker_run(ctx: StepContext) -> None:
     spec: DockerRunSpec = ctx.step.spec
     if not (spec.image or ctx.build.image):
         raise StepFailed("no image to run: add a docker_build step before this one or set image:")
-    req = run_request(spec, ctx.build.image, ctx.container_labels())
+    artifacts = ensure_dir(ctx.settings.workspace, ctx.build.id) if spec.artifacts is not None else None
+    req = run_request(spec, ctx.build.image, ctx.container_labels(), artifacts)
     client = ctx.docker
     container = None
     try:
