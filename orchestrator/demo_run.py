@@ -7,9 +7,7 @@ webhook for the merge, the store for following the build, HTTP for the predictio
 from __future__ import annotations
 
 import re
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -36,21 +34,12 @@ def environments(pipeline_text: str, variables: dict[str, str]) -> dict[str, Any
     return envs
 
 
-def seed_model_volumes(stack: Stack, envs: dict[str, Any], say: Say) -> None:
-    """Put a trained model on each environment's named model volume (the operator's job in the seed)."""
-    from inference import train
+def _gate_table(result: dict[str, Any]) -> list[str]:
+    from .gate import Check, GateResult
 
-    volumes = {v.split(":")[0] for e in envs.values() for v in e.get("container", {}).get("volumes", [])
-               if not v.startswith("/")}
-    client = stack.docker.client()
-    with tempfile.TemporaryDirectory() as tmp:
-        model, metrics = train.train(trees=50)
-        train.save(model, metrics, Path(tmp))
-        for vol in sorted(volumes):
-            client.containers.run(stack.base_image, ["sh", "-c", "cp /src/* /models/ && ls -l /models"],
-                                  volumes={tmp: {"bind": "/src", "mode": "ro"}, vol: {"bind": "/models"}},
-                                  remove=True)
-            say(f"  model volume '{vol}' holds a model trained with R² {metrics.r2:.3f}")
+    checks = [Check(**c) for c in result.get("checks", [])]
+    return GateResult(bool(result.get("passed")), checks, result.get("candidate") or {},
+                      result.get("baseline")).table()
 
 
 def follow_build(store: Store, build_id: int, say: Say, timeout: float = 1800) -> str:
@@ -83,7 +72,8 @@ def run_demo(stack: Stack, say: Say) -> bool:
     store = Store.from_url(stack.redis_url or "")
     config = yaml.safe_load(stack.config_path.read_text())
     envs = environments((REPO_ROOT / "pipeline.yaml").read_text(), config["vars"])
-    stack.phase("model volumes on the deploy hosts", lambda: seed_model_volumes(stack, envs, say))
+    # No model volume to seed: the pipeline's train step makes the model, the model gate checks it
+    # against Prod's, and the deploy ships it to each host's model volume (docs/pipeline.md).
 
     branch = f"demo-{int(time.time())}"
     head = stack.origin.commit(branch, {"inference/CHANGELOG.md": f"- {branch}: retrain with more trees\n"},
@@ -116,5 +106,10 @@ def run_demo(stack: Stack, say: Say) -> bool:
         resp = requests.post(f"http://127.0.0.1:{port}/predict", json=SEED_REQUEST, timeout=10)
         say(f"{name}: POST http://127.0.0.1:{port}/predict (the seed's request) → "
             f"{resp.status_code} {resp.text}")
+    gate = store.get_build(build_id).gate
+    for step, result in gate.items():
+        say(f"model gate '{step}': " + ("passed" if result.get("passed") else "FAILED"))
+        for line in _gate_table(result):
+            say(f"  {line}")
         ok = ok and resp.status_code == 200
     return ok

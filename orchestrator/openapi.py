@@ -74,7 +74,10 @@ _SCHEMAS: dict[str, Any] = {
             "triggered_by": {"type": "string"}, "rerun_of": {"type": ["integer", "null"]},
             "pipeline_yaml": {"type": "string"}, "image": {"type": "string"}, "digest": {"type": "string"},
             "error": {"type": "string"}, "steps": {"type": "array", "items": _ref("Step")},
-            "deploys": {"type": "object"}, "gate": {"type": "object"}, "worker": {"type": "string"},
+            "deploys": {"type": "object"}, "worker": {"type": "string"},
+            "gate": {"type": "object", "description": "model_check results by step name: passed, checks "
+                     "[{name, passed, detail}], candidate and baseline (metrics, latency_ms, sha256), "
+                     "compare_to, baseline_build, golden, model, candidate_sha256"},
             "links": {"type": "object", "properties": {
                 "self": {"type": "string"}, "web": {"type": "string"}, "log": {"type": "string"},
                 "log_stream": {"type": "string"}}},
@@ -109,6 +112,8 @@ _SCHEMAS: dict[str, Any] = {
             "build_number": {"type": "integer"}, "image": {"type": "string"}, "sha": {"type": "string"},
             "container": {"type": "string"}, "deployed_at": {"type": "number"},
             "hosts": {"type": "array", "items": {"type": "string"}}, "action": {"type": "string"},
+            "model_sha256": {"type": "string", "description": "the model shipped ('' = the operator's)"},
+            "model_path": {"type": "string", "description": "MODEL_PATH in the container"},
         },
     },
     "Environment": {

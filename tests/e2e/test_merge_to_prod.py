@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from orchestrator import demo
-from orchestrator.demo_run import SEED_REQUEST, environments, seed_model_volumes
+from orchestrator.demo_run import SEED_REQUEST, environments
 from orchestrator.stack import REPO_NAME, Stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
@@ -106,7 +106,7 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     assert stack.config_path
     config = yaml.safe_load(stack.config_path.read_text())
     envs = environments((Path(stack.origin.work) / "pipeline.yaml").read_text(), config["vars"])
-    seed_model_volumes(stack, envs, lambda _msg: None)
+    # No model volume seeding: the pipeline trains the model and the deploy ships it (docs/pipeline.md).
     qa_port, prod_port = envs["qa"]["container"]["publish"], envs["prod"]["container"]["publish"]
 
     # 1. A good merge: PR closed+merged and the matching push → exactly one build, green to Prod.
@@ -116,7 +116,8 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     assert push.status == 200 and push.body["verdict"] == "duplicate", push.body
     b1 = c.wait(pr.body["build"])
     assert b1["status"] == "success", b1
-    assert [s["name"] for s in b1["steps"]] == ["build", "test", "push", "deploy-qa", "deploy-prod"]
+    assert [s["name"] for s in b1["steps"]] == ["build", "test", "train", "push", "deploy-qa", "gate",
+                                                "deploy-prod"]
     assert all(s["status"] == "success" for s in b1["steps"])
     assert c.api("GET", "/builds").json()["total"] == 1
     assert b1["sha"] == sha1
@@ -140,9 +141,11 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     # 2. A merge that breaks the health check: QA rolls back, Prod untouched, the build is red.
     prod_before = _ssh_docker(stack, "prod", "docker ps --filter label=mlship.env=prod --format '{{.Names}}'")
     pipeline = (Path(stack.origin.work) / "pipeline.yaml").read_text()
-    broken = pipeline.replace("MODEL_PATH: /models/model.skops", "MODEL_PATH: /models/missing.skops")
+    # (MODEL_PATH itself is overridden by the model the build ships; a setting the app refuses is not.)
+    broken = pipeline.replace("env: {MODEL_PATH: /models/model.skops}",
+                              'env: {MODEL_PATH: /models/model.skops, MAX_ROWS: "0"}')
     assert broken != pipeline
-    pr2, _, _ = c.merge("point-at-new-model", {"pipeline.yaml": broken}, "Serve the new model file")
+    pr2, _, _ = c.merge("limit-rows", {"pipeline.yaml": broken}, "Limit the batch size")
     b2 = c.wait(pr2.body["build"])
     assert b2["status"] == "failed", b2
     steps = {s["name"]: s for s in b2["steps"]}
@@ -153,7 +156,7 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     assert _ssh_docker(stack, "prod", "docker ps --filter label=mlship.env=prod --format '{{.Names}}'") \
         == prod_before
     log = c.api("GET", f"/builds/{b2['id']}/log").text
-    assert "missing.skops" in log, "the failed container's last log lines explain why"
+    assert "MAX_ROWS=0 must be at least 1" in log, "the failed container's last log lines explain why"
 
     # 3. Re-run the first build through the API: a new build of the same commit, green again.
     rr = c.api("POST", f"/builds/{b1['id']}/rerun")

@@ -13,19 +13,30 @@ from orchestrator.config import RepoConfig, Secrets, Settings
 from orchestrator.services import GitOrigin
 from orchestrator.store import Store
 from tests.pipeline.conftest import REPO, Builds
+from tests.web.conftest import GitHubStandIn
+
+
+@pytest.fixture
+def github() -> Iterator[GitHubStandIn]:
+    """The stand-in for GitHub's commit status API (records what the runner reports)."""
+    stand_in = GitHubStandIn().start()
+    yield stand_in
+    stand_in.stop()
 
 
 @pytest.fixture
 def gate_settings(
-    redis_url: str, tmp_path: Path, git_origin: GitOrigin, docker_daemon: Any, registry: Any, base_image: str
+    redis_url: str, tmp_path: Path, git_origin: GitOrigin, docker_daemon: Any, registry: Any, base_image: str,
+    github: GitHubStandIn,
 ) -> Settings:
     return Settings(
+        github_api_url=github.url,
         redis_url=redis_url,
         workspace=tmp_path / "ws",
         repositories={REPO: RepoConfig(full_name=REPO, clone_url=git_origin.url)},
         docker_host=docker_daemon.host,
         vars={"REGISTRY": registry.addr, "BASE_IMAGE": base_image},
-        secrets=Secrets(env={}),
+        secrets=Secrets(env={"GITHUB_TOKEN": "ghs-test-token"}),
         lease_seconds=3.0,
     )
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from orchestrator import statuses
 from orchestrator.artifacts import artifacts_dir
 from orchestrator.models import BuildStatus, Deployment, StepStatus
 from tests.pipeline.conftest import REPO
@@ -56,7 +55,7 @@ def _deployed_to_prod(builds, build) -> None:
         sha=build.sha, model_sha256=gate["candidate_sha256"]))
 
 
-def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(gate_builds) -> None:
+def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(gate_builds, github) -> None:
     good = gate_builds.commit_and_run(pipeline())
     log = gate_builds.store.log_text(good.id)
     assert good.status is BuildStatus.SUCCESS, f"{good.error}\n{log[-3000:]}"
@@ -85,8 +84,9 @@ def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(g
     assert "metric         candidate        deployed" in log
     assert "FAIL  mae vs deployed: mae = " in log and "FAIL  r2 threshold: r2 = " in log
     assert f"baseline: build #{good.number} (deployed to prod)" in log
-    assert statuses.describe(bad, str(bad.status), bad.error) == (
-        "model gate failed: r2 threshold, mae vs deployed, r2 vs deployed")
+    final = [c.body for c in github.calls if c.path.endswith(bad.sha)][-1]
+    assert final["state"] == "failure"
+    assert final["description"] == "model gate failed: r2 threshold, mae vs deployed, r2 vs deployed"
 
 
 @pytest.mark.parametrize(("name", "kw", "reason"), [

@@ -1,0 +1,100 @@
+"""The model gate end to end: a merge that improves the model reaches Prod; one that degrades it is stopped
+after QA, with the comparison in the log, on the build page and in the API, and Prod keeps its model.
+
+The whole system runs as real processes (``Stack``: web under gunicorn, an RQ worker, Redis, registry,
+two sshd hosts). The model is a build artifact: nobody seeds the model volumes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import requests
+
+from orchestrator.demo_run import SEED_REQUEST
+from orchestrator.stack import Stack
+from tests.e2e.test_merge_to_prod import Client, _free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
+TRAIN = '--trees, "30"]'
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, docker_daemon, base_image):
+    s = Stack(tmp_path_factory.mktemp("e2e-gate"), say=lambda _m: None, web_port=_free_port(),
+              push_branches=("main",))
+    try:
+        s.start_services()
+        s.write_config()
+        s.start_app()
+        yield s
+    finally:
+        s.stop()
+
+
+def _served_model(port: int) -> str:
+    r = requests.post(f"http://127.0.0.1:{port}/predict", json=SEED_REQUEST, timeout=10)
+    assert r.status_code == 200, r.text
+    assert 50_000 < r.json()["predictions"][0] < 2_000_000
+    return str(r.json()["model"]["sha256"])
+
+
+def _merge_train(c: Client, stack: Stack, branch: str, train: str, title: str) -> dict:
+    pipeline = (Path(stack.origin.work) / "pipeline.yaml").read_text()  # type: ignore[union-attr]
+    changed = re.sub(r'--trees, "\d+"(, --shuffle-labels)?\]', train, pipeline)
+    assert changed != pipeline or train == TRAIN
+    pr, _, _ = c.merge(branch, {"pipeline.yaml": changed}, title)
+    assert pr.status == 202, pr.body
+    return c.wait(pr.body["build"], timeout=600)
+
+
+def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> None:
+    c = Client(stack)
+    envs_port = {"qa": 8500, "prod": 8600}  # the example pipeline's publish ports
+
+    # 0. The first gated build: nothing deployed yet, so the gate checks thresholds only.
+    b0 = _merge_train(c, stack, "first-model", TRAIN, "Train the first model")
+    assert b0["status"] == "success", b0
+    assert [s["name"] for s in b0["steps"]] == ["build", "test", "train", "push", "deploy-qa", "gate",
+                                                "deploy-prod"]
+    g0 = b0["gate"]["gate"]
+    assert g0["passed"] is True and g0["baseline"] is None
+    assert _served_model(envs_port["prod"]) == g0["candidate_sha256"]
+
+    # 1. More trees: compared with build 0 in Prod, no worse (here: better) → Prod serves the new model.
+    b1 = _merge_train(c, stack, "more-trees", '--trees, "60"]', "Use more trees")
+    assert b1["status"] == "success", b1
+    g1 = b1["gate"]["gate"]
+    assert g1["passed"] is True and g1["baseline_build"] == b0["number"]
+    assert g1["baseline"]["sha256"] == g0["candidate_sha256"]
+    assert g1["candidate"]["metrics"]["mae"] < g1["baseline"]["metrics"]["mae"]
+    prod_model = g1["candidate_sha256"]
+    assert _served_model(envs_port["prod"]) == prod_model
+    envs = {e["environment"]: e for e in c.api("GET", "/environments").json()["environments"]}
+    assert envs["prod"]["current"]["model_sha256"] == prod_model, "the deployment records its model"
+
+    # 2. Shuffled labels: deployed to QA, stopped by the gate, Prod untouched.
+    b2 = _merge_train(c, stack, "shuffled", '--trees, "30", --shuffle-labels]', "Retrain (shuffled labels)")
+    assert b2["status"] == "failed", b2
+    steps = {s["name"]: s for s in b2["steps"]}
+    assert steps["deploy-qa"]["status"] == "success"
+    assert steps["gate"]["status"] == "failed"
+    assert steps["gate"]["error"] == "model gate failed: r2 threshold, mae vs deployed, r2 vs deployed"
+    assert steps["deploy-prod"]["status"] in ("pending", "skipped")
+    g2 = b2["gate"]["gate"]
+    assert g2["passed"] is False and g2["baseline"]["sha256"] == prod_model
+    assert _served_model(envs_port["prod"]) == prod_model, "Prod still serves the previous model"
+    assert _served_model(envs_port["qa"]) == g2["candidate_sha256"], "QA got the candidate before the gate"
+
+    log = c.api("GET", f"/builds/{b2['id']}/log").text
+    start = next(i for i, line in enumerate(log.splitlines()) if "metric" in line and "candidate" in line)
+    excerpt = log.splitlines()[start - 3: start + 12]
+    print("\n--- gate log of the degraded build ---\n" + "\n".join(excerpt))
+    assert any("FAIL  mae vs deployed: mae = " in line for line in excerpt), excerpt
+    assert any("FAIL  r2 threshold" in line for line in excerpt)
+
+    html = requests.get(f"{stack.url}/builds/{b2['id']}", timeout=5).text
+    assert 'data-passed="no"' in html and "the candidate model was stopped" in html
+    assert "mae vs deployed" in html and f"build #{b1['number']}, deployed to <strong>prod</strong>" in html
