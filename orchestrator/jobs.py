@@ -45,3 +45,38 @@ def enqueuer(queue: Queue, timeout: float) -> Callable[[Any, str], None]:
         )
 
     return enqueue
+
+
+# RQ writes a queued job with these commands (RQ 2.x/3.x: SADD queues, HSET job, RPUSH queue). The
+# webhook intake runs them inside its Lua script, so anything else (e.g. a script) must fail at start.
+JOB_COMMANDS = frozenset({"SADD", "HSET", "RPUSH", "LPUSH", "EXPIRE", "PERSIST", "HDEL", "ZADD", "ZREM"})
+
+
+def job_commands(queue: Queue, timeout: float) -> Callable[[str], list[list[Any]]]:
+    """A ``job(ticket)`` callable for Store.intake_build: the Redis commands with which RQ itself
+    would enqueue the build's job (same fields, JSON serializer), captured instead of sent.
+
+    The commands are recorded on a pipeline that is never executed, so they can run inside the
+    intake's Lua script, only when the build is new (a duplicate no longer leaves a dud job).
+    """
+    # A private Queue for recording: RQ asks the server version only for LPOS (job positions),
+    # which this queue never answers; asking it here would cost a round trip with RQ's own,
+    # slow-failing client on the first delivery of every worker.
+    recorder = Queue(queue.name, connection=queue.connection, serializer=JSONSerializer,
+                     default_timeout=queue._default_timeout)
+    recorder.redis_server_version = (7, 0, 0)
+    enqueue = enqueuer(recorder, timeout)
+
+    def job(ticket: str) -> list[list[Any]]:
+        pipe = queue.connection.pipeline(transaction=False)
+        enqueue(pipe, ticket)
+        commands = [list(c[0]) for c in pipe.command_stack]
+        pipe.reset()
+        unknown = {str(c[0]).upper() for c in commands} - JOB_COMMANDS
+        if unknown:
+            raise RuntimeError(f"RQ enqueues with {sorted(unknown)}, which the webhook intake cannot replay: "
+                               "pin rq to a version that writes jobs with plain commands")
+        return commands
+
+    job("startup-check")  # the command set is checked once when the app starts
+    return job

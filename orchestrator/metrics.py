@@ -11,8 +11,12 @@ contributes and any web process answers the same numbers.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -131,26 +135,110 @@ class RedisCollector:
 
 
 def render(rt: Any) -> bytes:
-    """The exposition text for one scrape."""
+    """The exposition text for one scrape (this process's request counts are flushed first)."""
+    TALLY.flush()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(rt))
     return generate_latest(registry)
 
 
-_paused_until = [0.0]
 PAUSE_AFTER_FAILURE = 5.0
+FLUSH_INTERVAL = 1.0
+
+
+class RequestTally:
+    """This process's HTTP request counts, added to Redis about once a second (and before each scrape)
+    in one pipeline, instead of ~15 HINCRBY round-trip work on every request.
+
+    Recording a request is a few dict operations under a lock; a daemon thread (one per process,
+    started on first use, restarted after fork) flushes. Trade-offs: another process's requests
+    reach /metrics up to ``FLUSH_INTERVAL`` late, and a worker killed with SIGKILL loses at most that
+    second of request counts. Webhook verdicts are not counted here: they are counted in the same
+    Redis script that records the delivery.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.lock = threading.Lock()
+        # store → ({(method, endpoint, status): n}, {endpoint: [n per bucket..., n over, sum_us]})
+        self.pending: dict[Any, tuple[dict[tuple[str, str, int], int], dict[str, list[int]]]] = {}
+        self.thread: threading.Thread | None = None
+        self.paused_until = 0.0
+
+    def add(self, store: Any, method: str, endpoint: str, status: int, seconds: float) -> None:
+        with self.lock:
+            per = self.pending.get(store)
+            if per is None:
+                per = self.pending[store] = ({}, {})
+            key = (method, endpoint, status)
+            per[0][key] = per[0].get(key, 0) + 1
+            hist = per[1].get(endpoint)
+            if hist is None:
+                hist = per[1][endpoint] = [0] * (len(HTTP_BUCKETS) + 2)
+            hist[bisect_left(HTTP_BUCKETS, seconds)] += 1  # the first bucket whose le >= seconds
+            hist[-1] += int(seconds * 1e6)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="mlship-metrics", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            self.flush()
+
+    def flush(self) -> None:
+        """Add every pending count to Redis; on failure keep them and pause (Redis may be down)."""
+        if time.monotonic() < self.paused_until:
+            return
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for store, (requests, durations) in pending.items():
+            try:
+                store.incr_counters(_increments(requests, durations))
+            except Exception:  # metrics are best effort; keep the counts for the next flush
+                self.paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+                log.debug("could not record request metrics", exc_info=True)
+                with self.lock:
+                    self._merge(store, requests, durations)
+
+    def _merge(self, store: Any, requests: dict[tuple[str, str, int], int],
+               durations: dict[str, list[int]]) -> None:
+        per = self.pending.setdefault(store, ({}, {}))
+        for key, n in requests.items():
+            per[0][key] = per[0].get(key, 0) + n
+        for endpoint, hist in durations.items():
+            mine = per[1].setdefault(endpoint, [0] * len(hist))
+            per[1][endpoint] = [a + b for a, b in zip(mine, hist, strict=True)]
+
+
+def _increments(requests: dict[tuple[str, str, int], int],
+                durations: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+    """The counter increments for tallied requests (the same keys as ``request_increments``)."""
+    out: dict[str, dict[str, int]] = {"http_requests": {}, "http_duration": {}}
+    for (method, endpoint, status), n in requests.items():
+        method = method if method in _METHODS else "OTHER"
+        key = _SEP.join((method, endpoint.replace(_SEP, "_"), str(status)))
+        out["http_requests"][key] = out["http_requests"].get(key, 0) + n
+    for endpoint, hist in durations.items():
+        endpoint = endpoint.replace(_SEP, "_")
+        below = 0
+        for le, n in zip(HTTP_BUCKETS, hist, strict=False):
+            below += n
+            if below:
+                out["http_duration"][f"{endpoint}{_SEP}{le}"] = below
+        out["http_duration"][f"{endpoint}{_SEP}+Inf"] = sum(hist[:-1])
+        out["http_duration"][f"{endpoint}{_SEP}sum_us"] = hist[-1]
+    return out
+
+
+TALLY = RequestTally()
+os.register_at_fork(after_in_child=TALLY._reset)  # a gunicorn worker starts with its own lock and thread
+atexit.register(TALLY.flush)
 
 
 def record_request(rt: Any, method: str, endpoint: str, status: int, started: float) -> None:
-    """Count one request in Redis; never fails the request if Redis is down.
-
-    After a failure, counting pauses for a few seconds so an unreachable Redis does not add its
-    connect timeout to every answer (the webhook's 503 must stay fast).
-    """
-    if time.monotonic() < _paused_until[0]:
-        return
-    try:
-        rt.store.incr_counters(request_increments(method, endpoint, status, time.perf_counter() - started))
-    except Exception:  # metrics are best effort
-        _paused_until[0] = time.monotonic() + PAUSE_AFTER_FAILURE
-        log.debug("could not record request metrics", exc_info=True)
+    """Count one request (in this process; see RequestTally). Never touches Redis on the request path,
+    so neither a slow nor an unreachable Redis delays any answer (the webhook's 503 stays fast)."""
+    TALLY.add(rt.store, method, endpoint, status, time.perf_counter() - started)

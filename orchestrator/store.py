@@ -11,11 +11,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import NotFound, StoreUnavailable
 from .models import Build, BuildStatus, Delivery, Deployment, StepRecord, Trigger
@@ -97,6 +99,25 @@ class Keys:
         return self.p + f"counter:{metric}"
 
 
+INTAKE_TIMEOUT = 1.5  # seconds; GitHub must get its 503 within 2 s when Redis is stopped or frozen
+
+
+def intake_client(url: str) -> redis.Redis:
+    """The webhook intake's Redis client: fails fast instead of hanging.
+
+    redis-py retries timeouts 10 times with backoff by default; a frozen (SIGSTOPped, swapping) Redis
+    would hold a delivery for a minute. Here a timeout is final (one attempt of ``INTAKE_TIMEOUT``),
+    and a connection error is retried once at once (a pooled socket that died with a Redis restart).
+    The intake's single round trip is atomic, so a timed-out call either happened in full (the
+    redelivery is answered from its record) or not at all (the redelivery is processed).
+    """
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=INTAKE_TIMEOUT,
+        health_check_interval=10,
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    )
+
+
 def _encode_build_fields(values: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in values.items():
@@ -141,6 +162,8 @@ class Store:
         self._create = client.register_script(_LUA)
         self._release = client.register_script(_RELEASE_LOCK)
         self._renew = client.register_script(_RENEW_LOCK)
+        # The webhook intake's client: fails fast (see intake_client); from_url sets it.
+        self.intake_r: Any = client
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Store:
@@ -148,7 +171,9 @@ class Store:
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=5.0,
             health_check_interval=10,
         )
-        return cls(client, **kw)
+        store = cls(client, **kw)
+        store.intake_r = intake_client(url)
+        return store
 
     @contextmanager
     def available(self) -> Iterator[None]:
@@ -399,6 +424,81 @@ class Store:
                 keys=[self.k.delivery(d.id), self.k.deliveries(), self.k.counter(counter)],
                 args=[self.delivery_ttl, d.received_at, d.id, d.verdict, *self._delivery_pairs(d)])
 
+    # -- webhook intake, lean path: one round trip per verified delivery ------------------------
+    # Every call below goes through ``intake_r`` (short timeout, no retry on timeouts), so a stopped
+    # or frozen Redis turns into StoreUnavailable (503) well within GitHub's patience.
+
+    def _intake(self, name: str) -> Any:
+        script = self.__dict__.get(name)
+        if script is None:
+            script = self.__dict__[name] = self.intake_r.register_script(globals()[name])
+        return script
+
+    def _delivery_keys(self, d: Delivery) -> list[str]:
+        return [self.k.delivery(d.id), self.k.deliveries(), self.k.counter("deliveries")]
+
+    def _delivery_args(self, d: Delivery) -> list[Any]:
+        return [self.delivery_ttl, d.received_at, time.time() - self.delivery_ttl, d.id]
+
+    def settle_delivery(self, d: Delivery, replay: Iterable[str] = ()) -> Replay | None:
+        """Record ``d`` as final (index it, count its verdict), in one round trip — unless a record of
+        ``d.id`` already has a verdict in ``replay``: then nothing is written and that record (with
+        its build, if any) is returned."""
+        replay = list(replay)
+        with self.available():
+            found = self._intake("_SETTLE_DELIVERY")(
+                keys=self._delivery_keys(d),
+                args=[*self._delivery_args(d), self.k.build_prefix(), len(replay), *replay,
+                      *self._delivery_pairs(d)])
+        return _replay_of(found)
+
+    def record_unverified(self, d: Delivery) -> None:
+        """Record a delivery rejected before its signature was verified, only if its id has no record
+        yet (an unauthenticated sender cannot overwrite a genuine record), and count it; one round trip."""
+        with self.available():
+            self._intake("_RECORD_UNVERIFIED")(keys=self._delivery_keys(d),
+                                               args=[*self._delivery_args(d), *self._delivery_pairs(d)])
+
+    def intake_build(
+        self, d: Delivery, trigger: Trigger, *, pipeline: str, job: Callable[[str], list[list[Any]]],
+        replay: Iterable[str], queued_reason: str, duplicate_reason: str,
+    ) -> tuple[BuildRef | None, Replay | None]:
+        """A verified delivery that should build, settled in ONE atomic script (one round trip).
+
+        In order: a record of ``d.id`` with a verdict in ``replay`` is returned untouched (no build);
+        otherwise the build is created as ``create_build`` does (gap-free number, dedup by repo, sha,
+        pipeline and by delivery id) together with its RQ job (``job(ticket)``: RQ's own commands,
+        run only when the build is new) and the delivery's final record (verdict queued or duplicate,
+        reason = ``queued_reason`` + number, or ``duplicate_reason`` + number + the first delivery).
+        Build, job and verdict are one transaction; there is no intermediate state to crash in.
+        Returns (build, None) with ``d`` updated from its record, or (None, the earlier answer).
+        """
+        ticket = uuid.uuid4().hex
+        values = {
+            "repo": trigger.repo, "sha": trigger.sha, "ref": trigger.ref, "branch": trigger.branch,
+            "trigger": trigger.kind, "status": str(BuildStatus.QUEUED), "created_at": time.time(),
+            "author": trigger.author, "message": trigger.message, "url": trigger.url,
+            "triggered_by": d.id, "rerun_of": None, "steps": [],
+        }
+        flat = [x for kv in _encode_build_fields(values).items() for x in kv]
+        commands = job(ticket)
+        replay = list(replay)
+        keys = [*self._delivery_keys(d), self.k.build_seq(), self.k.repo_seq(trigger.repo),
+                self.k.dedup(trigger.repo, trigger.sha, pipeline), self.k.builds(), self.k.ticket(ticket)]
+        args: list[Any] = [*self._delivery_args(d), self.k.build_prefix(), json.dumps(flat), TICKET_TTL,
+                           queued_reason, duplicate_reason, len(replay), *replay]
+        pairs = self._delivery_pairs(d)
+        args += [len(pairs), *pairs, len(commands)]
+        for command in commands:
+            args += [len(command), *command]
+        with self.available():
+            found = self._intake("_INTAKE_BUILD")(keys=keys, args=args)
+        if found[0] == "replay":
+            return None, _replay_of(found)
+        d.verdict, d.status_code, d.reason = found[1], int(found[2]), found[3]
+        d.build_id = int(found[4])
+        return BuildRef(d.build_id, int(found[5])), None
+
     # -- leases, cancel -------------------------------------------------------------------------
 
     def renew_lease(self, build_id: int, seconds: float) -> None:
@@ -517,6 +617,120 @@ class Store:
         with self.available():
             members = self.r.smembers(self.k.environments())
         return sorted((str(a), str(b)) for a, b in (json.loads(m) for m in members))
+
+
+def _hash(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+@dataclass(frozen=True)
+class BuildRef:
+    """What an answer names of a build: its id and its number in the pipeline."""
+
+    id: int
+    number: int
+
+
+@dataclass
+class Replay:
+    """An earlier delivery's record (and its build), found instead of processing a redelivery."""
+
+    delivery: Delivery
+    build: BuildRef | None
+
+
+def _replay_of(found: Any) -> Replay | None:
+    if not found:
+        return None
+    build = found[2] if len(found) > 2 else None
+    ref = BuildRef(int(build[0]), int(build[1] or 0)) if build else None
+    return Replay(_decode_delivery(_hash(found[1])), ref)
+
+
+# The intake scripts (Store.settle_delivery, record_unverified, intake_build). Shared argument layout:
+# KEYS 1 delivery key, 2 deliveries index, 3 deliveries counter; ARGV 1 record ttl, 2 score
+# (received_at), 3 trim index before, 4 delivery id.
+_INTAKE_COMMON = """
+local function record(pairs, extra)
+  redis.call('HSET', KEYS[1], unpack(pairs))
+  if extra then redis.call('HSET', KEYS[1], unpack(extra)) end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+end
+local function prior(first)  -- ARGV[first] = n, then n verdicts answered from the record
+  local n = tonumber(ARGV[first])
+  local v = redis.call('HGET', KEYS[1], 'verdict')
+  if v then
+    for i = first + 1, first + n do
+      if v == ARGV[i] then
+        local rec = redis.call('HGETALL', KEYS[1])
+        local b = redis.call('HGET', KEYS[1], 'build_id')
+        local build = {}
+        if b and b ~= '' then build = {b, redis.call('HGET', ARGV[5] .. b, 'number')} end
+        return {'replay', rec, build}
+      end
+    end
+  end
+  return nil
+end
+"""
+# ARGV 5 build key prefix, 6 n, 7.. replay verdicts, then the record's field/value pairs.
+_SETTLE_DELIVERY = _INTAKE_COMMON + """
+local found = prior(6)
+if found then return found end
+local n = tonumber(ARGV[6])
+record({unpack(ARGV, 7 + n)})
+local verdict = redis.call('HGET', KEYS[1], 'verdict')
+redis.call('HINCRBY', KEYS[3], verdict, 1)
+return false
+"""
+# ARGV 5.. the record's field/value pairs.
+_RECORD_UNVERIFIED = _INTAKE_COMMON + """
+if redis.call('EXISTS', KEYS[1]) == 0 then record({unpack(ARGV, 5)}) end
+local pairs = {unpack(ARGV, 5)}
+for i = 1, #pairs, 2 do
+  if pairs[i] == 'verdict' then redis.call('HINCRBY', KEYS[3], pairs[i + 1], 1) end
+end
+return true
+"""
+# KEYS 4 global seq, 5 repo seq, 6 dedup key, 7 builds index, 8 ticket key.
+# ARGV 5 build key prefix, 6 build fields (JSON flat list), 7 ticket ttl, 8 queued reason prefix,
+# 9 duplicate reason prefix, 10 n, replay verdicts, then m + m record pairs, then c + c commands
+# (each: argc, argv...) that create the RQ job, run only when the build is new.
+_INTAKE_BUILD = _INTAKE_COMMON + "local function create_build(KEYS, ARGV)\n" + _LUA + """
+end
+local found = prior(10)
+if found then return found end
+local i = 11 + tonumber(ARGV[10])
+local m = tonumber(ARGV[i])
+local pairs = {unpack(ARGV, i + 1, i + m)}
+i = i + m + 1
+local r = create_build({KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[1], KEYS[8]},
+                       {ARGV[5], ARGV[6], ARGV[7], ARGV[1]})
+local build = r[3]
+local fields = {}
+for j = 1, #build, 2 do fields[build[j]] = build[j + 1] end
+local verdict, status, reason
+if r[1] == 1 then
+  local c = tonumber(ARGV[i])
+  i = i + 1
+  for _ = 1, c do
+    local argc = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + argc))
+    i = i + argc + 1
+  end
+  verdict, status, reason = 'queued', '202', ARGV[8] .. fields['number']
+elseif fields['triggered_by'] == ARGV[4] then  -- this delivery's own build (an unfinished earlier try)
+  verdict, status, reason = 'queued', '202', ARGV[8] .. fields['number']
+else
+  verdict, status = 'duplicate', '200'
+  reason = ARGV[9] .. fields['number'] .. ' (delivery ' .. (fields['triggered_by'] or '') .. ')'
+end
+record(pairs, {'verdict', verdict, 'status_code', status, 'reason', reason, 'build_id', r[2]})
+redis.call('HINCRBY', KEYS[3], verdict, 1)
+return {'build', verdict, status, reason, r[2], fields['number']}
+"""
 
 
 def _decode_delivery(h: dict[str, str]) -> Delivery:

@@ -11,6 +11,7 @@ repository's secrets are tried and the payload must be about it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -32,6 +33,7 @@ from .errors import (
     UnsupportedContentType,
 )
 from .models import Build, Delivery
+from .store import BuildRef, Replay
 
 bp = Blueprint("webhooks", __name__)
 log = applog.get("webhooks")
@@ -79,7 +81,7 @@ class Intake:
 
     settings: Settings
     keyring: Keyring
-    enqueue: Any = field(default=None)
+    job: Any = field(default=None)  # jobs.job_commands: the build's RQ job as commands
 
 
 @bp.record_once
@@ -89,8 +91,8 @@ def _setup(state: BlueprintSetupState) -> None:
     if settings.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive: set ORCHESTRATOR_MAX_BODY_BYTES")
     keyring = Keyring.from_settings(settings)
-    enqueue = jobs.enqueuer(rt.queue, settings.build_timeout)
-    state.app.extensions[EXTENSION] = Intake(settings, keyring, enqueue)
+    job = jobs.job_commands(rt.queue, settings.build_timeout)
+    state.app.extensions[EXTENSION] = Intake(settings, keyring, job)
     if not logging_configured():
         applog.configure(settings.secret_values())
     if not settings.repositories:
@@ -168,33 +170,34 @@ def _process(intake: Intake, d: Delivery, scope: str | None) -> Answer:
         return _finish(rt, _reject(d, SignatureError(
             f"{github.SIGNATURE_HEADER} does not match a webhook secret of {repo_name}")), d)
 
-    # Record "received" (a crash from here on leaves a trace and allows redelivery), unless this id
-    # already succeeded: then answer as before. Pings are stateless and simply answered again.
-    prior = rt.store.begin_delivery(d, replay=SUCCESS if d.event != "ping" else ())
-    if prior is not None:
-        return _replay(rt, settings, prior, d)
+    # From here on, one round trip settles the delivery: if this id already succeeded, its record
+    # answers (no new build); otherwise the verdict is recorded — for a build, in the same atomic
+    # script as the build and its job, so no crash can leave one without the others. Deciding is
+    # pure, so it comes first. Pings are stateless and simply answered again.
     try:
         decision = github.decide(d.event, payload, repo)
     except PayloadError as exc:
-        return _finish(rt, _reject(d, exc), d)
+        return _finish(rt, _reject(d, exc), d, SUCCESS)
     d.action, d.ref, d.sha = decision.action, decision.ref, decision.sha
     if decision.trigger is None:
-        return _finish(rt, _ignored(d, decision), d)
+        return _finish(rt, _ignored(d, decision), d, SUCCESS if d.event != "ping" else ())
     return _build(rt, intake, repo, decision, d)
 
 
 def _build(rt: Any, intake: Intake, repo: RepoConfig, decision: github.Decision, d: Delivery) -> Answer:
     assert decision.trigger is not None
-    build, created = rt.store.create_build(
-        decision.trigger, pipeline=repo.pipeline, triggered_by=d.id, enqueue=intake.enqueue, delivery=d,
+    why = decision.reason
+    if len(why) > _MAX_REASON - 200:  # leaves room for the number and the first delivery's id
+        why = why[:_MAX_REASON - 200] + "…"
+    d.duration_ms = applog.now_ms(g.webhook_start)
+    build, prior = rt.store.intake_build(
+        d, decision.trigger, pipeline=repo.pipeline, job=intake.job, replay=SUCCESS,
+        queued_reason=f"{why}: queued as build #",
+        duplicate_reason=f"{why}: commit {decision.trigger.sha[:7]} is already build #",
     )
-    d.build_id = build.id
-    if created or build.triggered_by == d.id:  # the same delivery sent twice at once: same answer
-        answer = _verdict(d, 202, "queued", f"{decision.reason}: queued as build #{build.number}")
-    else:
-        answer = _verdict(d, 200, "duplicate", f"{decision.reason}: commit {build.short_sha} is already "
-                          f"build #{build.number} (delivery {build.triggered_by})")
-    return _finish(rt, _with_build(answer, build, intake.settings), d)
+    if prior is not None:
+        return _replay(intake.settings, prior, d)
+    return _with_build(Answer(d.status_code, _body(d)), build, intake.settings)
 
 
 # -- verdicts and answers ---------------------------------------------------------------------------
@@ -225,27 +228,30 @@ def _ignored(d: Delivery, decision: github.Decision) -> Answer:
     return answer
 
 
-def _with_build(answer: Answer, build: Build, settings: Settings) -> Answer:
+def _with_build(answer: Answer, build: Build | BuildRef, settings: Settings) -> Answer:
     answer.body.update(build=build.id, number=build.number, url=f"{settings.public_url}/builds/{build.id}")
     return answer
 
 
-def _replay(rt: Any, settings: Settings, prior: Delivery, d: Delivery) -> Answer:
+def _replay(settings: Settings, prior: Replay, d: Delivery) -> Answer:
     """The answer a successful delivery got, rebuilt from its record (no new build)."""
-    d.__dict__.update(prior.__dict__)
-    answer = Answer(prior.status_code, _body(prior), replayed=True)
-    if prior.build_id is not None:
-        _with_build(answer, rt.store.get_build(prior.build_id), settings)
+    d.__dict__.update(prior.delivery.__dict__)
+    answer = Answer(prior.delivery.status_code, _body(prior.delivery), replayed=True)
+    if prior.build is not None:
+        _with_build(answer, prior.build, settings)
     return answer
 
 
 # -- recording --------------------------------------------------------------------------------------
 
 
-def _finish(rt: Any, answer: Answer, d: Delivery) -> Answer:
-    """Record the verdict (the delivery's final state) and count it."""
+def _finish(rt: Any, answer: Answer, d: Delivery, replay: frozenset[str] | tuple[()] = ()) -> Answer:
+    """Record the verdict (the delivery's final state) and count it, in one round trip; if the record
+    of this id already has a verdict in ``replay``, answer from it instead."""
     d.duration_ms = applog.now_ms(g.webhook_start)
-    rt.store.finish_delivery(d, "deliveries")
+    prior = rt.store.settle_delivery(d, replay)
+    if prior is not None:
+        return _replay(get_runtime().settings, prior, d)
     return answer
 
 
@@ -255,12 +261,8 @@ def _recorded(rt: Any, answer: Answer, d: Delivery) -> Answer:
     The sender is not authenticated, so it may not replace what a genuine delivery of that id left;
     a store outage must not turn a 4xx into a 503 either.
     """
-    try:
-        if rt.store.get_delivery(d.id) is None:
-            rt.store.record_delivery(d)
-        rt.store.incr_counter("deliveries", d.verdict)
-    except StoreUnavailable:
-        pass
+    with contextlib.suppress(StoreUnavailable):
+        rt.store.record_unverified(d)
     return answer
 
 
