@@ -6,12 +6,10 @@ base image under the same names for this test; users get the official images.
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 
 import pytest
@@ -19,6 +17,7 @@ import requests
 import yaml
 
 from orchestrator.services import REPO_ROOT, free_port
+from tests.images import build_from_dockerfile
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 COMPOSE = shutil.which("docker-compose")
@@ -74,14 +73,8 @@ def _build_local_redis(docker_client, base_image: str) -> None:
     except Exception:  # noqa: S110 - not there yet: build it below
         pass
     dockerfile = (f"FROM {base_image}\nRUN apt-get update && apt-get install -y --no-install-recommends "
-                  "redis-server && rm -rf /var/lib/apt/lists/*\nEXPOSE 6379\n").encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    docker_client.images.build(fileobj=buf, custom_context=True, tag="redis:7", rm=True)
+                  "redis-server && rm -rf /var/lib/apt/lists/*\nEXPOSE 6379\n")
+    build_from_dockerfile(docker_client, dockerfile, "redis:7")
 
 
 def test_compose_stack_comes_up_scales_and_goes_down(compose_env, docker_client, base_image):

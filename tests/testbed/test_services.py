@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import uuid
 
 import paramiko
@@ -11,6 +9,7 @@ import pytest
 import redis
 
 from orchestrator.services import git
+from tests.images import build_from_dockerfile
 
 
 def test_redis_answers_and_survives_restart_with_aof(own_redis):
@@ -37,14 +36,7 @@ def test_docker_daemon_answers(docker_client):
 
 
 def _tiny_image(docker_client, base_image: str, tag: str) -> None:
-    dockerfile = f"FROM {base_image}\nRUN echo hello > /hello.txt\n".encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    buf.seek(0)
-    docker_client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+    build_from_dockerfile(docker_client, f"FROM {base_image}\nRUN echo hello > /hello.txt\n", tag)
 
 
 def test_base_image_runs_python(docker_client, base_image):
