@@ -1,10 +1,11 @@
 """Load with faults: thousands of signed deliveries sent concurrently to a real ``orchestrator web``
-(gunicorn) while its Redis (AOF on) is restarted once midway. Nothing accepted may be lost or doubled.
+(gunicorn) while its Redis (AOF on) is restarted once midway. Nothing accepted may be lost or
+doubled.
 
 Mix: 80% distinct merges (distinct delivery ids and merge shas), 5% pull requests opened (answered
-"ignored"), 10% redeliveries of earlier delivery ids (same body), 5% bad signatures. ``MLSHIP_LOAD_DELIVERIES`` sets the count (CI: 2,000;
-long variant: ``MLSHIP_LOAD_DELIVERIES=10000``). No worker runs: builds stay queued, so the RQ queue
-must hold exactly one resolvable job per build.
+"ignored"), 10% redeliveries of earlier delivery ids (same body), 5% bad signatures.
+``MLSHIP_LOAD_DELIVERIES`` sets the count (CI: 2,000; long variant: ``MLSHIP_LOAD_DELIVERIES=10000``).
+No worker runs: builds stay queued, so the RQ queue must hold exactly one resolvable job per build.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from orchestrator.github import sign
 from orchestrator.jobs import JOB_PREFIX
 from orchestrator.services import RedisServer
 from orchestrator.store import Store
-from tests.webhooks.helpers import REPO, encode, headers, merged_pr
+from tests.webhooks.helpers import encode, headers, merged_pr
 from tests.webhooks.test_gunicorn import start_web, stop_web
 
 pytestmark = pytest.mark.slow
