@@ -165,7 +165,7 @@ class RequestTally:
         # store → ({(method, endpoint, status): n}, {endpoint: [n per bucket..., n over, sum_us]})
         self.pending: dict[Any, tuple[dict[tuple[str, str, int], int], dict[str, list[int]]]] = {}
         self.thread: threading.Thread | None = None
-        self.paused_until = 0.0
+        self.paused_until: dict[Any, float] = {}  # store → when to try it again after a failure
 
     def add(self, store: Any, method: str, endpoint: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -189,16 +189,18 @@ class RequestTally:
             self.flush()
 
     def flush(self) -> None:
-        """Add every pending count to Redis; on failure keep them and pause (Redis may be down)."""
-        if time.monotonic() < self.paused_until:
-            return
+        """Add every pending count to Redis; on failure keep them and leave that store alone for a
+        few seconds (its Redis may be down: no point in waiting for its timeouts every second)."""
+        now = time.monotonic()
         with self.lock:
-            pending, self.pending = self.pending, {}
+            due = [s for s in self.pending if self.paused_until.get(s, 0.0) <= now]
+            pending = {s: self.pending.pop(s) for s in due}
         for store, (requests, durations) in pending.items():
             try:
                 store.incr_counters(_increments(requests, durations))
+                self.paused_until.pop(store, None)
             except Exception:  # metrics are best effort; keep the counts for the next flush
-                self.paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+                self.paused_until[store] = time.monotonic() + PAUSE_AFTER_FAILURE
                 log.debug("could not record request metrics", exc_info=True)
                 with self.lock:
                     self._merge(store, requests, durations)

@@ -18,11 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
+from werkzeug.datastructures import EnvironHeaders
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
+from werkzeug.wsgi import get_content_length, get_input_stream
 
-from . import applog, github, jobs
-from . import runtime as get_runtime
+from . import applog, github, jobs, metrics
 from .config import RepoConfig, Settings
 from .errors import (
     ConfigError,
@@ -81,7 +83,21 @@ class Intake:
 
     settings: Settings
     keyring: Keyring
+    store: Any = field(default=None)
     job: Any = field(default=None)  # jobs.job_commands: the build's RQ job as commands
+
+
+@dataclass
+class Incoming:
+    """One POST to a webhook URL, as the handler needs it: from Flask's request or straight from the
+    WSGI environ (``FastPath``), so both run the same code."""
+
+    headers: Any  # case-insensitive ``.get``
+    mimetype: str
+    content_length: int | None
+    stream: Any
+    scope: str | None  # owner/name of a per-repository URL
+    start: float = field(default_factory=time.perf_counter)
 
 
 @bp.record_once
@@ -92,7 +108,9 @@ def _setup(state: BlueprintSetupState) -> None:
         raise ConfigError("max_body_bytes must be positive: set ORCHESTRATOR_MAX_BODY_BYTES")
     keyring = Keyring.from_settings(settings)
     job = jobs.job_commands(rt.queue, settings.build_timeout)
-    state.app.extensions[EXTENSION] = Intake(settings, keyring, job)
+    state.app.extensions[EXTENSION] = Intake(settings, keyring, rt.store, job)
+    app: Any = state.app
+    app.wsgi_app = FastPath(app.wsgi_app, app.extensions[EXTENSION])
     if not logging_configured():
         applog.configure(settings.secret_values())
     if not settings.repositories:
@@ -108,11 +126,18 @@ def logging_configured() -> bool:
 @bp.post("/webhooks/github")
 @bp.post("/webhooks/github/<owner>/<name>")
 def receive(owner: str | None = None, name: str | None = None) -> Response:
-    g.webhook_start = start = time.perf_counter()
-    intake: Intake = current_app.extensions[EXTENSION]
+    """The Flask route (FastPath answers these POSTs first; this serves apps mounted without it)."""
+    inc = Incoming(request.headers, request.mimetype, request.content_length, request.stream,
+                   f"{owner}/{name}" if owner else None)
+    status, body = handle(current_app.extensions[EXTENSION], inc)
+    return Response(body, status, mimetype="application/json")
+
+
+def handle(intake: Intake, inc: Incoming) -> tuple[int, bytes]:
+    """Process one delivery: (HTTP status, JSON body). Logs one line; never raises."""
     d = Delivery(id="", event="")
     try:
-        answer = _process(intake, d, f"{owner}/{name}" if owner else None)
+        answer = _process(intake, d, inc)
     except StoreUnavailable as exc:
         answer = _verdict(d, 503, "failed", f"{exc}; the delivery was not processed, redeliver it later")
         answer.body["error"] = exc.code
@@ -120,54 +145,54 @@ def receive(owner: str | None = None, name: str | None = None) -> Response:
         applog.event(log, "error", level=logging.ERROR, delivery=d.id, error=repr(exc)[:300])
         log.exception("webhook delivery %s failed", d.id)
         answer = _verdict(d, 500, "failed", "internal error: see the service log; redeliver after fixing it")
-    d.duration_ms = applog.now_ms(start)
+    d.duration_ms = applog.now_ms(inc.start)
     _log(d, answer)
-    return Response(json.dumps(answer.body), answer.status, mimetype="application/json")
+    return answer.status, json.dumps(answer.body).encode()
 
 
-def _process(intake: Intake, d: Delivery, scope: str | None) -> Answer:
-    settings = intake.settings
-    rt = get_runtime()
+def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
+    settings, scope, store = intake.settings, inc.scope, intake.store
     try:
-        meta = github.parse_meta(request.headers)
+        meta = github.parse_meta(inc.headers)
     except PayloadError as exc:
         return _reject(d, exc)  # no usable id: logged, not recorded
     d.id, d.event = meta.delivery_id, meta.event
     keyring = intake.keyring
     if scope is not None:
         if settings.repo(scope) is None:
-            return _recorded(rt, _verdict(d, 404, "rejected", f"repository {scope} is not allow-listed: "
+            return _recorded(store, _verdict(d, 404, "rejected", f"repository {scope} is not allow-listed: "
                                           "add it under repositories: in the server configuration"), d)
         keyring = keyring.only(scope)
     try:
-        _check_content_type(request.mimetype)
-        body = _read_body(settings.max_body_bytes)
-        secret = github.verify_signature(body, request.headers.get(github.SIGNATURE_HEADER), keyring.secrets)
+        _check_content_type(inc.mimetype)
+        body = _read_body(inc, settings.max_body_bytes)
+        secret = github.verify_signature(body, inc.headers.get(github.SIGNATURE_HEADER), keyring.secrets)
     except (PayloadError, SignatureError) as exc:
-        return _recorded(rt, _reject(d, exc), d)
+        return _recorded(store, _reject(d, exc), d)
     except ConfigError as exc:  # no secret configured at all: nothing can be verified
-        return _recorded(rt, _verdict(d, 401, "rejected", str(exc)), d)
+        return _recorded(store, _verdict(d, 401, "rejected", str(exc)), d)
 
     try:
         payload = github.parse_body(body)
         repo_name = github.repository_of(payload)
     except PayloadError as exc:
-        return _finish(rt, _reject(d, exc), d)
+        return _finish(intake, inc, _reject(d, exc), d)
     d.repo = repo_name or ""
     if repo_name is None:
         if d.event == "ping":  # organization and app hooks ping without a repository
             decision = github.ping(payload)
-            return _finish(rt, _ignored(d, decision), d)
-        return _finish(rt, _reject(d, PayloadError("the payload has no repository.full_name")), d)
+            return _finish(intake, inc, _ignored(d, decision), d)
+        return _finish(intake, inc, _reject(d, PayloadError("the payload has no repository.full_name")), d)
     if scope is not None and repo_name != scope:
-        return _finish(rt, _reject(d, PayloadError(
+        return _finish(intake, inc, _reject(d, PayloadError(
             f"the payload is about {repo_name} but was sent to the URL of {scope}")), d)
     repo = settings.repo(repo_name)
     if repo is None:
-        return _finish(rt, _verdict(d, 200, "ignored", f"repository {repo_name} is not allow-listed: add it "
-                                    "under repositories: in the server configuration to build it"), d)
+        return _finish(intake, inc, _verdict(
+            d, 200, "ignored", f"repository {repo_name} is not allow-listed: add it under repositories: "
+            "in the server configuration to build it"), d)
     if repo_name not in keyring.owners[secret]:
-        return _finish(rt, _reject(d, SignatureError(
+        return _finish(intake, inc, _reject(d, SignatureError(
             f"{github.SIGNATURE_HEADER} does not match a webhook secret of {repo_name}")), d)
 
     # From here on, one round trip settles the delivery: if this id already succeeded, its record
@@ -177,20 +202,20 @@ def _process(intake: Intake, d: Delivery, scope: str | None) -> Answer:
     try:
         decision = github.decide(d.event, payload, repo)
     except PayloadError as exc:
-        return _finish(rt, _reject(d, exc), d, SUCCESS)
+        return _finish(intake, inc, _reject(d, exc), d, SUCCESS)
     d.action, d.ref, d.sha = decision.action, decision.ref, decision.sha
     if decision.trigger is None:
-        return _finish(rt, _ignored(d, decision), d, SUCCESS if d.event != "ping" else ())
-    return _build(rt, intake, repo, decision, d)
+        return _finish(intake, inc, _ignored(d, decision), d, SUCCESS if d.event != "ping" else ())
+    return _build(intake, inc, repo, decision, d)
 
 
-def _build(rt: Any, intake: Intake, repo: RepoConfig, decision: github.Decision, d: Delivery) -> Answer:
+def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: github.Decision, d: Delivery) -> Answer:
     assert decision.trigger is not None
     why = decision.reason
     if len(why) > _MAX_REASON - 200:  # leaves room for the number and the first delivery's id
         why = why[:_MAX_REASON - 200] + "…"
-    d.duration_ms = applog.now_ms(g.webhook_start)
-    build, prior = rt.store.intake_build(
+    d.duration_ms = applog.now_ms(inc.start)
+    build, prior = intake.store.intake_build(
         d, decision.trigger, pipeline=repo.pipeline, job=intake.job, replay=SUCCESS,
         queued_reason=f"{why}: queued as build #",
         duplicate_reason=f"{why}: commit {decision.trigger.sha[:7]} is already build #",
@@ -245,24 +270,25 @@ def _replay(settings: Settings, prior: Replay, d: Delivery) -> Answer:
 # -- recording --------------------------------------------------------------------------------------
 
 
-def _finish(rt: Any, answer: Answer, d: Delivery, replay: frozenset[str] | tuple[()] = ()) -> Answer:
+def _finish(intake: Intake, inc: Incoming, answer: Answer, d: Delivery,
+            replay: frozenset[str] | tuple[()] = ()) -> Answer:
     """Record the verdict (the delivery's final state) and count it, in one round trip; if the record
     of this id already has a verdict in ``replay``, answer from it instead."""
-    d.duration_ms = applog.now_ms(g.webhook_start)
-    prior = rt.store.settle_delivery(d, replay)
+    d.duration_ms = applog.now_ms(inc.start)
+    prior = intake.store.settle_delivery(d, replay)
     if prior is not None:
-        return _replay(get_runtime().settings, prior, d)
+        return _replay(intake.settings, prior, d)
     return answer
 
 
-def _recorded(rt: Any, answer: Answer, d: Delivery) -> Answer:
+def _recorded(store: Any, answer: Answer, d: Delivery) -> Answer:
     """Record a delivery rejected before its signature was verified, without ever overwriting a record.
 
     The sender is not authenticated, so it may not replace what a genuine delivery of that id left;
     a store outage must not turn a 4xx into a 503 either.
     """
     with contextlib.suppress(StoreUnavailable):
-        rt.store.record_unverified(d)
+        store.record_unverified(d)
     return answer
 
 
@@ -289,12 +315,12 @@ def _check_content_type(mimetype: str) -> None:
     raise UnsupportedContentType(f"Content-Type must be application/json, not '{mimetype or 'none'}'")
 
 
-def _read_body(limit: int) -> bytes:
+def _read_body(inc: Incoming, limit: int) -> bytes:
     """The raw body, at most ``limit`` bytes (Content-Length checked first; chunked bodies counted)."""
-    length = request.content_length
+    length = inc.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit} (max_body_bytes)")
-    stream = request.stream
+    stream = inc.stream
     chunks: list[bytes] = []
     total = 0
     while total <= limit:
@@ -307,3 +333,55 @@ def _read_body(limit: int) -> bytes:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (max_body_bytes)")
     return b"".join(chunks)
 
+
+
+# -- the lean path ----------------------------------------------------------------------------------
+
+PATH = "/webhooks/github"
+_STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
+
+
+class FastPath:
+    """WSGI middleware: ``POST /webhooks/github[/<owner>/<name>]`` goes straight to ``handle``;
+    everything else (other methods and paths included) goes on to Flask.
+
+    Same handler, same answers, same request metric (endpoint ``webhooks.receive``); what it skips is
+    Flask's per-request machinery that a delivery does not use — request context, session cookie
+    signing, URL adapter, before/after hooks, the Response object — about a sixth of a delivery's CPU.
+    """
+
+    ENDPOINT = "webhooks.receive"
+
+    def __init__(self, app: Any, intake: Intake) -> None:
+        self.app = app
+        self.intake = intake
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "POST" or not path.startswith(PATH):
+            return self.app(environ, start_response)
+        scope = _scope(path)
+        if scope is None:
+            return self.app(environ, start_response)
+        inc = Incoming(EnvironHeaders(environ), parse_options_header(environ.get("CONTENT_TYPE", ""))[0],
+                       get_content_length(environ), get_input_stream(environ, max_content_length=None),
+                       scope or None)
+        status, body = handle(self.intake, inc)
+        metrics.record_request(self.intake, "POST", self.ENDPOINT, status, inc.start)
+        start_response(_STATUS_LINES.get(status) or str(status), [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _scope(path: str) -> str | None:
+    """'' for the general URL, 'owner/name' for a per-repository one, None for any other path
+    (matching Flask's rule: exactly two non-empty segments, no trailing slash)."""
+    if path == PATH:
+        return ""
+    rest = path[len(PATH):]
+    if not rest.startswith("/"):
+        return None
+    owner, sep, name = rest[1:].partition("/")
+    if not sep or not owner or not name or "/" in name:
+        return None
+    return f"{owner}/{name}"
