@@ -233,6 +233,9 @@ def docker_build(ctx: StepContext) -> None:
                     )
                 elif "error" in entry:
                     ctx.log.line(f"docker build failed: {entry['error'].strip()}", "stderr")
+                    if not _daemon_answers(api):  # a daemon going down reports errors as build errors
+                        raise InfrastructureError("docker build: the Docker daemon stopped during the "
+                                                  f"build: {entry['error'].strip()}")
                     raise StepFailed(f"docker build failed: {entry['error'].strip()}")
                 aux = entry.get("aux")
                 if isinstance(aux, dict) and aux.get("ID"):
@@ -262,6 +265,16 @@ def docker_build(ctx: StepContext) -> None:
     ctx.build.image = req.tags[0]
     ctx.record.details.update({"image_id": image_id, "tags": list(req.tags)})
     ctx.log.line(f"built {image_id[:19]} tagged {', '.join(req.tags)}")
+
+
+def _daemon_answers(api: Any, settle: float = 1.0) -> bool:
+    """True if the daemon still answers ``settle`` seconds after an error (a stopping daemon fails
+    the running build with an error of its own first, then stops answering)."""
+    time.sleep(settle)
+    try:
+        return bool(api.ping())
+    except Exception:
+        return False
 
 
 def _stop_container(container: Any) -> None:

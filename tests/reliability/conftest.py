@@ -20,8 +20,8 @@ from tests.pipeline.conftest import REPO, make_settings, settings, store  # noqa
 class Workers:
     """Starts ``orchestrator worker`` processes (each in its own session) and stops them all."""
 
-    def __init__(self, settings: Any, tmp_path: Path, clone_url: str) -> None:
-        self.settings = settings
+    def __init__(self, base: Any, tmp_path: Path, clone_url: str) -> None:
+        self.settings = base
         self.tmp = tmp_path
         self.clone_url = clone_url
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -58,7 +58,7 @@ class Workers:
 
 
 @pytest.fixture
-def workers(settings: Any, tmp_path: Path, git_origin: Any) -> Iterator[Workers]:  # noqa: F811
+def workers(settings: Any, tmp_path: Path, git_origin: Any) -> Iterator[Workers]:  # noqa: F811 - the fixture
     w = Workers(settings, tmp_path, git_origin.url)
     yield w
     w.stop()

@@ -49,7 +49,8 @@ def _running(store: Any, build_id: int, step: str) -> bool:
 def test_sigkill_mid_step_is_recovered_then_rerun_succeeds(settings, store, git_origin, workers: Workers,
                                                            docker_client, phase: str) -> None:
     b = Builds(settings, store, git_origin)
-    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING, "small/Dockerfile": NAPPING_DOCKERFILE}))
+    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING,
+                                                "small/Dockerfile": NAPPING_DOCKERFILE}))
     slow = {"BUILD_SLEEP": "300", "RUN_SLEEP": "0"} if phase == "docker_build" else {"BUILD_SLEEP": "0",
                                                                                      "RUN_SLEEP": "300"}
     doomed = workers.start("doomed", slow)
@@ -64,15 +65,17 @@ def test_sigkill_mid_step_is_recovered_then_rerun_succeeds(settings, store, git_
     doomed.wait(10)
     killed = time.monotonic()
     workers.start("survivor", QUICK)  # its janitor finds the lost build
-    lost = wait_until(lambda: store.get_build(build.id).status is BuildStatus.ERROR and store.get_build(build.id),
-                      settings.lease_seconds + 30, "the build to be marked worker lost")
+    lost = wait_until(
+        lambda: store.get_build(build.id).status is BuildStatus.ERROR and store.get_build(build.id),
+        settings.lease_seconds + 30, "the build to be marked worker lost")
     assert time.monotonic() - killed < settings.lease_seconds + 30
     assert lost.error.startswith("worker lost"), lost.error
     assert {s.name: s.status for s in lost.steps}[step] is StepStatus.ERROR
     assert store.r.keys(store.k.lock("*")) == [] and not store.r.exists(store.k.build_locks(build.id))
     assert store.r.zscore(store.k.running(), str(build.id)) is None
-    wait_until(lambda: not docker_client.containers.list(all=True, filters={"label": f"mlship.build={build.id}"}),
-               15, "the lost build's containers to be removed")
+    label = {"label": f"mlship.build={build.id}"}
+    wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 15,
+               "the lost build's containers to be removed")
     again = rerun_build(b, build.id, by="ops")
     done = wait_until(lambda: store.get_build(again.id).status.finished and store.get_build(again.id), 180,
                       "the re-run")
@@ -84,7 +87,8 @@ def test_sigterm_is_a_warm_shutdown_the_build_finishes_then_the_worker_exits(
     settings, store, git_origin, workers: Workers
 ) -> None:
     b = Builds(settings, store, git_origin)
-    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING, "small/Dockerfile": NAPPING_DOCKERFILE}))
+    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING,
+                                                "small/Dockerfile": NAPPING_DOCKERFILE}))
     proc = workers.start("warm", {"BUILD_SLEEP": "0", "RUN_SLEEP": "4"})
     wait_until(lambda: _running(store, build.id, "test"), 120, "the test step")
     proc.send_signal(signal.SIGTERM)
@@ -115,6 +119,6 @@ def test_two_workers_never_run_a_build_twice(settings, store, git_origin, worker
         assert log.count("ran-once") == 1 and log.count("step run (docker_run) started") == 1, log
         assert log.count("checking out") == 1
         names.add(done.worker)
-    assert names <= {f"{n}.{p.pid}" for p in (first, second) for n in {d.worker.rsplit('.', 1)[0]
-                                                                          for d in [store.get_build(builds[0].id)]}}
+    host = store.get_build(builds[0].id).worker.rsplit(".", 1)[0]
+    assert names <= {f"{host}.{p.pid}" for p in (first, second)}
     print("\nTWO-WORKERS", {n: sum(store.get_build(x.id).worker == n for x in builds) for n in names})
