@@ -19,7 +19,10 @@ What it does, all on loopback and in one run:
 5. runs each connection mode (``close``: a TCP connection per delivery, as GitHub delivers;
    ``keep-alive``) for ``--rounds`` rounds, alternating which server goes first, and reports the median
    round of each;
-6. checks every delivery this service answered 2xx: its record in Redis says queued, points at a build,
+6. as an upper bound for any Python service on this machine, also drives a hello-world WSGI app under
+   the same gunicorn configuration (reads the body, answers 202; no HMAC, no JSON, no Redis), in the
+   same rounds (``--no-ceiling`` skips it);
+7. checks every delivery this service answered 2xx: its record in Redis says queued, points at a build,
    and the build has that delivery's merge sha; builds beyond the 2xx answers are at most the requests
    wrk left in flight when it stopped (one per connection).
 
@@ -40,7 +43,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +140,27 @@ def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[str
         yield f"http://127.0.0.1:{port}/webhooks/github"
 
 
+HELLO = """
+def app(environ, start_response):
+    environ["wsgi.input"].read()
+    body = b'{"verdict": "queued"}'
+    start_response("202 Accepted", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+@contextmanager
+def hello_world(work: Path, workers: int, threads: int) -> Iterator[str]:
+    """The ceiling: gunicorn, same workers/threads/worker class, an app that only reads the body."""
+    port = free_port()
+    (work / "hello_wsgi.py").write_text(HELLO)
+    argv = [sys.executable, "-m", "gunicorn", "--chdir", str(work), "-b", f"127.0.0.1:{port}",
+            "-w", str(workers), "--threads", str(threads), "-k", "gthread" if threads > 1 else "sync",
+            "hello_wsgi:app"]
+    with process(argv, dict(os.environ), port, work / "hello.log", "gunicorn hello-world"):
+        yield f"http://127.0.0.1:{port}/"
+
+
 @contextmanager
 def adnanh_webhook(work: Path) -> Iterator[str]:
     exe = shutil.which("webhook") or "/usr/bin/webhook"
@@ -216,6 +240,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=4, help="gunicorn workers of this service")
     p.add_argument("--web-threads", type=int, default=4, help="threads per gunicorn worker (1 = sync)")
     p.add_argument("--modes", default="close,keep-alive", help="comma-separated: close, keep-alive")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip the gunicorn hello-world upper bound")
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
@@ -229,8 +255,11 @@ def main() -> int:
     runs: list[Run] = []
     try:
         store = Store.from_url(redis.url)
-        with ours(work, redis.url, args.workers, args.web_threads) as our_url, adnanh_webhook(work) as wh_url:
-            urls = {"mlship": our_url, "webhook": wh_url}
+        with ExitStack() as servers:
+            urls = {"mlship": servers.enter_context(ours(work, redis.url, args.workers, args.web_threads)),
+                    "webhook": servers.enter_context(adnanh_webhook(work))}
+            if args.ceiling:
+                urls["hello"] = servers.enter_context(hello_world(work, args.workers, args.web_threads))
             warm(work, urls, args)
             for mode in modes:
                 for rnd in range(1, args.rounds + 1):
@@ -243,7 +272,7 @@ def main() -> int:
 
 
 def marker(server: str) -> str:
-    return '"queued"' if server == "mlship" else WEBHOOK_OK
+    return WEBHOOK_OK if server == "webhook" else '"queued"'
 
 
 def warm(work: Path, urls: dict[str, str], args: argparse.Namespace) -> None:
@@ -260,13 +289,14 @@ def one_round(work: Path, store: Store, urls: dict[str, str], args: argparse.Nam
     tag = f"{mode}-r{rnd}"
     prefix, shas = write_deliveries(work, args.deliveries, args.wrk_threads, tag)
     run_args = argparse.Namespace(**{**vars(args), "close": mode == "close"})
-    order = ["webhook", "mlship"] if rnd % 2 else ["mlship", "webhook"]
+    servers = list(urls)  # rotate who goes first, so no server always runs on a warmer/cooler machine
+    order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
     out = []
     for server in order:
         before = store.latest_build_id()
         r = drive(urls[server], prefix, run_args, work / f"{tag}-{server}.json", marker(server))
         run = to_run(server, rnd, r, mode)
-        if run.wrapped:
+        if run.wrapped and server != "hello":  # the hello-world keeps no state: replaying is fine
             raise SystemExit(f"{server} used up all {args.deliveries} deliveries ({mode}, round {rnd}): "
                              "raise --deliveries")
         if server == "mlship":
@@ -297,19 +327,29 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
           f"{args.rounds} rounds per mode, {cpus} CPUs; median round of each")
     print("| connections | server | deliveries/s | p50 ms | p99 ms | non-2xx | socket errors |")
     print("|---|---|---:|---:|---:|---:|---:|")
+    kind = "gthread" if args.web_threads > 1 else "sync"
+    names = {"mlship": f"mlship (gunicorn {args.workers}x{args.web_threads} {kind}, Redis)",
+             "webhook": "adnanh/webhook 2.8 (runs /bin/true)",
+             "hello": f"ceiling: gunicorn {args.workers}x{args.web_threads} {kind} hello-world (reads, 202)"}
+    servers = [s for s in names if any(r.server == s for r in runs)]
     for mode in modes:
-        ours_, theirs = median_run(runs, "mlship", mode), median_run(runs, "webhook", mode)
-        for name, r in ((f"mlship (gunicorn {args.workers}x{args.web_threads} gthread, Redis)", ours_),
-                        ("adnanh/webhook 2.8 (runs /bin/true)", theirs)):
-            print(f"| {mode} | {name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | "
-                  f"{r.socket_errors} |")
-        summary[mode] = {"ratio": round(ours_.rps / theirs.rps, 3), "mlship": asdict(ours_),
-                         "webhook": asdict(theirs)}
+        medians = {s: median_run(runs, s, mode) for s in servers}
+        for server, r in medians.items():
+            print(f"| {mode} | {names[server]} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                  f"{r.non_2xx} | {r.socket_errors} |")
+        summary[mode] = {"ratio": round(medians["mlship"].rps / medians["webhook"].rps, 3),
+                         **{s: asdict(r) for s, r in medians.items()}}
+        if "hello" in medians:
+            summary[mode]["hello_vs_webhook"] = round(medians["hello"].rps / medians["webhook"].rps, 3)
+            summary[mode]["mlship_vs_hello"] = round(medians["mlship"].rps / medians["hello"].rps, 3)
     print()
     for mode in modes:
-        rounds = {s: _rps(runs, s, mode) for s in ("mlship", "webhook")}
+        rounds = {s: _rps(runs, s, mode) for s in servers}
         print(f"ratio mlship / webhook throughput, {MODES[mode]}: {summary[mode]['ratio']:.2f}x "
               f"(rounds: {rounds['mlship']} vs {rounds['webhook']})")
+        if "hello" in rounds:
+            print(f"  ceiling, gunicorn hello-world / webhook: {summary[mode]['hello_vs_webhook']:.2f}x "
+                  f"(rounds: {rounds['hello']}); mlship reaches {summary[mode]['mlship_vs_hello']:.0%} of it")
     print("every delivery mlship answered 2xx was verified in Redis: record queued, build with its merge sha")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
@@ -318,7 +358,7 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": os.getloadavg(), "summary": summary,
         "runs": [asdict(r) for r in runs],
         "rps_stdev": {f"{s}/{m}": round(statistics.pstdev(_rps(runs, s, m)), 1)
-                      for s in ("mlship", "webhook") for m in modes},
+                      for s in servers for m in modes},
     }, indent=2) + "\n")
 
 
