@@ -162,6 +162,7 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     rr = c.api("POST", f"/builds/{b1['id']}/rerun")
     assert rr.status_code in (200, 201, 202), rr.text
     b3 = c.wait(rr.json()["id"])
-    assert b3["status"] == "success" and b3["sha"] == sha1 and b3["rerun_of"] == b1["id"], b3
+    assert b3["status"] == "success" and b3["sha"] == sha1 and b3["rerun_of"] == b1["id"], (
+        b3["error"], [(s["name"], s["status"], s["error"]) for s in b3["steps"]])
     assert b3["number"] == b2["number"] + 1
     assert 50_000 < _predict(prod_port) < 2_000_000

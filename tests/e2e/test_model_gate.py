@@ -81,7 +81,8 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
     steps = {s["name"]: s for s in b2["steps"]}
     assert steps["deploy-qa"]["status"] == "success"
     assert steps["gate"]["status"] == "failed"
-    assert steps["gate"]["error"] == "model gate failed: r2 threshold, mae vs deployed, r2 vs deployed"
+    assert steps["gate"]["error"] == ("model gate failed: mae threshold, r2 threshold, mae vs deployed, "
+                                      "r2 vs deployed")
     assert steps["deploy-prod"]["status"] in ("pending", "skipped")
     g2 = b2["gate"]["gate"]
     assert g2["passed"] is False and g2["baseline"]["sha256"] == prod_model

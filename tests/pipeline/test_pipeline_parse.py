@@ -75,7 +75,7 @@ CASES = {
 EXPECTED = [
     (
         "unknown_key",
-        "pipeline.yaml:8: steps[1].docker_run.comand: unknown key 'comand' (did you mean 'command'?); allowed: command, image, env, workdir, user, network, volumes, privileged, memory, cpus",
+        "pipeline.yaml:8: steps[1].docker_run.comand: unknown key 'comand' (did you mean 'command'?); allowed: command, image, env, workdir, user, network, volumes, privileged, memory, cpus, artifacts",
     ),
     (
         "unknown_top",
@@ -93,11 +93,11 @@ EXPECTED = [
     ),
     (
         "unknown_kind",
-        "pipeline.yaml:6: steps[0].terraform: unknown key 'terraform'; a step has name, timeout, continue_on_error, when and one kind of: docker_build, docker_run, docker_push, deploy, rollback, shell",
+        "pipeline.yaml:6: steps[0].terraform: unknown key 'terraform'; a step has name, timeout, continue_on_error, when and one kind of: docker_build, docker_run, docker_push, deploy, rollback, shell, model_check",
     ),
     (
         "no_kind",
-        "pipeline.yaml:5: steps[0]: step 'nothing' has no kind: add exactly one of docker_build, docker_run, docker_push, deploy, rollback, shell",
+        "pipeline.yaml:5: steps[0]: step 'nothing' has no kind: add exactly one of docker_build, docker_run, docker_push, deploy, rollback, shell, model_check",
     ),
     (
         "bad_timeout",
@@ -255,8 +255,10 @@ def test_root_pipeline_is_valid_and_resolves() -> None:
     assert [(s.name, s.kind) for s in p.steps] == [
         ("build", "docker_build"),
         ("test", "docker_run"),
+        ("train", "docker_run"),
         ("push", "docker_push"),
         ("deploy-qa", "deploy"),
+        ("gate", "model_check"),
         ("deploy-prod", "deploy"),
     ]
     build_spec = p.step("build").spec
@@ -321,7 +323,7 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
         text=True,
         check=False,
     )
-    assert ok.returncode == 0 and "ok: house-price-model, 5 steps" in ok.stdout
+    assert ok.returncode == 0 and "ok: house-price-model, 7 steps" in ok.stdout
     ko = subprocess.run(
         [sys.executable, "-m", "orchestrator", "validate", str(bad)],
         capture_output=True,
