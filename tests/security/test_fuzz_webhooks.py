@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import create_app
@@ -135,7 +135,7 @@ def test_random_requests(hook: Any, body: bytes, delivery: str, event: str, ctyp
 
 
 @given(doc=st.one_of(json_values, junk_objects), event=st.sampled_from(["pull_request", "push", "ping"]),
-       delivery=st.uuids().map(str))
+       delivery=st.uuids().map(lambda u: f"junk-{u}"))
 @fuzz("junk_json")
 def test_valid_signature_over_junk_json(hook: Any, doc: Any, event: str, delivery: str) -> None:
     check = nothing_enqueued(hook)
@@ -144,11 +144,12 @@ def test_valid_signature_over_junk_json(hook: Any, doc: Any, event: str, deliver
     check()
 
 
-@given(path=st.sampled_from(REQUIRED), value=wrong_values, delivery=st.uuids().map(str),
+@given(path=st.sampled_from(REQUIRED), value=wrong_values, delivery=st.uuids().map(lambda u: f"near-{u}"),
        sha=st.binary(min_size=20, max_size=20).map(bytes.hex))
 @fuzz("near_valid")
 def test_valid_signature_over_near_valid_payloads(hook: Any, path: tuple[str, ...], value: Any,
                                                   delivery: str, sha: str) -> None:
+    assume(not (path[-1] == "merged" and value is True))  # the one right value among the wrong ones
     check = nothing_enqueued(hook)
     doc = merged_pr(sha)
     _set(doc, path, value)
@@ -159,7 +160,7 @@ def test_valid_signature_over_near_valid_payloads(hook: Any, path: tuple[str, ..
 
 
 @given(encoding=st.sampled_from(["utf-8", "utf-16", "utf-32", "utf-8-sig", "latin-1"]),
-       pad=st.integers(0, 70_000), ascii_only=st.booleans(), delivery=st.uuids().map(str),
+       pad=st.integers(0, 70_000), ascii_only=st.booleans(), delivery=st.uuids().map(lambda u: f"enc-{u}"),
        sha=st.binary(min_size=20, max_size=20).map(bytes.hex))
 @fuzz("encodings")
 def test_encodings_and_sizes(hook: Any, encoding: str, pad: int, ascii_only: bool, delivery: str,
@@ -209,7 +210,7 @@ def test_fuzz_against_gunicorn(tmp_path: Path, redis_url: str) -> None:
             h = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json"}
             if sign_it:
                 h["X-Hub-Signature-256"] = sign(SECRET.encode(), body)
-            h = {k: v for k, v in h.items() if v.isprintable()}
+            h = {k: v for k, v in h.items() if v.isprintable() and v == v.strip()}
             r = session.post(web.url + "/webhooks/github", data=body, headers=h, timeout=10)
             seen[r.status_code] += 1
             assert r.status_code < 500, (r.status_code, r.text[:300])
