@@ -1,10 +1,13 @@
 """The pages in a real headless Chromium (Debian's chromium, driven by Playwright; no browser download):
 the list, a running build whose log grows live over SSE, re-run, and an XSS attempt rendered as text.
-Saves docs/screenshots/list.png and build.png."""
+Saves list.png and build.png to docs/screenshots/ when MLSHIP_SCREENSHOTS=1 (to refresh the README),
+otherwise to a temporary directory, so a test run leaves the work tree clean."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,8 @@ from orchestrator.models import StepRecord, StepStatus
 
 from .conftest import TOKEN, unavailable_browser
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SHOTS = DOCS_SHOTS if os.environ.get("MLSHIP_SCREENSHOTS") == "1" else Path(tempfile.mkdtemp(prefix="shots-"))
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
