@@ -1,5 +1,5 @@
-"""The gate section in headless Chromium (as tests/web/test_browser.py drives it); saves
-docs/screenshots/gate.png."""
+"""The gate section in headless Chromium (as tests/web/test_browser.py drives it); saves gate.png to
+docs/screenshots/ when MLSHIP_SCREENSHOTS=1 (else to a temporary directory, like the other screenshots)."""
 
 # ruff: noqa: E501  (log lines and records read best unbroken)
 
