@@ -167,9 +167,12 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Store:
+        # Like the intake client, but with room for XREAD blocks of up to a second: a frozen Redis
+        # costs one 5 s timeout, not redis-py's default of ten retried ones.
         client = redis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=5.0,
             health_check_interval=10,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         store = cls(client, **kw)
         store.intake_r = intake_client(url)
@@ -369,60 +372,9 @@ class Store:
 
     # -- webhook intake (issue 4): check-and-record and finish, one round trip each --------------
 
-    _BEGIN_DELIVERY = """
-    -- KEYS: 1 delivery key, 2 deliveries index. ARGV: 1 ttl, 2 score (received_at), 3 trim before,
-    -- 4 delivery id, 5 n, 6..5+n verdicts whose record is returned instead, then field/value pairs.
-    local n = tonumber(ARGV[5])
-    local v = redis.call('HGET', KEYS[1], 'verdict')
-    if v then
-      for i = 6, 5 + n do
-        if v == ARGV[i] then return redis.call('HGETALL', KEYS[1]) end
-      end
-    end
-    redis.call('HSET', KEYS[1], unpack(ARGV, 6 + n))
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
-    return false
-    """
-    _FINISH_DELIVERY = """
-    -- KEYS: 1 delivery key, 2 deliveries index, 3 counter. ARGV: 1 ttl, 2 score, 3 id, 4 verdict, 5.. pairs
-    redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-    redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-    return true
-    """
-
-    def _intake_script(self, name: str) -> Any:
-        script = self.__dict__.get(name)
-        if script is None:
-            script = self.__dict__[name] = self.r.register_script(getattr(self, name))
-        return script
-
     @staticmethod
     def _delivery_pairs(d: Delivery) -> list[str]:
         return [x for k, v in vars(d).items() for x in (k, "" if v is None else str(v))]
-
-    def begin_delivery(self, d: Delivery, replay: Iterable[str] = ()) -> Delivery | None:
-        """Atomically: if a record of ``d.id`` has a verdict in ``replay``, return it untouched;
-        otherwise record ``d`` (as received) and return None."""
-        replay = list(replay)
-        with self.available():
-            found = self._intake_script("_BEGIN_DELIVERY")(
-                keys=[self.k.delivery(d.id), self.k.deliveries()],
-                args=[self.delivery_ttl, d.received_at, time.time() - self.delivery_ttl, d.id, len(replay),
-                      *replay, *self._delivery_pairs(d)])
-        if not found:
-            return None
-        return _decode_delivery(dict(zip(found[::2], found[1::2], strict=True)))
-
-    def finish_delivery(self, d: Delivery, counter: str = "deliveries") -> None:
-        """Write the delivery's final fields and count its verdict under ``counter``, in one round trip."""
-        with self.available():
-            self._intake_script("_FINISH_DELIVERY")(
-                keys=[self.k.delivery(d.id), self.k.deliveries(), self.k.counter(counter)],
-                args=[self.delivery_ttl, d.received_at, d.id, d.verdict, *self._delivery_pairs(d)])
 
     # -- webhook intake, lean path: one round trip per verified delivery ------------------------
     # Every call below goes through ``intake_r`` (short timeout, no retry on timeouts), so a stopped

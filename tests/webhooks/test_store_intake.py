@@ -1,4 +1,4 @@
-"""Store.begin_delivery / finish_delivery and create_build's single round trip, against a real Redis."""
+"""Delivery record TTL and create_build's single round trip, against a real Redis."""
 
 from __future__ import annotations
 
@@ -15,36 +15,9 @@ from orchestrator.store import Store
 SUCCESS = ("queued", "duplicate", "ignored")
 
 
-def test_begin_records_received_then_returns_a_successful_record(store: Store) -> None:
-    d = Delivery(id="g1", event="push", repo="acme/x", ref="refs/heads/main")
-    assert store.begin_delivery(d, SUCCESS) is None
-    got = store.get_delivery("g1")
-    assert got is not None and (got.verdict, got.event, got.repo, got.ref) == ("received", "push", "acme/x",
-                                                                                "refs/heads/main")
-    d.verdict, d.reason, d.status_code = "ignored", "tag push", 200
-    store.finish_delivery(d)
-    again = store.begin_delivery(Delivery(id="g1", event="push"), SUCCESS)
-    assert again is not None
-    assert (again.verdict, again.reason, again.status_code) == ("ignored", "tag push", 200)
-    assert store.counters("deliveries") == {"ignored": 1}
-
-
-def test_begin_overwrites_a_failed_or_unfinished_record(store: Store) -> None:
-    for verdict in ("received", "rejected", "failed"):
-        store.record_delivery(Delivery(id=f"g-{verdict}", event="push", verdict=verdict))
-        assert store.begin_delivery(Delivery(id=f"g-{verdict}", event="push"), SUCCESS) is None
-        got = store.get_delivery(f"g-{verdict}")
-        assert got is not None and got.verdict == "received"
-
-
-def test_begin_without_replay_verdicts_always_records(store: Store) -> None:
-    store.finish_delivery(Delivery(id="p1", event="ping", verdict="ignored"))
-    assert store.begin_delivery(Delivery(id="p1", event="ping"), ()) is None
-
-
 def test_delivery_records_expire_after_the_ttl(redis_url: str) -> None:
     store = Store.from_url(redis_url, delivery_ttl_days=7)
-    store.begin_delivery(Delivery(id="t1", event="push"))
+    store.record_delivery(Delivery(id="t1", event="push"))
     ttl = redis.Redis.from_url(redis_url).ttl("mlship:delivery:t1")
     assert 7 * 86400 - 5 <= ttl <= 7 * 86400
 
