@@ -191,6 +191,15 @@ class BuildRunner:
         except Exception as exc:
             log.exception("build %s crashed", self.build_id)
             status, error = BuildStatus.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+        except (SystemExit, KeyboardInterrupt):
+            # Cold shutdown (a second SIGTERM, or Ctrl-C): record it now rather than leaving the build
+            # "running" until its lease expires, then let the worker exit.
+            monitor.stop()
+            with contextlib.suppress(Exception):
+                logw.line("build error: worker stopped (cold shutdown) mid-build; re-run it", "stderr")
+                logw.close()
+            self._finish(build, BuildStatus.ERROR, "worker stopped (cold shutdown) mid-build; re-run it")
+            raise
         finally:
             monitor.stop()
         if error and status is not BuildStatus.SUCCESS:
@@ -336,6 +345,13 @@ class BuildRunner:
         try:
             runner_for(step.kind)(ctx)
             rec.status = StepStatus.SUCCESS
+        except (SystemExit, KeyboardInterrupt):
+            # Cold shutdown of the worker: stop what the step started (container, process group,
+            # remote command) before the process goes, and let run() record why.
+            token.set(detail="the worker is shutting down")
+            rec.status, rec.error = StepStatus.ERROR, "worker stopped (cold shutdown) during this step"
+            rec.finished_at = time.time()
+            raise
         except Cancelled as exc:
             rec.status, rec.error = StepStatus.CANCELLED, str(exc)
         except StepTimeout as exc:

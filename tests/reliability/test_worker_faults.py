@@ -1,7 +1,8 @@
 """Worker faults with real ``orchestrator worker`` processes and the real Docker daemon: SIGKILL
 mid-``docker_build`` and mid-``docker_run`` is recovered by a surviving worker's janitor ("worker
 lost" within seconds of the lease expiring, locks freed, containers removed, re-run succeeds);
-SIGTERM is a warm shutdown (the running build finishes, then the worker exits); two workers on one
+SIGTERM is a warm shutdown (the running build finishes, then the worker exits), a second SIGTERM a
+cold one (the step is stopped and the build recorded as an error at once); two workers on one
 queue never run a build twice. Mid-deploy kills are in test_deploy_faults.py."""
 
 from __future__ import annotations
@@ -97,6 +98,29 @@ def test_sigterm_is_a_warm_shutdown_the_build_finishes_then_the_worker_exits(
     assert done.status is BuildStatus.SUCCESS, done.error
     assert [s.status for s in done.steps] == [StepStatus.SUCCESS, StepStatus.SUCCESS]
     assert "ran-once" in store.log_text(build.id)
+
+
+def test_second_sigterm_is_a_cold_shutdown_recorded_at_once(settings, store, git_origin, workers: Workers,
+                                                             docker_client) -> None:
+    b = Builds(settings, store, git_origin)
+    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING,
+                                                "small/Dockerfile": NAPPING_DOCKERFILE}))
+    proc = workers.start("cold", {"BUILD_SLEEP": "0", "RUN_SLEEP": "300"})
+    label = {"label": f"mlship.build={build.id}"}
+    wait_until(lambda: _running(store, build.id, "test"), 120, "the test step")
+    time.sleep(3)  # the container is up and sleeping
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.5)  # RQ ignores a second signal within 1 s (a pool and the OS may both send one)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    # Recorded by the dying worker itself: no janitor, no lease expiry needed.
+    done = store.get_build(build.id)
+    assert done.status is BuildStatus.ERROR, done.status
+    assert "cold shutdown" in done.error
+    assert {s.name: s.status for s in done.steps}["test"] is StepStatus.ERROR
+    assert store.r.zscore(store.k.running(), str(build.id)) is None
+    wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 15,
+               "the step's container to be removed")
 
 
 ONE_RUN = small_pipeline("""\
