@@ -712,7 +712,9 @@ def parse_yaml(text: str, filename: str = "pipeline.yaml") -> tuple[Any, yaml.No
     errs = _Errors(filename)
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > MAX_BYTES:
-        errs.add(f"file is {size} bytes; the limit is {MAX_BYTES} bytes")
+        # Callers read at most MAX_BYTES + 1 bytes, so ``size`` may be a lower bound.
+        errs.add(f"file is larger than the limit of {MAX_BYTES} bytes ({size} bytes read); "
+                 "a pipeline needs far less: keep data and scripts in other files")
         errs.raise_if_any()
     _scan_events(text, errs)
     errs.raise_if_any()
