@@ -3,7 +3,8 @@
 For each host (``parallelism`` at a time), under the environment lock:
 
 1. pull the image (after a registry login with a throw-away client config, if configured);
-2. start the new app container ``<name>-b<number>`` beside the old one, on ``<name>-net``;
+2. remove app containers the edge does not point at (left by a deploy whose worker died), then start
+   the new app container ``<name>-b<number>`` beside the old one, on ``<name>-net``;
 3. probe it from inside the network until it passes ``health.retries`` times in a row (or fails:
    timeout, container exited) — on failure it is removed, the old one keeps serving, and the step
    fails with its last log lines;
@@ -174,6 +175,8 @@ class HostDeploy:
         if edge_up:
             res = self.sh(remote.read_upstream(n["edge"]), check=False, capture=True, quiet=True)
             self.state.previous_upstream = res.stdout.strip() if res.exit_code == 0 else ""
+            if self.state.previous_upstream:
+                self.remove_leftovers(self.state.previous_upstream.split(":")[0])
         name = self.free_name(n["app"])
         self.state.container = name
         self.timed("start", lambda: self.sh(remote.run(self.plan.app(name))))
@@ -218,6 +221,18 @@ class HostDeploy:
             raise DeployError(f"uploading the model to volume {m.volume} on {self.label} failed with exit "
                               f"code {res.exit_code}: {why}", host=self.label)
         self.ctx.log.line(f"[{self.label}] {res.stdout.strip()}")
+
+    def remove_leftovers(self, serving: str) -> None:
+        """Remove this environment's app containers other than the edge's upstream ``serving``: the new
+        container of a deploy whose worker died mid-swap, which the janitor cannot reach on this host.
+        We hold the lock and the edge sends them nothing, so nobody uses them."""
+        res = self.sh(remote.list_app_containers(self.plan.env.container.name), check=False, capture=True,
+                      quiet=True)
+        for c in res.stdout.split() if res.exit_code == 0 else []:
+            if c != serving:
+                self.ctx.log.line(f"[{self.label}] removing {c}: not the edge's upstream ({serving}), left "
+                                  "by an interrupted deploy")
+                self.sh(remote.rm(c), check=False)
 
     def free_name(self, base: str) -> str:
         """``base``, unless a container of that name serves now (a redeploy of the same build)."""

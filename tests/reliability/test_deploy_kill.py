@@ -1,0 +1,150 @@
+"""SIGKILL of a real ``orchestrator worker`` in the middle of a deploy (while the new container is being
+health-checked), with HTTP load on the environment's port throughout.
+
+Build 1 of the example image is deployed (in-process runner, a real checkout of the commit); build 2's
+deploy runs in a worker whose server var ``HEALTH_PATH`` points the health check at a path the app
+answers 404 (the new container runs, but never passes), and the worker's process group is killed while
+it probes. A second worker's janitor must then mark build 2 ``error: worker lost`` within 30 s of the
+lease expiring and release the environment lock; the edge must still point at build 1, which serves
+every request of the episode. The new container was started over SSH on the deploy host, out of the
+janitor's reach: the next deploy of the environment removes it before it starts its own. A new build
+of build 2's commit with a healthy configuration (``HEALTH_PATH=/ready``) then deploys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.config import Secrets
+from orchestrator.deployments import lock_name
+from orchestrator.jobs import build_queue, enqueuer
+from orchestrator.models import Build, BuildStatus, StepStatus, Trigger
+from orchestrator.runner import run_build
+from orchestrator.store import Store
+from tests.deploy.conftest import example_images, model_volume  # noqa: F401  (session fixtures)
+from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, cleanup, get, wait_http
+from tests.pipeline.test_worker import wait_until
+
+from .conftest import Workers
+
+pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
+
+NEVER_READY = "/never-ready"  # the app answers 404: the container runs, the health check never passes
+
+
+def _pipeline(env: DeployEnv) -> str:
+    """The deploy tests' environment with one step and the health path taken from the server's vars."""
+    doc = yaml.safe_load(env.pipeline_yaml())
+    doc["steps"] = [{"name": "deploy-qa", "deploy": {"environment": "qa"}}]
+    qa = doc["environments"]["qa"]
+    qa["health"].update({"path": "${HEALTH_PATH}", "timeout": 120})
+    doc["environments"] = {"qa": qa}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _create(store: Store, settings: Any, sha: str, images: ExampleImages, image_of: int,
+            queued: bool = True, rerun_of: int | None = None) -> Build:
+    """A push build of ``sha`` carrying the image build ``image_of`` pushed (as its push step records it)."""
+    enqueue = enqueuer(build_queue(settings), settings.build_timeout) if queued else (lambda pipe, t: None)
+    build, created = store.create_build(
+        Trigger(repo=REPO, sha=sha, ref="refs/heads/main", branch="main", kind="push"),
+        pipeline="pipeline.yaml", triggered_by="test", enqueue=enqueue, dedup=False, rerun_of=rerun_of,
+        extra={"image": images.refs[image_of], "digest": images.digests[image_of]})
+    assert created
+    return build
+
+
+def _upstream(docker_client: Any, env: DeployEnv) -> str:
+    res = docker_client.containers.get(f"{env.name}-edge").exec_run(["cat", "/state/upstream"])
+    assert res.exit_code == 0, res.output
+    return str(res.output.decode().strip())
+
+
+def _apps(docker_client: Any, env: DeployEnv) -> list[str]:
+    label = {"label": f"mlship.app={env.name}"}
+    return sorted(c.name for c in docker_client.containers.list(all=True, filters=label))
+
+
+def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
+    settings, store, git_origin, workers: Workers, deploy_hosts, docker_client,
+    example_images: ExampleImages, model_volume: str, tmp_path: Path,  # noqa: F811
+) -> None:
+    env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=example_images,
+                    volume=model_volume)
+    ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
+    known_hosts = str(deploy_hosts.known_hosts)
+    deploying = dataclasses.replace(settings, known_hosts=Path(known_hosts),
+                                    secrets=Secrets(env={**settings.secrets.env, **ssh}),
+                                    vars={**settings.vars, "HEALTH_PATH": "/ready"})
+    load = Load(env.url, rate=50)
+    try:
+        sha = git_origin.commit("main", {"pipeline.yaml": _pipeline(env)}, "deploy only")
+        b1 = _create(store, settings, sha, example_images, 1, queued=False)
+        run_build(deploying, store, b1.id, worker_name="test")
+        first = store.get_build(b1.id)
+        assert first.status is BuildStatus.SUCCESS, (first.error, store.log_text(b1.id))
+        wait_http(env.url + "/ready", 10)
+        old, new = f"{env.name}-b1", f"{env.name}-b2"
+        assert _upstream(docker_client, env) == f"{old}:5000"
+
+        load.start()
+        b2 = _create(store, settings, sha, example_images, 2)
+        doomed = workers.start("doomed", {"HEALTH_PATH": NEVER_READY}, env=ssh, known_hosts=known_hosts)
+        wait_until(lambda: "health check" in store.log_text(b2.id), 120, "build 2's health check to start")
+        time.sleep(1.5)  # a few failing probes
+        assert docker_client.containers.get(new).status == "running"
+        assert store.lock_owner(lock_name(REPO, "qa")) == str(b2.id)
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+        killed = time.monotonic()
+
+        workers.start("survivor", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
+        lost = wait_until(
+            lambda: store.get_build(b2.id).status is BuildStatus.ERROR and store.get_build(b2.id),
+            settings.lease_seconds + 30, "build 2 to be marked worker lost")
+        marked = time.monotonic() - killed
+        assert marked < settings.lease_seconds + 30
+        assert lost.error.startswith("worker lost"), lost.error
+        assert {s.name: s.status for s in lost.steps}["deploy-qa"] is StepStatus.ERROR
+        assert store.lock_owner(lock_name(REPO, "qa")) is None
+        assert not store.r.exists(store.k.build_locks(b2.id))
+        # Nothing half-swapped: the edge never left build 1, which serves; the record says build 1.
+        assert _upstream(docker_client, env) == f"{old}:5000"
+        assert docker_client.containers.get(old).status == "running"
+        assert store.get_deployment(REPO, "qa").build_number == 1
+        # The janitor cannot reach a deploy host: build 2's container is still there for the next
+        # deploy to remove (this test relies on it to prove that).
+        assert new in _apps(docker_client, env)
+        with load.lock:
+            during_kill = (len(load.latencies), len(load.failures))
+
+        rerun = _create(store, settings, sha, example_images, 2, rerun_of=b2.id)
+        done = wait_until(lambda: store.get_build(rerun.id).status.finished and store.get_build(rerun.id),
+                          120, "the re-run")
+        time.sleep(1.0)
+        result = load.stop()
+        assert done.status is BuildStatus.SUCCESS, (done.error, store.log_text(rerun.id))
+        log = store.log_text(rerun.id)
+        fresh = f"{env.name}-b{done.number}"
+        assert log.index(f"removing {new}") < log.index("health check"), log
+        assert _apps(docker_client, env) == [fresh, f"{env.name}-edge"]
+        assert _upstream(docker_client, env) == f"{fresh}:5000"
+        assert get(env.url + "/ready")[0] == 200
+        assert result["failed"] == 0, result
+        assert during_kill[1] == 0 and during_kill[0] > 100, during_kill
+        print(f"\nDEPLOY-KILL marked worker lost {marked:.1f}s after the kill (lease "
+              f"{settings.lease_seconds:g}s); requests {during_kill[0]} until then, {result['requests']} "
+              f"in all, failed {result['failed']}, p99 {result['p99_ms']} ms; re-run #{done.number} "
+              f"deployed in {done.finished_at - done.started_at:.1f}s")
+    finally:
+        if load.is_alive():
+            load.stop()
+        cleanup(docker_client, env.name)
