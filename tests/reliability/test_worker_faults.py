@@ -3,7 +3,7 @@ mid-``docker_build`` and mid-``docker_run`` is recovered by a surviving worker's
 lost" within seconds of the lease expiring, locks freed, containers removed, re-run succeeds);
 SIGTERM is a warm shutdown (the running build finishes, then the worker exits), a second SIGTERM a
 cold one (the step is stopped and the build recorded as an error at once); two workers on one
-queue never run a build twice. Mid-deploy kills are in test_deploy_faults.py."""
+queue never run a build twice. Mid-deploy kills are in test_deploy_kill.py."""
 
 from __future__ import annotations
 
