@@ -77,6 +77,13 @@ class Client:
         return pr, push, merge_sha
 
 
+def why(build: dict) -> str:
+    """The part of a build a person reads first when it is not what a test expected."""
+    steps = "; ".join(f"{s['name']}={s['status']}" + (f" ({s['error']})" if s.get("error") else "")
+                      for s in build.get("steps", []))
+    return f"build {build.get('id')} {build.get('status')}: {build.get('error')} | {steps}"
+
+
 def _ssh_docker(stack: Stack, host: str, argv: str) -> str:
     h = stack.hosts[host]
     client = paramiko.SSHClient()
@@ -115,7 +122,7 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     assert pr.status == 202, pr.body
     assert push.status == 200 and push.body["verdict"] == "duplicate", push.body
     b1 = c.wait(pr.body["build"])
-    assert b1["status"] == "success", b1
+    assert b1["status"] == "success", why(b1)
     assert [s["name"] for s in b1["steps"]] == ["build", "test", "train", "push", "deploy-qa", "gate",
                                                 "deploy-prod"]
     assert all(s["status"] == "success" for s in b1["steps"])
@@ -147,7 +154,7 @@ def test_merge_deploys_then_bad_merge_rolls_back_then_rerun(stack):
     assert broken != pipeline
     pr2, _, _ = c.merge("limit-rows", {"pipeline.yaml": broken}, "Limit the batch size")
     b2 = c.wait(pr2.body["build"])
-    assert b2["status"] == "failed", b2
+    assert b2["status"] == "failed", why(b2)
     steps = {s["name"]: s for s in b2["steps"]}
     assert steps["deploy-qa"]["status"] == "failed"
     assert "health" in (steps["deploy-qa"]["error"] or "").lower(), steps["deploy-qa"]

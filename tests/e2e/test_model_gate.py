@@ -15,7 +15,7 @@ import requests
 
 from orchestrator.demo_run import SEED_REQUEST
 from orchestrator.stack import Stack
-from tests.e2e.test_merge_to_prod import Client, _free_port
+from tests.e2e.test_merge_to_prod import Client, _free_port, why
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
 TRAIN = '--trees, "30"]'
@@ -65,7 +65,7 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
 
     # 1. More trees: compared with build 0 in Prod, no worse (here: better) → Prod serves the new model.
     b1 = _merge_train(c, stack, "more-trees", '--trees, "60"]', "Use more trees")
-    assert b1["status"] == "success", b1
+    assert b1["status"] == "success", why(b1)
     g1 = b1["gate"]["gate"]
     assert g1["passed"] is True and g1["baseline_build"] == b0["number"]
     assert g1["baseline"]["sha256"] == g0["candidate_sha256"]
@@ -77,7 +77,7 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
 
     # 2. Shuffled labels: deployed to QA, stopped by the gate, Prod untouched.
     b2 = _merge_train(c, stack, "shuffled", '--trees, "30", --shuffle-labels]', "Retrain (shuffled labels)")
-    assert b2["status"] == "failed", b2
+    assert b2["status"] == "failed", why(b2)
     steps = {s["name"]: s for s in b2["steps"]}
     assert steps["deploy-qa"]["status"] == "success"
     assert steps["gate"]["status"] == "failed"
