@@ -89,7 +89,15 @@ def docker_daemon(session_dir: Path) -> Iterator[DockerDaemon]:
     if daemon.started_here:
         # A daemon of the tests' own keeps its data between runs: clear what killed runs left behind.
         daemon.remove_leftovers()
+    # Everything the tests start (Stack, workers, docker CLI, compose) must find this daemon, never
+    # start a second one on the same data root.
+    previous = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = daemon.host
     yield daemon
+    if previous is None:
+        os.environ.pop("DOCKER_HOST", None)
+    else:
+        os.environ["DOCKER_HOST"] = previous
     daemon.stop()
 
 
