@@ -23,26 +23,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
 FINISHED = {"success", "failed", "error", "cancelled", "superseded"}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, docker_daemon, base_image):
-    logs: list[str] = []
-    s = Stack(tmp_path_factory.mktemp("e2e"), say=logs.append, web_port=_free_port(),
-              push_branches=("main",))
-    try:
-        s.start_services()
-        s.write_config()
-        s.start_app()
-        yield s
-    finally:
-        s.stop()
-
-
-def _free_port() -> int:
-    from orchestrator.services import free_port
-
-    return free_port()
-
-
 class Client:
     def __init__(self, stack: Stack) -> None:
         self.s = stack

@@ -15,23 +15,10 @@ import requests
 
 from orchestrator.demo_run import SEED_REQUEST
 from orchestrator.stack import Stack
-from tests.e2e.test_merge_to_prod import Client, _free_port, why
+from tests.e2e.test_merge_to_prod import Client, why
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
 TRAIN = '--trees, "30"]'
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, docker_daemon, base_image):
-    s = Stack(tmp_path_factory.mktemp("e2e-gate"), say=lambda _m: None, web_port=_free_port(),
-              push_branches=("main",))
-    try:
-        s.start_services()
-        s.write_config()
-        s.start_app()
-        yield s
-    finally:
-        s.stop()
 
 
 def _served_model(port: int) -> str:
