@@ -305,6 +305,40 @@ def _wait_exit(container: Any) -> int:
             raise
 
 
+@contextlib.contextmanager
+def step_container(ctx: StepContext, kwargs: dict[str, Any], image: str, what: str,
+                   refused: str | None = None) -> Iterator[Any]:
+    """The step's container: stopped on cancel, removed afterwards, whatever happens.
+
+    Docker errors are sorted: a refused request (4xx) fails the step with ``refused`` (default
+    "<what> failed"), a failing or unreachable daemon is an infrastructure error.
+    """
+    container = None
+    try:
+        try:
+            container = ctx.docker.containers.create(**kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise StepFailed(f"image {image} not found: {exc.explanation}") from exc
+        remove = ctx.cancel.on_cancel(lambda: _stop_container(container))
+        try:
+            ctx.record.details["container"] = container.id[:12]
+            yield container
+        finally:
+            remove()
+    except (requests.exceptions.RequestException, OSError) as exc:
+        ctx.stopped()
+        raise _infra(what, exc) from exc
+    except docker.errors.APIError as exc:
+        ctx.stopped()
+        if exc.is_client_error():
+            raise StepFailed(f"{refused or what + ' failed'}: {exc.explanation or exc}") from exc
+        raise _infra(what, exc) from exc
+    finally:
+        if container is not None:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+
 def docker_run(ctx: StepContext) -> None:
     """Run the command in the image (default: the one just built); its exit code decides the step."""
     spec: DockerRunSpec = ctx.step.spec
@@ -313,39 +347,17 @@ def docker_run(ctx: StepContext) -> None:
     artifacts = ensure_dir(ctx.settings.workspace, ctx.build.id) if spec.artifacts is not None else None
     req = run_request(spec, ctx.build.image, ctx.container_labels(), artifacts)
     client = ctx.docker
-    container = None
-    try:
-        try:
-            container = client.containers.create(**req.kwargs())
-        except docker.errors.ImageNotFound as exc:
-            raise StepFailed(f"image {req.image} not found: {exc.explanation}") from exc
-        remove = ctx.cancel.on_cancel(lambda: _stop_container(container))
-        try:
-            ctx.record.details["container"] = container.id[:12]
-            stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
-            with contextlib.suppress(Exception):  # a silent command must not time the log stream out
-                api = client.api
-                api._disable_socket_timeout(api._get_raw_response_socket(stream._response))
-            pump = threading.Thread(target=_pump, args=(stream, ctx), daemon=True)
-            pump.start()
-            ctx.log.line(f"starting container {container.id[:12]} from {req.image}")
-            container.start()
-            code = _wait_exit(container)
-            pump.join(10)
-        finally:
-            remove()
-    except (requests.exceptions.RequestException, OSError) as exc:
-        ctx.stopped()
-        raise _infra("docker run", exc) from exc
-    except docker.errors.APIError as exc:
-        ctx.stopped()
-        if exc.is_client_error():
-            raise StepFailed(f"docker run failed: {exc.explanation or exc}") from exc
-        raise _infra("docker run", exc) from exc
-    finally:
-        if container is not None:
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
+    with step_container(ctx, req.kwargs(), req.image, "docker run") as container:
+        stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        with contextlib.suppress(Exception):  # a silent command must not time the log stream out
+            api = client.api
+            api._disable_socket_timeout(api._get_raw_response_socket(stream._response))
+        pump = threading.Thread(target=_pump, args=(stream, ctx), daemon=True)
+        pump.start()
+        ctx.log.line(f"starting container {container.id[:12]} from {req.image}")
+        container.start()
+        code = _wait_exit(container)
+        pump.join(10)
     ctx.stopped()
     ctx.record.exit_code = code
     ctx.log.line(f"exit code {code}")

@@ -21,15 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests
-
 from ..artifacts import ModelArtifact, find_model, inside
-from ..errors import InfrastructureError, StepFailed
+from ..errors import StepFailed
 from ..gate import Bound, GateResult, GateRules, judge
 from ..pipeline import ModelCheckSpec
 from .base import StepContext
-from .docker import _stop_container, _wait_exit
+from .docker import _wait_exit, step_container
 
 GATE_ROOT = "/gate"
 STDERR_TAIL = 2000
@@ -133,36 +130,14 @@ def find_baseline(ctx: StepContext, spec: ModelCheckSpec) -> Baseline:
 
 def run_evaluate(ctx: StepContext, req: EvalRequest) -> str:
     """Run the evaluation container; return its stdout (stderr goes to the log)."""
-    client = ctx.docker
-    container = None
-    try:
-        try:
-            container = client.containers.create(**req.kwargs())
-        except docker.errors.ImageNotFound as exc:
-            raise StepFailed(f"image {req.image} not found: {exc.explanation}") from exc
-        remove = ctx.cancel.on_cancel(lambda: _stop_container(container))
-        try:
-            ctx.record.details["container"] = container.id[:12]
-            ctx.log.line(f"$ {' '.join(req.command())}  (in {req.image})")
-            container.start()
-            code = _wait_exit(container)
-        finally:
-            remove()
-        ctx.stopped()
+    with step_container(ctx, req.kwargs(), req.image, "model_check",
+                        refused="model_check could not run the evaluation") as container:
+        ctx.log.line(f"$ {' '.join(req.command())}  (in {req.image})")
+        container.start()
+        code = _wait_exit(container)
         out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
         err = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
-    except (requests.exceptions.RequestException, OSError) as exc:
-        ctx.stopped()
-        raise InfrastructureError(f"model_check: the Docker daemon failed or is unreachable: {exc}") from exc
-    except docker.errors.APIError as exc:
-        ctx.stopped()
-        if exc.is_client_error():
-            raise StepFailed(f"model_check could not run the evaluation: {exc.explanation or exc}") from exc
-        raise InfrastructureError(f"model_check: the Docker daemon failed: {exc}") from exc
-    finally:
-        if container is not None:
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
+    ctx.stopped()
     if err.strip():
         ctx.log.write(err if err.endswith("\n") else err + "\n", "stderr")
     if code != 0:
