@@ -43,7 +43,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,8 @@ class Run:
     p50_ms: float
     p99_ms: float
     wrapped: bool
+    drain_s: float = 0.0  # after the load stopped, until the server's deferred work was done
+    done_rps: float = 0.0  # accepted / (seconds + drain_s): deliveries whose work is done, per second
 
 
 # -- deliveries -------------------------------------------------------------------------------------
@@ -107,13 +109,20 @@ def write_deliveries(directory: Path, n: int, wrk_threads: int, tag: str) -> tup
 # -- servers ----------------------------------------------------------------------------------------
 
 
+@dataclass
+class Server:
+    url: str
+    pid: int
+    marker: str  # a 2xx body containing it counts as accepted
+
+
 @contextmanager
-def process(argv: list[str], env: dict[str, str], port: int, log: Path, what: str) -> Iterator[None]:
+def process(argv: list[str], env: dict[str, str], port: int, log: Path, what: str) -> Iterator[int]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: port_open(port), 30, what)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         try:
@@ -124,7 +133,7 @@ def process(argv: list[str], env: dict[str, str], port: int, log: Path, what: st
 
 
 @contextmanager
-def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[str]:
+def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[Server]:
     port = free_port()
     config = work / "server.yaml"
     config.write_text(json.dumps({
@@ -136,8 +145,8 @@ def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[str
     env.update(ORCHESTRATOR_CONFIG=str(config), GITHUB_WEBHOOK_SECRET=SECRET)
     argv = [sys.executable, "-m", "orchestrator", "web", "--bind", f"127.0.0.1:{port}",
             "--workers", str(workers), "--threads", str(threads)]
-    with process(argv, env, port, work / "web.log", "orchestrator web"):
-        yield f"http://127.0.0.1:{port}/webhooks/github"
+    with process(argv, env, port, work / "web.log", "orchestrator web") as pid:
+        yield Server(f"http://127.0.0.1:{port}/webhooks/github", pid, '"queued"')
 
 
 HELLO = """
@@ -150,32 +159,71 @@ def app(environ, start_response):
 
 
 @contextmanager
-def hello_world(work: Path, workers: int, threads: int) -> Iterator[str]:
+def hello_world(work: Path, workers: int, threads: int) -> Iterator[Server]:
     """The ceiling: gunicorn, same workers/threads/worker class, an app that only reads the body."""
     port = free_port()
     (work / "hello_wsgi.py").write_text(HELLO)
     argv = [sys.executable, "-m", "gunicorn", "--chdir", str(work), "-b", f"127.0.0.1:{port}",
             "-w", str(workers), "--threads", str(threads), "-k", "gthread" if threads > 1 else "sync",
             "hello_wsgi:app"]
-    with process(argv, dict(os.environ), port, work / "hello.log", "gunicorn hello-world"):
-        yield f"http://127.0.0.1:{port}/"
+    with process(argv, dict(os.environ), port, work / "hello.log", "gunicorn hello-world") as pid:
+        yield Server(f"http://127.0.0.1:{port}/", pid, '"queued"')
 
 
 @contextmanager
-def adnanh_webhook(work: Path) -> Iterator[str]:
+def adnanh_webhook(work: Path, sync: bool = False) -> Iterator[Server]:
+    """adnanh/webhook with one HMAC-checked hook that runs /bin/true.
+
+    By default webhook answers at once and runs the command afterwards in a goroutine; with
+    ``sync`` (``include-command-output-in-response``) it answers once the command has exited.
+    """
     exe = shutil.which("webhook") or "/usr/bin/webhook"
     port = free_port()
-    hooks = work / "hooks.json"
-    hooks.write_text(json.dumps([{
+    name = "hooks-sync.json" if sync else "hooks.json"
+    hook: dict[str, Any] = {
         "id": "deploy", "execute-command": "/bin/true", "command-working-directory": str(work),
         "response-message": WEBHOOK_OK, "http-methods": ["POST"],
         "trigger-rule-mismatch-http-response-code": 401,
         "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": SECRET,
                                    "parameter": {"source": "header", "name": "X-Hub-Signature-256"}}},
-    }]))
-    argv = [exe, "-hooks", str(hooks), "-ip", "127.0.0.1", "-port", str(port)]
-    with process(argv, dict(os.environ), port, work / "webhook.log", "adnanh/webhook"):
-        yield f"http://127.0.0.1:{port}/hooks/deploy"
+    }
+    if sync:  # the answer is then /bin/true's (empty) output: any 2xx counts (a bad signature is 401)
+        hook["include-command-output-in-response"] = True
+    (work / name).write_text(json.dumps([hook]))
+    argv = [exe, "-hooks", str(work / name), "-ip", "127.0.0.1", "-port", str(port)]
+    with process(argv, dict(os.environ), port, work / f"{name}.log", "adnanh/webhook") as pid:
+        yield Server(f"http://127.0.0.1:{port}/hooks/deploy", pid, "" if sync else WEBHOOK_OK)
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time (clock ticks) of ``pid`` and its children, live and reaped."""
+    total = 0
+    pids = [pid]
+    with suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total
+
+
+def drain(pid: int, window: float = 0.25, timeout: float = 120.0) -> float:
+    """Seconds until the server has finished the work it deferred past its answers: its CPU time
+    (children included) grows by at most one tick in ``window``. adnanh/webhook answers before
+    it runs the hook, so its backlog of /bin/true runs goes on after the load stops; this keeps
+    that work out of the next server's measurement and counts it against webhook's own time."""
+    start = time.monotonic()
+    before = cpu_ticks(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(window)
+        now = cpu_ticks(pid)
+        if now - before <= 1:
+            return max(0.0, time.monotonic() - start - window)
+        before = now
+    raise SystemExit(f"server {pid} still busy {timeout:.0f} s after the load stopped")
 
 
 # -- load -------------------------------------------------------------------------------------------
@@ -193,14 +241,15 @@ def drive(url: str, prefix: str, args: argparse.Namespace, out: Path, marker: st
     return result
 
 
-def to_run(server: str, rnd: int, r: dict[str, Any], mode: str) -> Run:
+def to_run(server: str, rnd: int, r: dict[str, Any], mode: str, drain_s: float) -> Run:
     seconds = r["duration_us"] / 1e6
     errors = r["errors"]
     return Run(server=server, mode=mode, round=rnd, requests=r["requests"], ok=r["accepted"],
                non_2xx=errors["status"],
                socket_errors=errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
                seconds=round(seconds, 2), rps=round(r["accepted"] / seconds, 1),
-               p50_ms=round(r["p50_us"] / 1000, 2), p99_ms=round(r["p99_us"] / 1000, 2), wrapped=r["wrapped"])
+               p50_ms=round(r["p50_us"] / 1000, 2), p99_ms=round(r["p99_us"] / 1000, 2), wrapped=r["wrapped"],
+               drain_s=round(drain_s, 2), done_rps=round(r["accepted"] / (seconds + drain_s), 1))
 
 
 def verify(store: Store, ids: list[str], shas: dict[str, str], builds_before: int, in_flight: int) -> None:
@@ -242,6 +291,8 @@ def main() -> int:
     p.add_argument("--modes", default="close,keep-alive", help="comma-separated: close, keep-alive")
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                    help="skip the gunicorn hello-world upper bound")
+    p.add_argument("--no-sync-peer", dest="sync_peer", action="store_false",
+                   help="skip adnanh/webhook in its answer-after-the-command mode")
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
@@ -255,15 +306,17 @@ def main() -> int:
     runs: list[Run] = []
     try:
         store = Store.from_url(redis.url)
-        with ExitStack() as servers:
-            urls = {"mlship": servers.enter_context(ours(work, redis.url, args.workers, args.web_threads)),
-                    "webhook": servers.enter_context(adnanh_webhook(work))}
+        with ExitStack() as stack:
+            servers = {"mlship": stack.enter_context(ours(work, redis.url, args.workers, args.web_threads)),
+                       "webhook": stack.enter_context(adnanh_webhook(work))}
+            if args.sync_peer:
+                servers["webhook-sync"] = stack.enter_context(adnanh_webhook(work, sync=True))
             if args.ceiling:
-                urls["hello"] = servers.enter_context(hello_world(work, args.workers, args.web_threads))
-            warm(work, urls, args)
+                servers["hello"] = stack.enter_context(hello_world(work, args.workers, args.web_threads))
+            warm(work, servers, args)
             for mode in modes:
                 for rnd in range(1, args.rounds + 1):
-                    runs.extend(one_round(work, store, urls, args, mode, rnd))
+                    runs.extend(one_round(work, store, servers, args, mode, rnd))
     finally:
         redis.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -271,52 +324,55 @@ def main() -> int:
     return 0
 
 
-def marker(server: str) -> str:
-    return WEBHOOK_OK if server == "webhook" else '"queued"'
-
-
-def warm(work: Path, urls: dict[str, str], args: argparse.Namespace) -> None:
+def warm(work: Path, servers: dict[str, Server], args: argparse.Namespace) -> None:
     """Imports, connection pools, page cache: a short unmeasured run against each server."""
     short = argparse.Namespace(**{**vars(args), "duration": 2, "close": False})
-    for server, url in urls.items():
-        prefix, _ = write_deliveries(work, 300 * args.wrk_threads, args.wrk_threads, f"warm-{server}")
-        drive(url, prefix, short, work / "warm.json", marker(server))
+    for name, server in servers.items():
+        prefix, _ = write_deliveries(work, 300 * args.wrk_threads, args.wrk_threads, f"warm-{name}")
+        drive(server.url, prefix, short, work / "warm.json", server.marker)
+        drain(server.pid)
 
 
-def one_round(work: Path, store: Store, urls: dict[str, str], args: argparse.Namespace, mode: str,
+def one_round(work: Path, store: Store, servers: dict[str, Server], args: argparse.Namespace, mode: str,
               rnd: int) -> list[Run]:
-    """Both servers, in alternating order, on the same freshly generated deliveries."""
+    """Every server, in rotating order, on the same freshly generated deliveries; each starts only
+    when the one before has finished all its work (see ``drain``)."""
     tag = f"{mode}-r{rnd}"
     prefix, shas = write_deliveries(work, args.deliveries, args.wrk_threads, tag)
     run_args = argparse.Namespace(**{**vars(args), "close": mode == "close"})
-    servers = list(urls)  # rotate who goes first, so no server always runs on a warmer/cooler machine
-    order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+    names = list(servers)  # rotate who goes first, so no server always runs on a warmer/cooler machine
+    order = names[rnd % len(names):] + names[:rnd % len(names)]
     out = []
-    for server in order:
+    for name in order:
+        server = servers[name]
         before = store.latest_build_id()
-        r = drive(urls[server], prefix, run_args, work / f"{tag}-{server}.json", marker(server))
-        run = to_run(server, rnd, r, mode)
-        if run.wrapped and server != "hello":  # the hello-world keeps no state: replaying is fine
-            raise SystemExit(f"{server} used up all {args.deliveries} deliveries ({mode}, round {rnd}): "
+        r = drive(server.url, prefix, run_args, work / f"{tag}-{name}.json", server.marker)
+        run = to_run(name, rnd, r, mode, drain(server.pid))
+        if run.wrapped and name != "hello":  # the hello-world keeps no state: replaying is fine
+            raise SystemExit(f"{name} used up all {args.deliveries} deliveries ({mode}, round {rnd}): "
                              "raise --deliveries")
-        if server == "mlship":
+        if name == "mlship":
             verify(store, r["ok_ids"], shas, before, args.connections)
         out.append(run)
-        print(f"{mode:10} round {rnd} {server:8} {run.rps:8.1f}/s  p50 {run.p50_ms:6.2f} ms  "
-              f"p99 {run.p99_ms:6.2f} ms  non-2xx {run.non_2xx}  socket errors {run.socket_errors}",
-              flush=True)
+        print(f"{mode:10} round {rnd} {name:12} {run.rps:8.1f}/s answered, {run.done_rps:8.1f}/s done "
+              f"(drain {run.drain_s:5.2f} s)  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
+              f"non-2xx {run.non_2xx}  socket errors {run.socket_errors}", flush=True)
     for f in work.glob(f"{tag}-*.txt"):
         f.unlink()
     return out
 
 
-def _rps(runs: list[Run], server: str, mode: str) -> list[float]:
-    return [r.rps for r in runs if (r.server, r.mode) == (server, mode)]
+def _values(runs: list[Run], server: str, mode: str, key: str = "rps") -> list[float]:
+    return [getattr(r, key) for r in runs if (r.server, r.mode) == (server, mode)]
 
 
-def median_run(runs: list[Run], server: str, mode: str) -> Run:
-    mine = sorted((r for r in runs if r.server == server and r.mode == mode), key=lambda r: r.rps)
+def median_run(runs: list[Run], server: str, mode: str, key: str = "rps") -> Run:
+    mine = sorted((r for r in runs if r.server == server and r.mode == mode), key=lambda r: getattr(r, key))
     return mine[len(mine) // 2]
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
 
 
 def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
@@ -324,32 +380,49 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
     summary: dict[str, Any] = {}
     print()
     print(f"Signed merged-PR deliveries on loopback, {args.connections} connections, {args.duration}s x "
-          f"{args.rounds} rounds per mode, {cpus} CPUs; median round of each")
-    print("| connections | server | deliveries/s | p50 ms | p99 ms | non-2xx | socket errors |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+          f"{args.rounds} rounds per mode, {cpus} CPUs; median round of each. 'done/s' also counts the "
+          "time a server kept working after the load stopped (adnanh/webhook runs its hook after answering)")
+    print("| connections | server | answered/s | done/s | drain s | p50 ms | p99 ms | non-2xx | "
+          "socket errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     kind = "gthread" if args.web_threads > 1 else "sync"
     names = {"mlship": f"mlship (gunicorn {args.workers}x{args.web_threads} {kind}, Redis)",
-             "webhook": "adnanh/webhook 2.8 (runs /bin/true)",
+             "webhook": "adnanh/webhook 2.8 (runs /bin/true after answering)",
+             "webhook-sync": "adnanh/webhook 2.8 (answers after /bin/true ran)",
              "hello": f"ceiling: gunicorn {args.workers}x{args.web_threads} {kind} hello-world (reads, 202)"}
     servers = [s for s in names if any(r.server == s for r in runs)]
     for mode in modes:
         medians = {s: median_run(runs, s, mode) for s in servers}
+        done = {s: median_run(runs, s, mode, "done_rps") for s in servers}
         for server, r in medians.items():
-            print(f"| {mode} | {names[server]} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                  f"{r.non_2xx} | {r.socket_errors} |")
-        summary[mode] = {"ratio": round(medians["mlship"].rps / medians["webhook"].rps, 3),
-                         **{s: asdict(r) for s, r in medians.items()}}
+            print(f"| {mode} | {names[server]} | {r.rps:.0f} | {done[server].done_rps:.0f} | "
+                  f"{r.drain_s:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} |")
+        m = summary[mode] = {
+            "ratio": _ratio(medians["mlship"].rps, medians["webhook"].rps),
+            "ratio_done": _ratio(done["mlship"].done_rps, done["webhook"].done_rps),
+            **{s: asdict(r) for s, r in medians.items()},
+        }
+        if "webhook-sync" in medians:
+            m["ratio_vs_sync"] = _ratio(medians["mlship"].rps, medians["webhook-sync"].rps)
         if "hello" in medians:
-            summary[mode]["hello_vs_webhook"] = round(medians["hello"].rps / medians["webhook"].rps, 3)
-            summary[mode]["mlship_vs_hello"] = round(medians["mlship"].rps / medians["hello"].rps, 3)
+            m["hello_vs_webhook"] = _ratio(medians["hello"].rps, medians["webhook"].rps)
+            m["mlship_vs_hello"] = _ratio(medians["mlship"].rps, medians["hello"].rps)
     print()
     for mode in modes:
-        rounds = {s: _rps(runs, s, mode) for s in servers}
-        print(f"ratio mlship / webhook throughput, {MODES[mode]}: {summary[mode]['ratio']:.2f}x "
+        m = summary[mode]
+        rounds = {s: _values(runs, s, mode) for s in servers}
+        print(f"{MODES[mode]}:")
+        print(f"  mlship / webhook, answers per second:   {m['ratio']:.2f}x "
               f"(rounds: {rounds['mlship']} vs {rounds['webhook']})")
-        if "hello" in rounds:
-            print(f"  ceiling, gunicorn hello-world / webhook: {summary[mode]['hello_vs_webhook']:.2f}x "
-                  f"(rounds: {rounds['hello']}); mlship reaches {summary[mode]['mlship_vs_hello']:.0%} of it")
+        print(f"  mlship / webhook, deliveries done per second (webhook's hook runs included): "
+              f"{m['ratio_done']:.2f}x (rounds: {_values(runs, 'mlship', mode, 'done_rps')} vs "
+              f"{_values(runs, 'webhook', mode, 'done_rps')})")
+        if "ratio_vs_sync" in m:
+            print(f"  mlship / webhook answering after its hook ran: {m['ratio_vs_sync']:.2f}x "
+                  f"(rounds: {rounds['webhook-sync']})")
+        if "hello_vs_webhook" in m:
+            print(f"  ceiling, gunicorn hello-world / webhook: {m['hello_vs_webhook']:.2f}x "
+                  f"(rounds: {rounds['hello']}); mlship reaches {m['mlship_vs_hello']:.0%} of it")
     print("every delivery mlship answered 2xx was verified in Redis: record queued, build with its merge sha")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
@@ -357,7 +430,7 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
         "cpus": cpus,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": os.getloadavg(), "summary": summary,
         "runs": [asdict(r) for r in runs],
-        "rps_stdev": {f"{s}/{m}": round(statistics.pstdev(_rps(runs, s, m)), 1)
+        "rps_stdev": {f"{s}/{m}": round(statistics.pstdev(_values(runs, s, m)), 1)
                       for s in servers for m in modes},
     }, indent=2) + "\n")
 
