@@ -49,7 +49,7 @@ end
 function response(status, headers, body)
   if status >= 200 and status < 300 and body:find(marker, 1, true) then
     accepted = accepted + 1
-    local id = body:match('"delivery": "([^"]+)"')
+    local id = body:match('"delivery":%s*"([^"]+)"')
     if id then ok_ids[#ok_ids + 1] = id end
   end
 end

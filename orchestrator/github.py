@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+import orjson
+
 from .config import RepoConfig
 from .errors import ConfigError, PayloadError, SignatureError
 from .models import Trigger
@@ -98,9 +100,12 @@ def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
 def parse_body(body: bytes) -> dict[str, Any]:
     """The JSON object of a delivery (call only after the signature is verified)."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PayloadError(f"the body is not valid JSON: {exc}") from None
+        payload = orjson.loads(body)  # UTF-8, as GitHub sends: about 3x faster than json
+    except orjson.JSONDecodeError:
+        try:  # JSON's other encodings (UTF-16/32, BOMs) and what orjson is stricter about
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise PayloadError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise PayloadError("the body must be a JSON object")
     return payload

@@ -12,12 +12,12 @@ repository's secrets are tried and the payload must be about it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.datastructures import EnvironHeaders
@@ -147,7 +147,7 @@ def handle(intake: Intake, inc: Incoming) -> tuple[int, bytes]:
         answer = _verdict(d, 500, "failed", "internal error: see the service log; redeliver after fixing it")
     d.duration_ms = applog.now_ms(inc.start)
     _log(d, answer)
-    return answer.status, json.dumps(answer.body).encode()
+    return answer.status, orjson.dumps(answer.body)
 
 
 def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
