@@ -7,26 +7,32 @@ What it does, all on loopback and in one run:
 
 1. starts a real Redis (``services.RedisServer``: AOF on, noeviction) for this service;
 2. starts ``orchestrator web`` (gunicorn, ``--workers/--web-threads``) with one allow-listed
-   repository, and ``/usr/bin/webhook`` with one hook whose trigger rule is ``payload-hmac-sha256``
-   on ``X-Hub-Signature-256`` and whose command is ``/bin/true`` (a rule mismatch answers 401, so
-   a bad signature cannot pass as success);
+   repository, and ``/usr/bin/webhook`` twice with one hook whose trigger rule is
+   ``payload-hmac-sha256`` on ``X-Hub-Signature-256`` and whose command is ``/bin/true`` (a rule
+   mismatch answers 401, so a bad signature cannot pass as success): as configured by default
+   (answers at once, runs the command afterwards) and with ``include-command-output-in-response``
+   (answers once the command has exited; ``--no-sync-peer`` skips it);
 3. per round, pre-generates N signed, distinct merged-pull-request deliveries (GitHub's payload shape
-   from tests/webhooks/payloads, distinct delivery ids and merge shas), one file per wrk thread; both
-   servers get exactly these deliveries in that round;
-4. drives both with ``wrk`` at the same fixed concurrency and the same Lua script
+   from tests/webhooks/payloads, distinct delivery ids and merge shas), one file per wrk thread; every
+   server gets exactly these deliveries in that round;
+4. drives each with ``wrk`` at the same fixed concurrency and the same Lua script
    (bench/webhook_replay.lua): each wrk thread walks its own slice of the pre-built requests once, so
-   the load generator does the same work for both and no delivery is ever sent twice;
-5. runs each connection mode (``close``: a TCP connection per delivery, as GitHub delivers;
-   ``keep-alive``) for ``--rounds`` rounds, alternating which server goes first, and reports the median
+   the load generator does the same work for all and no delivery is ever sent twice;
+5. after each server's run, waits until that server has finished what it deferred (its CPU time,
+   children included, stops growing: ``drain``) before the next starts, and reports both answers
+   per second and deliveries *done* per second (answers / (run + drain)): webhook answers before it
+   runs its hook, and its backlog otherwise runs during the next server's turn;
+6. runs each connection mode (``close``: a TCP connection per delivery, as GitHub delivers;
+   ``keep-alive``) for ``--rounds`` rounds, rotating which server goes first, and reports the median
    round of each;
-6. as an upper bound for any Python service on this machine, also drives a hello-world WSGI app under
+7. as an upper bound for any Python service on this machine, also drives a hello-world WSGI app under
    the same gunicorn configuration (reads the body, answers 202; no HMAC, no JSON, no Redis), in the
    same rounds (``--no-ceiling`` skips it);
-7. checks every delivery this service answered 2xx: its record in Redis says queued, points at a build,
+8. checks every delivery this service answered 2xx: its record in Redis says queued, points at a build,
    and the build has that delivery's merge sha; builds beyond the 2xx answers are at most the requests
    wrk left in flight when it stopped (one per connection).
 
-Prints a table (deliveries/s, p50, p99, non-2xx) and the throughput ratio per mode; writes
+Prints a table (answered/s, done/s, drain, p50, p99, non-2xx) and the ratios per mode; writes
 bench/results/webhook.json.
 """
 
