@@ -9,6 +9,7 @@ build's own fault: Dockerfile error, non-zero exit) and InfrastructureError (dae
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import threading
 import time
@@ -20,12 +21,16 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+import urllib3.exceptions
 
 from ..artifacts import ensure_dir
 from ..errors import InfrastructureError, StepFailed
 from ..pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec
 from .base import StepContext
 
+# What reading a docker-py stream raises once _abort_stream has shut its socket down (or the daemon
+# went away mid-stream): urllib3 and http.client errors that requests does not wrap here.
+STREAM_CUT = (urllib3.exceptions.HTTPError, http.client.HTTPException)
 STOP_GRACE = 2  # seconds between SIGTERM and SIGKILL when a container is stopped on cancel/timeout
 AUTH_ERRORS = ("unauthorized", "authentication required", "denied", "no basic auth credentials")
 
@@ -196,6 +201,9 @@ def _abort_stream(api: Any, gen: Iterator[Any]) -> None:
         return
     try:
         sock = api._get_raw_response_socket(response)
+        # Over a unix socket docker-py hands back the SocketIO wrapper; only the socket itself can be
+        # shut down, and only a shutdown (not a close) wakes the thread blocked reading the stream.
+        sock = getattr(sock, "_sock", sock)
         sock.shutdown(socket.SHUT_RDWR)
     except Exception:
         with contextlib.suppress(Exception):
@@ -242,7 +250,7 @@ def docker_build(ctx: StepContext) -> None:
                     image_id = aux["ID"]
         finally:
             remove()
-    except (requests.exceptions.RequestException, OSError) as exc:
+    except (requests.exceptions.RequestException, OSError, *STREAM_CUT) as exc:
         ctx.stopped()
         raise _infra("docker build", exc) from exc
     except docker.errors.APIError as exc:
@@ -415,6 +423,7 @@ def docker_push(ctx: StepContext) -> None:
                 docker.errors.DockerException,
                 requests.exceptions.RequestException,
                 OSError,
+                *STREAM_CUT,
             ) as exc:
                 ctx.stopped()
                 last = str(exc)

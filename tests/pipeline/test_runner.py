@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -152,6 +153,64 @@ def test_cancel_running_docker_run_within_5s(builds, docker_client):
     assert steps_of(b)["slow"].status is StepStatus.CANCELLED
     assert steps_of(b)["after"].status is StepStatus.SKIPPED
     assert docker_client.containers.list(all=True, filters={"label": f"mlship.build={build.id}"}) == []
+
+
+def _build_containers(docker_client, marker):
+    """Containers the classic builder started for a RUN instruction containing ``marker``."""
+    return [c for c in docker_client.containers.list(all=True)
+            if marker in " ".join(c.attrs["Config"].get("Cmd") or [])]
+
+
+def test_cancel_during_docker_build_stops_the_build_within_5s(builds, docker_client):
+    marker = f"slow-build-{uuid.uuid4().hex}"  # a new RUN line: never a cache hit
+    dockerfile = f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {marker} && sleep 300\n"
+    pipeline = small_pipeline("""\
+- name: build
+  docker_build: {context: slow, dockerfile: Dockerfile, build_args: {BASE_IMAGE: "${BASE_IMAGE}"}}
+- name: after
+  docker_run: {command: ["true"]}
+""")
+    build = builds.create(builds.commit(pipeline, {"slow/Dockerfile": dockerfile}))
+    done = threading.Thread(target=builds.run, args=(build,))
+    done.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _build_containers(docker_client, marker):
+        time.sleep(0.2)
+    assert _build_containers(docker_client, marker), builds.store.log_text(build.id)
+    t0 = time.monotonic()
+    cancel_build(builds, build.id, by="alice")
+    done.join(30)
+    elapsed = time.monotonic() - t0
+    b = builds.store.get_build(build.id)
+    assert b.status is BuildStatus.CANCELLED, b.error
+    assert elapsed < 5
+    assert steps_of(b)["build"].status is StepStatus.CANCELLED
+    assert steps_of(b)["after"].status is StepStatus.SKIPPED
+    # the daemon saw the client go: the RUN container is stopped and removed, no image was tagged
+    while time.monotonic() - t0 < 30 and _build_containers(docker_client, marker):
+        time.sleep(0.5)
+    assert _build_containers(docker_client, marker) == []
+    assert docker_client.images.list(filters={"label": f"org.opencontainers.image.revision={b.sha}"}) == []
+
+
+def test_docker_build_over_its_timeout_is_stopped(builds, docker_client):
+    marker = f"slow-build-{uuid.uuid4().hex}"
+    dockerfile = f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {marker} && sleep 300\n"
+    pipeline = small_pipeline("""\
+- name: build
+  docker_build: {context: slow, dockerfile: Dockerfile, build_args: {BASE_IMAGE: "${BASE_IMAGE}"}}
+  timeout: 3
+""")
+    t0 = time.monotonic()
+    b = builds.commit_and_run(pipeline, {"slow/Dockerfile": dockerfile})
+    assert time.monotonic() - t0 < 30
+    s = steps_of(b)["build"]
+    assert b.status is BuildStatus.FAILED
+    assert s.status is StepStatus.FAILED and s.error == "step 'build' timed out after 3s"
+    assert s.finished_at - s.started_at < 8
+    while time.monotonic() - t0 < 40 and _build_containers(docker_client, marker):
+        time.sleep(0.5)
+    assert _build_containers(docker_client, marker) == []
 
 
 def test_cancel_queued_build_removes_job(builds):
