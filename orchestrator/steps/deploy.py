@@ -472,6 +472,14 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
         if plan.model is not None:
             ctx.log.line(f"model: sha256 {plan.model.sha256[:16]}, served from {plan.model.path}")
         states = _rollout(ctx, plan, lock)
+        # Every edge now sends traffic to the new containers: record that before draining and
+        # retiring the old ones, so a worker lost (or a failure) from here on leaves a record that
+        # says what is served; the next deploy removes the old containers left behind.
+        ctx.store.set_deployment(Deployment(
+            repo=b.repo, environment=env_name, build_id=plan.build_id, build_number=plan.number, image=image,
+            sha=b.sha, container=states[0].container, hosts=[str(s.target) for s in states], action=action,
+            model_sha256=plan.model.sha256 if plan.model else "",
+            model_path=plan.model.path if plan.model else ""))
         try:
             if plan.env.drain_seconds:
                 ctx.log.line(f"draining old containers for {plan.env.drain_seconds:g}s")
@@ -481,11 +489,6 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
                 HostDeploy(ctx, plan, s).retire_old(prune)
         finally:
             _close(states)
-        ctx.store.set_deployment(Deployment(
-            repo=b.repo, environment=env_name, build_id=plan.build_id, build_number=plan.number, image=image,
-            sha=b.sha, container=states[0].container, hosts=[str(s.target) for s in states], action=action,
-            model_sha256=plan.model.sha256 if plan.model else "",
-            model_path=plan.model.path if plan.model else ""))
         _record(ctx, plan, states, "deployed")
         ctx.log.line(f"{env_name} now runs build #{plan.number} ({image})")
     finally:

@@ -148,3 +148,67 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
         if load.is_alive():
             load.stop()
         cleanup(docker_client, env.name)
+
+
+def test_sigkill_after_the_switch_records_what_the_edge_serves(
+    settings, store, git_origin, workers: Workers, deploy_hosts, docker_client,
+    example_images: ExampleImages, model_volume: str, tmp_path: Path,  # noqa: F811
+) -> None:
+    """The worker dies after the edge moved to build 2 but before build 1's container was retired
+    (here: while the old container drains). Build 2 serves every request, the record says build 2
+    (not the build 1 the edge left), and the next deploy removes build 1's container first."""
+    env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=example_images,
+                    volume=model_volume)
+    ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
+    known_hosts = str(deploy_hosts.known_hosts)
+    deploying = dataclasses.replace(settings, known_hosts=Path(known_hosts),
+                                    secrets=Secrets(env={**settings.secrets.env, **ssh}),
+                                    vars={**settings.vars, "HEALTH_PATH": "/ready"})
+    slow_drain = yaml.safe_load(_pipeline(env))
+    slow_drain["environments"]["qa"]["drain_seconds"] = 120
+    load = Load(env.url, rate=50)
+    try:
+        quick = git_origin.commit("main", {"pipeline.yaml": _pipeline(env)}, "deploy only")
+        b1 = _create(store, settings, quick, example_images, 1, queued=False)
+        run_build(deploying, store, b1.id, worker_name="test")
+        assert store.get_build(b1.id).status is BuildStatus.SUCCESS, store.log_text(b1.id)
+        wait_http(env.url + "/ready", 10)
+        old, new = f"{env.name}-b1", f"{env.name}-b2"
+
+        load.start()
+        slow = git_origin.commit("main", {"pipeline.yaml": yaml.safe_dump(slow_drain, sort_keys=False)},
+                                 "drain slowly")
+        b2 = _create(store, settings, slow, example_images, 2)
+        doomed = workers.start("doomed", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
+        wait_until(lambda: "draining old containers" in store.log_text(b2.id), 120, "build 2 to drain")
+        assert _upstream(docker_client, env) == f"{new}:5000"
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(10)
+
+        workers.start("survivor", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
+        lost = wait_until(
+            lambda: store.get_build(b2.id).status is BuildStatus.ERROR and store.get_build(b2.id),
+            settings.lease_seconds + 30, "build 2 to be marked worker lost")
+        assert lost.error.startswith("worker lost"), lost.error
+        assert store.lock_owner(lock_name(REPO, "qa")) is None
+        # Build 2 serves and the record says so; build 1's container is left for the next deploy.
+        assert _upstream(docker_client, env) == f"{new}:5000"
+        assert store.get_deployment(REPO, "qa").build_number == 2
+        assert old in _apps(docker_client, env) and new in _apps(docker_client, env)
+
+        nxt = _create(store, settings, quick, example_images, 2, rerun_of=b2.id)
+        done = wait_until(lambda: store.get_build(nxt.id).status.finished and store.get_build(nxt.id),
+                          120, "the next deploy")
+        time.sleep(1.0)
+        result = load.stop()
+        assert done.status is BuildStatus.SUCCESS, (done.error, store.log_text(nxt.id))
+        log = store.log_text(nxt.id)
+        fresh = f"{env.name}-b{done.number}"
+        assert log.index(f"removing {old}") < log.index("health check"), log
+        assert _apps(docker_client, env) == [fresh, f"{env.name}-edge"]
+        assert store.get_deployment(REPO, "qa").build_number == done.number
+        assert result["failed"] == 0, result
+    finally:
+        if load.is_alive():
+            load.stop()
+        cleanup(docker_client, env.name)
