@@ -13,6 +13,9 @@ mounted into a container or uploaded to a host.
 from __future__ import annotations
 
 import hashlib
+import shutil
+import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 DEFAULT_MODEL = "model/model.skops"
+PRUNED = ".pruned"  # left in a pruned build's directory, so a later deploy can say what happened
 # The container's user is the image's (the example runs as uid 10001), unknown to the worker: the
 # per-build directory is world-writable; its parent is not.
 ARTIFACTS_MODE = 0o777
@@ -91,6 +95,9 @@ class ModelArtifact:
 def find_model(workspace: Path, build_id: int, rel: str) -> ModelArtifact | None:
     """The model ``rel`` of build ``build_id``, or None if that build wrote none."""
     root = artifacts_dir(workspace, build_id)
+    if (root / PRUNED).exists():
+        raise ArtifactsPruned(f"the artifacts of build {build_id} were removed ({(root / PRUNED).read_text()}"
+                              "): re-run that build to produce its model again", build=build_id)
     if not (root / rel).exists() and not (root / rel).is_symlink():
         return None
     path = inside(root, rel, "model artifact")
@@ -99,3 +106,33 @@ def find_model(workspace: Path, build_id: int, rel: str) -> ModelArtifact | None
     if (root / meta_rel).exists() and meta_rel != rel:
         meta = inside(root, meta_rel, "model metadata")
     return ModelArtifact(path=path, sha256=sha256_file(path), meta=meta)
+
+
+class ArtifactsPruned(StepFailed):
+    """The build's artifact directory was pruned (see ``prune``)."""
+
+
+# -- pruning: the worker keeps the newest builds' artifacts and those of every recorded deployment ---
+
+
+def build_ids(workspace: Path) -> list[int]:
+    """Builds that have an artifact directory with its files still there."""
+    root = Path(workspace) / "artifacts"
+    if not root.is_dir():
+        return []
+    return sorted(int(d.name) for d in root.iterdir()
+                  if d.name.isdigit() and d.is_dir() and not (d / PRUNED).exists())
+
+
+def prune_candidates(ids: Iterable[int], keep: int, protected: Collection[int]) -> list[int]:
+    """Which of ``ids`` to prune: all but the ``keep`` newest (highest ids) and the ``protected``."""
+    newest_first = sorted(set(ids), reverse=True)
+    return sorted(i for i in newest_first[max(0, keep):] if i not in protected)
+
+
+def prune(workspace: Path, build_id: int, why: str) -> None:
+    """Remove a build's artifacts, leaving only a note of why (``find_model`` reports it)."""
+    d = artifacts_dir(workspace, build_id)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / PRUNED).write_text(f"pruned {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC: {why}")

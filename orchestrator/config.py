@@ -75,6 +75,7 @@ class _FileModel(_Strict):
     lease_seconds: float = Field(10.0, gt=0)
     build_timeout: float = Field(3600.0, gt=0)
     delivery_ttl_days: float = Field(8.0, ge=7)
+    keep_artifacts: int = Field(20, ge=1)
     docker_host: str | None = None
     known_hosts: str | None = None
     ssh_key: str = "DEPLOY_SSH_KEY"
@@ -127,6 +128,7 @@ class Settings:
     lease_seconds: float = 10.0
     build_timeout: float = 3600.0
     delivery_ttl_days: float = 8.0
+    keep_artifacts: int = 20  # newest builds whose artifact directories the worker keeps (plus deployed)
     docker_host: str | None = None
     known_hosts: Path | None = None
     ssh_key_secret: str = "DEPLOY_SSH_KEY"
@@ -236,6 +238,7 @@ def load_settings(env: Mapping[str, str] | None = None, validate: bool = True) -
         lease_seconds=model.lease_seconds,
         build_timeout=model.build_timeout,
         delivery_ttl_days=model.delivery_ttl_days,
+        keep_artifacts=model.keep_artifacts,
         docker_host=model.docker_host,
         known_hosts=Path(model.known_hosts) if model.known_hosts else None,
         ssh_key_secret=model.ssh_key,

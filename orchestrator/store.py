@@ -565,6 +565,19 @@ class Store:
             raws = self.r.lrange(self.k.deployment_history(repo, env), 0, limit - 1)
         return [Deployment(**json.loads(r)) for r in raws]
 
+    def deployed_build_ids(self) -> set[int]:
+        """Every build a deployment record names: deployed now or in an environment's history
+        (which rollback and promote deploy from)."""
+        envs = self.environments()
+        with self.available():
+            pipe = self.r.pipeline(transaction=False)
+            for repo, env in envs:
+                pipe.get(self.k.deployment(repo, env))
+                pipe.lrange(self.k.deployment_history(repo, env), 0, -1)
+            replies = pipe.execute()
+        raws = [r for reply in replies for r in (reply if isinstance(reply, list) else [reply]) if r]
+        return {int(json.loads(r)["build_id"]) for r in raws}
+
     def environments(self) -> list[tuple[str, str]]:
         with self.available():
             members = self.r.smembers(self.k.environments())

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from . import statuses
+from . import artifacts, statuses
 from .config import Settings, load_settings
 from .errors import InfrastructureError, NotFound, StoreUnavailable
 from .jobs import build_queue, rq_connection
@@ -57,7 +57,31 @@ def run_build(ticket: str) -> str:
     if build_id is None:
         return "duplicate"
     build = run_one(settings, store, build_id, worker_name=worker_name())
+    try:
+        prune_artifacts(settings, store)
+    except Exception:  # disk housekeeping never fails a build
+        log.exception("pruning artifact directories failed")
     return str(build.status) if build else "not queued"
+
+
+def prune_artifacts(settings: Settings, store: Store) -> list[int]:
+    """Remove the artifact directories of finished builds that are neither among the newest
+    ``keep_artifacts`` nor named by a deployment record (current or history); returns their ids."""
+    keep = settings.keep_artifacts
+    ids = artifacts.build_ids(settings.workspace)
+    if len(ids) <= keep:
+        return []
+    pruned = []
+    for build_id in artifacts.prune_candidates(ids, keep, store.deployed_build_ids()):
+        with contextlib.suppress(NotFound):  # a build Redis no longer knows: nothing can deploy it
+            if not store.get_build(build_id).status.finished:
+                continue
+        artifacts.prune(settings.workspace, build_id,
+                        f"not among the newest {keep} builds (keep_artifacts) and never deployed")
+        pruned.append(build_id)
+    if pruned:
+        log.info("pruned the artifacts of builds %s (keep_artifacts=%s)", pruned, keep)
+    return pruned
 
 
 def janitor_once(

@@ -363,13 +363,17 @@ def _model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip
     artifact if it wrote one, else the file an earlier deploy of that build left on the volume, else
     None (the container uses the pipeline's MODEL_PATH on the operator's volume, as before)."""
     rel = artifacts.model_path(ctx.pipeline)
+    prior = next((d for d in history if d.build_id == plan.build_id and d.model_sha256 and d.model_path),
+                 None)
     try:
         art = artifacts.find_model(ctx.settings.workspace, plan.build_id, rel)
+    except artifacts.ArtifactsPruned as exc:
+        if prior is None:  # never silently fall back to whatever model the volume holds
+            raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
+        art = None
     except StepFailed as exc:
         raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
     if art is None:
-        prior = next((d for d in history if d.build_id == plan.build_id and d.model_sha256 and d.model_path),
-                     None)
         return ModelShip(prior.model_sha256, prior.model_path) if prior else None
     model_path = plan.env.container.env.get("MODEL_PATH", "")
     if not model_path.startswith("/"):
