@@ -142,3 +142,28 @@ def test_store_down_raises_store_unavailable(own_redis):
     own_redis.stop()
     with pytest.raises(StoreUnavailable):
         s.get_build(1)
+
+
+@pytest.mark.parametrize("filters", [
+    {}, {"status": "failed"}, {"branch": "main"}, {"repo": "acme/b"}, {"status": "success", "branch": "main"},
+    {"status": "success", "branch": "dev", "repo": "acme/a"}, {"status": "cancelled"}, {"branch": "nope"},
+])
+def test_filtered_build_lists_match_every_field_and_page(store, queue, filters):
+    enqueue = enqueuer(queue, 60)
+    made = []
+    for i in range(23):
+        repo, branch = ("acme/a", "acme/b")[i % 2], ("main", "dev", "main")[i % 3]
+        status = ("success", "failed", "running", "success")[i % 4]
+        t = Trigger(repo=repo, sha=f"{i:040x}", ref=f"refs/heads/{branch}", branch=branch, kind="push")
+        b, _ = store.create_build(t, pipeline="p", triggered_by=f"d{i}", enqueue=enqueue)
+        store.update_build(b.id, status=status)
+        made.append((b.id, status, branch, repo))
+    want = [i for i, s, br, r in reversed(made)
+            if all(filters.get(k) in (None, v) for k, v in (("status", s), ("branch", br), ("repo", r)))]
+    seen = []
+    for offset in range(0, 30, 4):
+        page, total = store.list_builds(offset=offset, limit=4, **filters)
+        assert total == len(want)
+        seen += [b.id for b in page]
+        assert all(b.steps is not None and b.sha for b in page)  # whole builds on the page
+    assert seen == want
