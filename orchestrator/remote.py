@@ -16,7 +16,7 @@ The swap layout per environment on a host (see docs/deploy.md):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import DeployError
@@ -228,6 +228,24 @@ print("stored", d, " ".join(a[0::3]))
 """
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MODEL_DIR = re.compile(r"^[0-9a-f]{16}$")
+
+# Runs in the image on the host: removes the volume's model directories (named <sha256[:16]>) that are
+# not in argv's keep list and were not written in the last ``grace`` seconds (another environment
+# sharing the volume may have just uploaded one it has not recorded yet). Symlinks and other names
+# are never touched. Prints what it removed.
+PRUNE_SCRIPT = """\
+import os, re, shutil, sys, time
+root, grace, keep = sys.argv[1], float(sys.argv[2]), set(sys.argv[3:])
+gone = []
+for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if (re.fullmatch("[0-9a-f]{16}", name) and name not in keep and not os.path.islink(path)
+            and os.path.isdir(path) and time.time() - os.stat(path).st_mtime > grace):
+        shutil.rmtree(path)
+        gone.append(name)
+print("removed", len(gone), "unrecorded model(s)" + (": " + " ".join(gone) if gone else ""))
+"""
 
 
 @dataclass(frozen=True)
@@ -267,3 +285,15 @@ def upload_model(image: str, volume: str, mount: str, directory: str, files: Seq
     argv = _docker("run", "--interactive", "--rm", "--user", "0", "--network", "none",
                    "--label", f"{LABEL_ROLE}=model-upload", "--volume", f"{volume}:{mount}")
     return [*argv, "--", image, "python3", "-c", UPLOAD_SCRIPT, f"{mount}/{directory}", *args]
+
+
+def prune_models(image: str, volume: str, mount: str, keep: Iterable[str], grace: float) -> Argv:
+    """``docker run --rm`` in ``image`` that removes the model directories of ``volume`` other than
+    ``keep`` (``<sha256[:16]>`` names) and older than ``grace`` seconds."""
+    names = sorted(set(keep))
+    bad = [k for k in names if not _MODEL_DIR.match(k)]
+    if bad:
+        raise DeployError(f"model directory names {bad!r} are not sha256 prefixes", names=bad)
+    argv = _docker("run", "--rm", "--user", "0", "--network", "none",
+                   "--label", f"{LABEL_ROLE}=model-prune", "--volume", f"{volume}:{mount}")
+    return [*argv, "--", image, "python3", "-c", PRUNE_SCRIPT, mount, f"{grace:g}", *names]

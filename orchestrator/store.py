@@ -572,9 +572,9 @@ class Store:
             raws = self.r.lrange(self.k.deployment_history(repo, env), 0, limit - 1)
         return [Deployment(**json.loads(r)) for r in raws]
 
-    def deployed_build_ids(self) -> set[int]:
-        """Every build a deployment record names: deployed now or in an environment's history
-        (which rollback and promote deploy from)."""
+    def deployment_records(self) -> list[Deployment]:
+        """Every deployment record of every environment: the current one and its history (which
+        rollback and promote deploy from)."""
         envs = self.environments()
         with self.available():
             pipe = self.r.pipeline(transaction=False)
@@ -583,7 +583,11 @@ class Store:
                 pipe.lrange(self.k.deployment_history(repo, env), 0, -1)
             replies = pipe.execute()
         raws = [r for reply in replies for r in (reply if isinstance(reply, list) else [reply]) if r]
-        return {int(json.loads(r)["build_id"]) for r in raws}
+        return [Deployment(**json.loads(r)) for r in raws]
+
+    def deployed_build_ids(self) -> set[int]:
+        """Every build a deployment record names (see ``deployment_records``)."""
+        return {d.build_id for d in self.deployment_records()}
 
     def environments(self) -> list[tuple[str, str]]:
         with self.available():

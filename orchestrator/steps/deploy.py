@@ -39,6 +39,7 @@ CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0  # one remote command (a pull of a large image is the slow one)
 STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL for an old container after the drain
 LOG_TAIL = 50
+MODEL_PRUNE_GRACE = 3600.0  # s: a model directory younger than this is never pruned (a concurrent upload)
 CONFIG_ROOT = "/dev/shm"  # noqa: S108 - per-deploy docker client config (registry login) lives in memory
 
 
@@ -326,6 +327,20 @@ class HostDeploy:
             self.sh(remote.image_rm(image), check=False, cancellable=False, quiet=True)
         return old
 
+    def prune_models(self, keep: set[str]) -> None:
+        """Remove the model directories on this host's model volume that no deployment record names
+        (uploads of failed deploys, models older than every environment's history). Housekeeping:
+        a failure is logged, never fails the deploy."""
+        m = self.plan.model
+        if m is None or not m.volume:
+            return
+        argv = remote.prune_models(self.plan.image, m.volume, m.mount, keep, MODEL_PRUNE_GRACE)
+        res = self.sh(argv, check=False, capture=True, quiet=True, cancellable=False)
+        out = (res.stdout if res.exit_code == 0 else res.stderr or res.stdout).strip()[-300:]
+        self.ctx.log.line(f"[{self.label}] model volume {m.volume}: {out}"
+                          + ("" if res.exit_code == 0 else f" (exit code {res.exit_code}; nothing fails)"),
+                          "stdout" if res.exit_code == 0 else "stderr")
+
     def undo(self) -> None:
         """Point the edge back at the previous container and remove the new one (best effort)."""
         n = self.plan.names
@@ -489,8 +504,10 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
                 ctx.log.line(f"draining old containers for {plan.env.drain_seconds:g}s")
                 time.sleep(plan.env.drain_seconds)  # not cancellable: traffic already moved
             prune = deployments.images_to_prune(history, image)
+            keep = {d.model_sha256[:16] for d in ctx.store.deployment_records() if d.model_sha256}
             for s in states:
                 HostDeploy(ctx, plan, s).retire_old(prune)
+                HostDeploy(ctx, plan, s).prune_models(keep)
         finally:
             _close(states)
         _record(ctx, plan, states, "deployed")

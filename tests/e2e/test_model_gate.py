@@ -61,6 +61,8 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
     assert _served_model(envs_port["prod"]) == prod_model
     envs = {e["environment"]: e for e in c.api("GET", "/environments").json()["environments"]}
     assert envs["prod"]["current"]["model_sha256"] == prod_model, "the deployment records its model"
+    # every recorded model stays on the volume: the prune after the swap removes none of them
+    assert "removed 0 unrecorded model(s)" in c.api("GET", f"/builds/{b1['id']}/log").text
 
     # 2. Shuffled labels: deployed to QA, stopped by the gate, Prod untouched.
     b2 = _merge_train(c, stack, "shuffled", '--trees, "30", --shuffle-labels]', "Retrain (shuffled labels)")
