@@ -282,9 +282,8 @@ def upload_model(image: str, volume: str, mount: str, directory: str, files: Seq
         if not _FILE_NAME.match(f.name) or not _SHA256.match(f.sha256) or f.size < 0:
             raise DeployError(f"model file {f.name!r} cannot be uploaded (name, size or sha256 invalid)")
         args += [f.name, str(f.size), f.sha256]
-    argv = _docker("run", "--interactive", "--rm", "--user", "0", "--network", "none",
-                   "--label", f"{LABEL_ROLE}=model-upload", "--volume", f"{volume}:{mount}")
-    return [*argv, "--", image, "python3", "-c", UPLOAD_SCRIPT, f"{mount}/{directory}", *args]
+    return _on_volume("model-upload", image, volume, mount, "--interactive", UPLOAD_SCRIPT,
+                      f"{mount}/{directory}", *args)
 
 
 def prune_models(image: str, volume: str, mount: str, keep: Iterable[str], grace: float) -> Argv:
@@ -294,6 +293,13 @@ def prune_models(image: str, volume: str, mount: str, keep: Iterable[str], grace
     bad = [k for k in names if not _MODEL_DIR.match(k)]
     if bad:
         raise DeployError(f"model directory names {bad!r} are not sha256 prefixes", names=bad)
-    argv = _docker("run", "--rm", "--user", "0", "--network", "none",
-                   "--label", f"{LABEL_ROLE}=model-prune", "--volume", f"{volume}:{mount}")
-    return [*argv, "--", image, "python3", "-c", PRUNE_SCRIPT, mount, f"{grace:g}", *names]
+    return _on_volume("model-prune", image, volume, mount, None, PRUNE_SCRIPT, mount, f"{grace:g}", *names)
+
+
+def _on_volume(role: str, image: str, volume: str, mount: str, flag: str | None, script: str,
+               *args: str) -> Argv:
+    """``docker run --rm`` of a python ``script`` in ``image``, as root, without network, with
+    ``volume`` mounted read-write at ``mount`` (root inside: a fresh volume's root is root-owned)."""
+    argv = _docker("run", *([flag] if flag else []), "--rm", "--user", "0", "--network", "none",
+                   "--label", f"{LABEL_ROLE}={role}", "--volume", f"{volume}:{mount}")
+    return [*argv, "--", image, "python3", "-c", script, *args]

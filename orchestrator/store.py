@@ -585,10 +585,6 @@ class Store:
         raws = [r for reply in replies for r in (reply if isinstance(reply, list) else [reply]) if r]
         return [Deployment(**json.loads(r)) for r in raws]
 
-    def deployed_build_ids(self) -> set[int]:
-        """Every build a deployment record names (see ``deployment_records``)."""
-        return {d.build_id for d in self.deployment_records()}
-
     def environments(self) -> list[tuple[str, str]]:
         with self.available():
             members = self.r.smembers(self.k.environments())

@@ -506,8 +506,9 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
             prune = deployments.images_to_prune(history, image)
             keep = {d.model_sha256[:16] for d in ctx.store.deployment_records() if d.model_sha256}
             for s in states:
-                HostDeploy(ctx, plan, s).retire_old(prune)
-                HostDeploy(ctx, plan, s).prune_models(keep)
+                host = HostDeploy(ctx, plan, s)
+                host.retire_old(prune)
+                host.prune_models(keep)
         finally:
             _close(states)
         _record(ctx, plan, states, "deployed")

@@ -155,6 +155,20 @@ def test_cancel_running_docker_run_within_5s(builds, docker_client):
     assert docker_client.containers.list(all=True, filters={"label": f"mlship.build={build.id}"}) == []
 
 
+SLOW_BUILD = """\
+- name: build
+  docker_build: {context: slow, dockerfile: Dockerfile, build_args: {BASE_IMAGE: "${BASE_IMAGE}"}}
+"""
+
+
+def _slow_dockerfile():
+    """(marker, files): a Dockerfile in slow/ whose RUN prints the marker and sleeps 300 s. The
+    marker makes the RUN line new, so it is never a cache hit."""
+    marker = f"slow-build-{uuid.uuid4().hex}"
+    dockerfile = f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {marker} && sleep 300\n"
+    return marker, {"slow/Dockerfile": dockerfile}
+
+
 def _build_containers(docker_client, marker):
     """Containers the classic builder started for a RUN instruction containing ``marker``."""
     return [c for c in docker_client.containers.list(all=True)
@@ -162,15 +176,9 @@ def _build_containers(docker_client, marker):
 
 
 def test_cancel_during_docker_build_stops_the_build_within_5s(builds, docker_client):
-    marker = f"slow-build-{uuid.uuid4().hex}"  # a new RUN line: never a cache hit
-    dockerfile = f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {marker} && sleep 300\n"
-    pipeline = small_pipeline("""\
-- name: build
-  docker_build: {context: slow, dockerfile: Dockerfile, build_args: {BASE_IMAGE: "${BASE_IMAGE}"}}
-- name: after
-  docker_run: {command: ["true"]}
-""")
-    build = builds.create(builds.commit(pipeline, {"slow/Dockerfile": dockerfile}))
+    marker, files = _slow_dockerfile()
+    pipeline = small_pipeline(SLOW_BUILD + '- name: after\n  docker_run: {command: ["true"]}\n')
+    build = builds.create(builds.commit(pipeline, files))
     done = threading.Thread(target=builds.run, args=(build,))
     done.start()
     deadline = time.monotonic() + 120
@@ -194,15 +202,9 @@ def test_cancel_during_docker_build_stops_the_build_within_5s(builds, docker_cli
 
 
 def test_docker_build_over_its_timeout_is_stopped(builds, docker_client):
-    marker = f"slow-build-{uuid.uuid4().hex}"
-    dockerfile = f"ARG BASE_IMAGE\nFROM ${{BASE_IMAGE}}\nRUN echo {marker} && sleep 300\n"
-    pipeline = small_pipeline("""\
-- name: build
-  docker_build: {context: slow, dockerfile: Dockerfile, build_args: {BASE_IMAGE: "${BASE_IMAGE}"}}
-  timeout: 3
-""")
+    marker, files = _slow_dockerfile()
     t0 = time.monotonic()
-    b = builds.commit_and_run(pipeline, {"slow/Dockerfile": dockerfile})
+    b = builds.commit_and_run(small_pipeline(SLOW_BUILD + "  timeout: 3\n"), files)
     assert time.monotonic() - t0 < 30
     s = steps_of(b)["build"]
     assert b.status is BuildStatus.FAILED

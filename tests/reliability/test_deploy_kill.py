@@ -62,6 +62,33 @@ def _create(store: Store, settings: Any, sha: str, images: ExampleImages, image_
     return build
 
 
+def _setup(store: Store, settings: Any, deploy_hosts: Any, images: ExampleImages,
+           volume: str) -> tuple[DeployEnv, dict[str, str], str, Any]:
+    """The QA environment, the SSH key secret, known_hosts, and settings to deploy in-process."""
+    env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=images, volume=volume)
+    ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
+    known_hosts = str(deploy_hosts.known_hosts)
+    deploying = dataclasses.replace(settings, known_hosts=Path(known_hosts),
+                                    secrets=Secrets(env={**settings.secrets.env, **ssh}),
+                                    vars={**settings.vars, "HEALTH_PATH": "/ready"})
+    return env, ssh, known_hosts, deploying
+
+
+def _worker_lost(store: Store, settings: Any, build_id: int) -> Build:
+    """The build, once a surviving worker's janitor has marked it ``error`` (worker lost)."""
+    lost: Build = wait_until(
+        lambda: store.get_build(build_id).status is BuildStatus.ERROR and store.get_build(build_id),
+        settings.lease_seconds + 30, f"build {build_id} to be marked worker lost")
+    return lost
+
+
+def _next_deploy(store: Store, build: Build, env: DeployEnv) -> tuple[Build, str, str]:
+    """Wait for ``build`` (the deploy after the kill) to finish: (build, its log, its container)."""
+    done: Build = wait_until(lambda: store.get_build(build.id).status.finished and store.get_build(build.id),
+                             120, "the next deploy")
+    return done, store.log_text(build.id), f"{env.name}-b{done.number}"
+
+
 def _upstream(docker_client: Any, env: DeployEnv) -> str:
     res = docker_client.containers.get(f"{env.name}-edge").exec_run(["cat", "/state/upstream"])
     assert res.exit_code == 0, res.output
@@ -77,13 +104,7 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
     settings, store, git_origin, workers: Workers, deploy_hosts, docker_client,
     example_images: ExampleImages, model_volume: str, tmp_path: Path,  # noqa: F811
 ) -> None:
-    env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=example_images,
-                    volume=model_volume)
-    ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
-    known_hosts = str(deploy_hosts.known_hosts)
-    deploying = dataclasses.replace(settings, known_hosts=Path(known_hosts),
-                                    secrets=Secrets(env={**settings.secrets.env, **ssh}),
-                                    vars={**settings.vars, "HEALTH_PATH": "/ready"})
+    env, ssh, known_hosts, deploying = _setup(store, settings, deploy_hosts, example_images, model_volume)
     load = Load(env.url, rate=50)
     try:
         sha = git_origin.commit("main", {"pipeline.yaml": _pipeline(env)}, "deploy only")
@@ -107,9 +128,7 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
         killed = time.monotonic()
 
         workers.start("survivor", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
-        lost = wait_until(
-            lambda: store.get_build(b2.id).status is BuildStatus.ERROR and store.get_build(b2.id),
-            settings.lease_seconds + 30, "build 2 to be marked worker lost")
+        lost = _worker_lost(store, settings, b2.id)
         marked = time.monotonic() - killed
         assert marked < settings.lease_seconds + 30
         assert lost.error.startswith("worker lost"), lost.error
@@ -127,13 +146,10 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
             during_kill = (len(load.latencies), len(load.failures))
 
         rerun = _create(store, settings, sha, example_images, 2, rerun_of=b2.id)
-        done = wait_until(lambda: store.get_build(rerun.id).status.finished and store.get_build(rerun.id),
-                          120, "the re-run")
+        done, log, fresh = _next_deploy(store, rerun, env)
         time.sleep(1.0)
         result = load.stop()
-        assert done.status is BuildStatus.SUCCESS, (done.error, store.log_text(rerun.id))
-        log = store.log_text(rerun.id)
-        fresh = f"{env.name}-b{done.number}"
+        assert done.status is BuildStatus.SUCCESS, (done.error, log)
         assert log.index(f"removing {new}") < log.index("health check"), log
         assert _apps(docker_client, env) == [fresh, f"{env.name}-edge"]
         assert _upstream(docker_client, env) == f"{fresh}:5000"
@@ -157,13 +173,7 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
     """The worker dies after the edge moved to build 2 but before build 1's container was retired
     (here: while the old container drains). Build 2 serves every request, the record says build 2
     (not the build 1 the edge left), and the next deploy removes build 1's container first."""
-    env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=example_images,
-                    volume=model_volume)
-    ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
-    known_hosts = str(deploy_hosts.known_hosts)
-    deploying = dataclasses.replace(settings, known_hosts=Path(known_hosts),
-                                    secrets=Secrets(env={**settings.secrets.env, **ssh}),
-                                    vars={**settings.vars, "HEALTH_PATH": "/ready"})
+    env, ssh, known_hosts, deploying = _setup(store, settings, deploy_hosts, example_images, model_volume)
     slow_drain = yaml.safe_load(_pipeline(env))
     slow_drain["environments"]["qa"]["drain_seconds"] = 120
     load = Load(env.url, rate=50)
@@ -186,9 +196,7 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
         doomed.wait(10)
 
         workers.start("survivor", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
-        lost = wait_until(
-            lambda: store.get_build(b2.id).status is BuildStatus.ERROR and store.get_build(b2.id),
-            settings.lease_seconds + 30, "build 2 to be marked worker lost")
+        lost = _worker_lost(store, settings, b2.id)
         assert lost.error.startswith("worker lost"), lost.error
         assert store.lock_owner(lock_name(REPO, "qa")) is None
         # Build 2 serves and the record says so; build 1's container is left for the next deploy.
@@ -197,13 +205,10 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
         assert old in _apps(docker_client, env) and new in _apps(docker_client, env)
 
         nxt = _create(store, settings, quick, example_images, 2, rerun_of=b2.id)
-        done = wait_until(lambda: store.get_build(nxt.id).status.finished and store.get_build(nxt.id),
-                          120, "the next deploy")
+        done, log, fresh = _next_deploy(store, nxt, env)
         time.sleep(1.0)
         result = load.stop()
-        assert done.status is BuildStatus.SUCCESS, (done.error, store.log_text(nxt.id))
-        log = store.log_text(nxt.id)
-        fresh = f"{env.name}-b{done.number}"
+        assert done.status is BuildStatus.SUCCESS, (done.error, log)
         assert log.index(f"removing {old}") < log.index("health check"), log
         assert _apps(docker_client, env) == [fresh, f"{env.name}-edge"]
         assert store.get_deployment(REPO, "qa").build_number == done.number

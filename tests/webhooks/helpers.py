@@ -5,9 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+import redis.connection
 
 from orchestrator.config import RepoConfig, Secrets, Settings, Triggers
 from orchestrator.github import sign
@@ -77,3 +81,20 @@ def headers(event: str, body: bytes, secret: str | None = SECRET, delivery: str 
 
 def encode(p: dict[str, Any] | bytes) -> bytes:
     return p if isinstance(p, bytes) else json.dumps(p).encode()
+
+
+@contextmanager
+def counting_sends() -> Iterator[list[object]]:
+    """Every command packet sent to Redis (any client) while the block runs: one per round trip."""
+    sends: list[object] = []
+    real = redis.connection.Connection.send_packed_command
+
+    def counting(self: object, command: object, check_health: bool = True) -> None:
+        sends.append(command)
+        real(self, command, check_health)  # type: ignore[arg-type]
+
+    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        yield sends
+    finally:
+        redis.connection.Connection.send_packed_command = real  # type: ignore[method-assign]

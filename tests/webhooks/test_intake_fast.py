@@ -9,8 +9,6 @@ import signal
 import uuid
 from pathlib import Path
 
-import redis
-import redis.connection
 from werkzeug.test import Client
 
 from orchestrator import create_app
@@ -18,7 +16,7 @@ from orchestrator.services import RedisServer
 from orchestrator.store import Store
 
 from .conftest import GitHub
-from .helpers import REPO, encode, headers, merged_pr, payload, settings
+from .helpers import REPO, counting_sends, encode, headers, merged_pr, payload, settings
 from .test_gunicorn import start_web, stop_web
 
 
@@ -48,18 +46,8 @@ def test_frozen_redis_is_503_within_2_seconds_and_the_redelivery_is_accepted(
 def test_a_merged_delivery_is_one_round_trip(redis_url: str) -> None:
     client = create_app(settings(redis_url)).test_client()
     GitHub(client).send("pull_request", merged_pr("a" * 40))  # scripts loaded, pool warm
-    sends: list[object] = []
-    real = redis.connection.Connection.send_packed_command
-
-    def counting(self: object, command: object, check_health: bool = True) -> None:
-        sends.append(command)
-        real(self, command, check_health)  # type: ignore[arg-type]
-
-    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
+    with counting_sends() as sends:
         reply = GitHub(client).send("pull_request", merged_pr("b" * 40, number=7))
-    finally:
-        redis.connection.Connection.send_packed_command = real  # type: ignore[method-assign]
     assert reply.status == 202 and reply.body["number"] == 2
     assert len(sends) == 1  # request metrics are tallied in-process, not sent on the request path
 

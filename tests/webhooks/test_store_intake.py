@@ -12,6 +12,8 @@ from orchestrator.jobs import build_queue, enqueuer
 from orchestrator.models import Delivery, Trigger
 from orchestrator.store import Store
 
+from .helpers import counting_sends
+
 SUCCESS = ("queued", "duplicate", "ignored")
 
 
@@ -26,18 +28,8 @@ def test_create_build_is_one_round_trip(redis_url: str, store: Store) -> None:
     queue = build_queue(Settings(redis_url=redis_url))
     trig = Trigger(repo="acme/x", sha="a" * 40, ref="refs/heads/main", branch="main", kind="push")
     store.create_build(trig, pipeline="p", triggered_by="warm", enqueue=enqueuer(queue, 60))
-    sends: list[object] = []
-    real = redis.connection.Connection.send_packed_command
-
-    def counting(self: object, command: object, check_health: bool = True) -> None:
-        sends.append(command)
-        real(self, command, check_health)  # type: ignore[arg-type]
-
-    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
-    try:
+    with counting_sends() as sends:
         build, created = store.create_build(dataclasses.replace(trig, sha="b" * 40), pipeline="p",
                                             triggered_by="d2", enqueue=enqueuer(queue, 60))
-    finally:
-        redis.connection.Connection.send_packed_command = real  # type: ignore[method-assign]
     assert created and build.number == 2 and build.sha == "b" * 40 and build.triggered_by == "d2"
     assert len(sends) == 1  # MULTI ... EXEC only: no SCRIPT EXISTS before, no read-back after
