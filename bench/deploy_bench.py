@@ -26,10 +26,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator import Runtime
-from orchestrator.deployments import request_rollback
-from orchestrator.jobs import build_queue
-from orchestrator.runner import run_build
-from orchestrator.services import (
+from orchestrator.build.queue import build_queue
+from orchestrator.build.runner import run_build
+from orchestrator.deploy.policy import request_rollback
+from orchestrator.deploy.ssh import SshHost as Ssh
+from orchestrator.deploy.ssh import Target, load_private_key
+from orchestrator.devstack.services import (
     DockerDaemon,
     RedisServer,
     Registry,
@@ -38,8 +40,6 @@ from orchestrator.services import (
     free_port,
     keygen,
 )
-from orchestrator.ssh import SshHost as Ssh
-from orchestrator.ssh import Target, load_private_key
 from orchestrator.store import Store
 from tests.deploy.helpers import (
     REPO,

@@ -31,10 +31,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.build.queue import build_queue, enqueuer  # noqa: E402
 from orchestrator.config import Settings  # noqa: E402
-from orchestrator.jobs import build_queue, enqueuer  # noqa: E402
+from orchestrator.devstack.services import DockerDaemon, GitOrigin, RedisServer, Registry, ensure_base_image  # noqa: E402
 from orchestrator.models import Build, Trigger  # noqa: E402
-from orchestrator.services import DockerDaemon, GitOrigin, RedisServer, Registry, ensure_base_image  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
 
 REPO = "acme/house-price"

@@ -57,8 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.github import sign  # noqa: E402
-from orchestrator.services import RedisServer, free_port, port_open, wait_for  # noqa: E402
+from orchestrator.devstack.services import RedisServer, free_port, port_open, wait_for  # noqa: E402
+from orchestrator.intake.github import sign  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
 
 LUA = Path(__file__).parent / "webhook_replay.lua"

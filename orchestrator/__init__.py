@@ -8,8 +8,8 @@ from typing import Any
 from flask import Flask, current_app
 from rq import Queue
 
-from .config import Settings, load_settings
-from .store import Store
+from orchestrator.config import Settings, load_settings
+from orchestrator.store import Store
 
 __all__ = ["Runtime", "create_app", "runtime"]
 
@@ -24,7 +24,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        from .jobs import build_queue
+        from orchestrator.build.queue import build_queue
 
         store = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
         return cls(settings=settings, store=store, queue=build_queue(settings))
@@ -36,7 +36,9 @@ def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     app = Flask(__name__)
     app.config.update(config)
     app.extensions["mlship"] = Runtime.from_settings(settings)
-    from . import api, views, webhooks
+    from orchestrator.intake import webhooks
+    from orchestrator.web import api
+    from orchestrator.web import pages as views
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)

@@ -1,21 +1,21 @@
 """What a person or script can ask for: trigger, re-run, cancel, promote, roll back.
 
 Thin glue shared by the REST API, the HTML forms and the CLI: it validates the request, then
-delegates to the pipeline engine (orchestrator.cancel) and the deploy engine
-(orchestrator.deployments). A piece that is not installed answers ``Unavailable`` (HTTP 501).
+delegates to the pipeline engine (orchestrator.build.cancel) and the deploy engine
+(orchestrator.deploy.policy).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
-from collections.abc import Callable
 from typing import Any
 
-from . import Runtime
-from .config import RepoConfig
-from .errors import InfrastructureError, NotFound, PayloadError, Unavailable
-from .models import Build, Trigger
+from orchestrator import Runtime
+from orchestrator.build import cancel as cancel_builds
+from orchestrator.config import RepoConfig
+from orchestrator.deploy import policy
+from orchestrator.errors import InfrastructureError, NotFound, PayloadError
+from orchestrator.models import Build, Trigger
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
@@ -49,7 +49,7 @@ def ls_remote_argv(clone_url: str, full_ref: str) -> list[str]:
 
 def resolve_branch(repo: RepoConfig, full_ref: str) -> str:
     """The sha ``full_ref`` points to at the repository's origin; NotFound if the branch is missing."""
-    from .workspace import run_git
+    from orchestrator.build.workspace import run_git
 
     out = run_git(ls_remote_argv(repo.clone_url, full_ref), timeout=LS_REMOTE_TIMEOUT)
     for line in out.splitlines():
@@ -87,7 +87,7 @@ def trigger_build(rt: Runtime, repo_name: Any, ref: Any = None, sha: Any = None,
             raise InfrastructureError(
                 f"cannot resolve {full_ref} at {repo.full_name}'s origin: {exc}", repo=repo.full_name
             ) from exc
-    from .jobs import enqueuer
+    from orchestrator.build.queue import enqueuer
 
     trigger = Trigger(repo=repo.full_name, sha=sha, ref=full_ref, branch=branch, kind="manual",
                       author=by, message=f"manual build of {branch or sha[:7]}")
@@ -98,24 +98,15 @@ def trigger_build(rt: Runtime, repo_name: Any, ref: Any = None, sha: Any = None,
     return build
 
 
-def _piece(module: str, name: str, what: str) -> Callable[..., Build]:
-    """A function of another engineer's module, or Unavailable (501) if it is not installed."""
-    try:
-        fn = getattr(importlib.import_module(f"orchestrator.{module}"), name)
-    except (ImportError, AttributeError) as exc:
-        raise Unavailable(f"{what} is not available on this server (orchestrator.{module}.{name} is missing)",
-                          missing=f"{module}.{name}") from exc
-    return fn
-
 
 def rerun(rt: Runtime, build_id: int, by: str = "") -> Build:
     """A new build of the same commit; Conflict while the original still runs."""
-    return _piece("cancel", "rerun_build", "re-run")(rt, build_id, by=by)
+    return cancel_builds.rerun_build(rt, build_id, by=by)
 
 
 def cancel(rt: Runtime, build_id: int, by: str = "") -> Build:
     """Cancel a queued or running build; Conflict if it already finished."""
-    return _piece("cancel", "cancel_build", "cancel")(rt, build_id, by=by)
+    return cancel_builds.cancel_build(rt, build_id, by=by)
 
 
 def _env(env: Any) -> str:
@@ -129,21 +120,12 @@ def promote(rt: Runtime, build_id: int, env: Any, by: str = "") -> Build:
     """Deploy a successful build's image to ``env`` (a new build with trigger 'promote')."""
     env = _env(env)
     rt.store.get_build(build_id)  # NotFound before anything else
-    return _piece("deployments", "request_promote", "promote")(rt, build_id, env, by)
+    return policy.request_promote(rt, build_id, env, by)
 
 
 def rollback(rt: Runtime, repo_name: Any, env: Any, by: str = "") -> Build:
     """Put the previous deployment of ``repo`` in ``env`` back (a new build with trigger 'rollback')."""
     env = _env(env)
     repo = _repo(rt, repo_name)
-    return _piece("deployments", "request_rollback", "rollback")(rt, repo.full_name, env, by)
+    return policy.request_rollback(rt, repo.full_name, env, by)
 
-
-def available(action: str) -> bool:
-    """Whether the module behind an action is installed (the pages hide buttons that would 501)."""
-    module = {"promote": "deployments", "rollback": "deployments"}.get(action, "cancel")
-    try:
-        importlib.import_module(f"orchestrator.{module}")
-    except ImportError:
-        return False
-    return True

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError
+from orchestrator.errors import ConfigError
 
 ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_TRIGGER_BRANCHES = ("main", "master")

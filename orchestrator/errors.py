@@ -129,12 +129,6 @@ class Forbidden(OrchestratorError):
     code = "forbidden"
 
 
-class Unavailable(OrchestratorError):
-    """An action whose implementation is not installed in this server (yet)."""
-
-    code = "not_implemented"
-
-
 class Superseded(OrchestratorError):
     """A deploy was skipped: a newer build is already deployed to that environment (not a failure).
 

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InfrastructureError
-from orchestrator.services import (
+from orchestrator.devstack.services import (
     DockerDaemon,
     GitOrigin,
     RedisServer,
@@ -26,6 +25,7 @@ from orchestrator.services import (
     ensure_base_image,
     keygen,
 )
+from orchestrator.errors import InfrastructureError
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -8,9 +8,9 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.config import Settings
 from orchestrator.errors import NotFound, StoreUnavailable
-from orchestrator.jobs import build_queue, enqueuer
 from orchestrator.models import BuildStatus, Delivery, Deployment, Trigger
 from orchestrator.store import Store
 
@@ -36,7 +36,7 @@ def test_create_build_writes_build_and_json_job_in_one_go(store, queue):
     assert created and build.id == 1 and build.number == 1 and build.status is BuildStatus.QUEUED
     assert queue.count == 1
     job = queue.jobs[0]
-    assert job.func_name == "orchestrator.worker.run_build"
+    assert job.func_name == "orchestrator.build.worker.run_build"
     assert store.resolve_ticket(job.args[0]) == build.id
     data = queue.connection.hget(f"rq:job:{job.id}", "data")
     assert data is not None

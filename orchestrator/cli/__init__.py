@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from ..errors import OrchestratorError
+from orchestrator.errors import OrchestratorError
 
 Handler = Callable[[argparse.Namespace], int]
 Configure = Callable[[argparse.ArgumentParser], None]

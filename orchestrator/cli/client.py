@@ -17,8 +17,8 @@ from typing import IO, Any
 
 import requests
 
-from ..errors import OrchestratorError
-from . import command
+from orchestrator.cli import command
+from orchestrator.errors import OrchestratorError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT = 10.0

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import command
+from orchestrator.cli import command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @command("standalone", "run everything on this machine (Redis, Docker, registry, SSH host, web, worker)",
          _configure)
 def standalone(args: argparse.Namespace) -> int:
-    from ..stack import Stack
+    from orchestrator.devstack.stack import Stack
 
     t0 = time.monotonic()
 
@@ -46,7 +46,7 @@ def standalone(args: argparse.Namespace) -> int:
         stack.start_app(workers=args.workers)
         _banner(stack)
         if args.demo:
-            from ..demo_run import run_demo
+            from orchestrator.devstack.demo import run_demo
 
             ok = run_demo(stack, say)
             if args.exit or not ok:
@@ -64,7 +64,7 @@ def standalone(args: argparse.Namespace) -> int:
 
 
 def _banner(stack: object) -> None:
-    from ..stack import REPO_NAME, Stack
+    from orchestrator.devstack.stack import REPO_NAME, Stack
 
     assert isinstance(stack, Stack)
     lines = [

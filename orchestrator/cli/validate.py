@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import Allow
-from ..errors import PipelineError
-from ..pipeline import BUILTIN_VARS, MAX_BYTES, load_pipeline
-from . import command
+from orchestrator.cli import command
+from orchestrator.config import Allow
+from orchestrator.errors import PipelineError
+from orchestrator.pipeline import BUILTIN_VARS, MAX_BYTES, load_pipeline
 
 PERMISSIONS = ("shell", "privileged", "host_mounts", "host_network")
 

@@ -11,7 +11,7 @@ import argparse
 import os
 from typing import Any
 
-from . import command
+from orchestrator.cli import command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
     """The gunicorn settings for these arguments (pure, tested as data)."""
     if args.workers < 1 or args.threads < 1:
-        from ..errors import ConfigError
+        from orchestrator.errors import ConfigError
 
         raise ConfigError("--workers and --threads must be at least 1")
     return {
@@ -69,8 +69,9 @@ def serve(app: Any, options: dict[str, Any]) -> None:
 
 @command("web", "serve the webhook endpoint, API and status pages under gunicorn", _configure)
 def web(args: argparse.Namespace) -> int:
-    from .. import applog, create_app
-    from ..config import load_settings
+    from orchestrator import create_app
+    from orchestrator import servicelog as applog
+    from orchestrator.config import load_settings
 
     options = gunicorn_options(args)
     settings = load_settings()  # validated: names the key and the fix, exits 2 on error

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_settings
-from . import command
+from orchestrator.cli import command
+from orchestrator.config import load_settings
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 @command("worker", "run builds from the queue", _configure)
 def worker(args: argparse.Namespace) -> int:
-    from ..worker import work
+    from orchestrator.build.worker import work
 
     work(load_settings(), burst=args.burst)
     return 0

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import Cancelled, StepTimeout
+from orchestrator.errors import Cancelled, StepTimeout
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..logs import LogWriter
-    from ..models import Build, StepRecord
-    from ..pipeline import Pipeline, Step
-    from ..store import Store
+    from orchestrator.build.log import LogWriter
+    from orchestrator.config import Settings
+    from orchestrator.models import Build, StepRecord
+    from orchestrator.pipeline import Pipeline, Step
+    from orchestrator.store import Store
 
 CANCELLED = "cancelled"
 TIMEOUT = "timeout"

@@ -28,12 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import artifacts, deployments, remote
-from ..errors import Cancelled, DeployError, InfrastructureError, StepFailed, Superseded
-from ..models import Deployment
-from ..pipeline import Environment, HealthSpec
-from ..ssh import SshHost, Target, key_from_settings
-from .base import StepContext
+from orchestrator.build import artifacts
+from orchestrator.deploy import commands as remote
+from orchestrator.deploy import policy as deployments
+from orchestrator.deploy.ssh import SshHost, Target, key_from_settings
+from orchestrator.errors import Cancelled, DeployError, InfrastructureError, StepFailed, Superseded
+from orchestrator.models import Deployment
+from orchestrator.pipeline import Environment, HealthSpec
+from orchestrator.steps.base import StepContext
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0  # one remote command (a pull of a large image is the slow one)
@@ -546,12 +548,3 @@ def rollback(ctx: StepContext) -> None:
 
 def register(kinds: dict[str, Any]) -> None:
     kinds.update({"deploy": deploy, "rollback": rollback})
-
-
-def _register_self() -> None:
-    from . import STEP_KINDS
-
-    register(STEP_KINDS)
-
-
-_register_self()

@@ -23,10 +23,10 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
-from ..artifacts import ensure_dir
-from ..errors import InfrastructureError, StepFailed
-from ..pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec
-from .base import StepContext
+from orchestrator.build.artifacts import ensure_dir
+from orchestrator.errors import InfrastructureError, StepFailed
+from orchestrator.pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec
+from orchestrator.steps.base import StepContext
 
 # What reading a docker-py stream raises once _abort_stream has shut its socket down (or the daemon
 # went away mid-stream): urllib3 and http.client errors that requests does not wrap here.

@@ -3,7 +3,7 @@
 Runs ``python3 -m inference.evaluate`` inside the image the build just made (so the model is loaded
 with exactly the library versions that will serve it), on the golden set from the repository, for
 the candidate model from the build's artifacts and for the model of the build deployed in
-``compare_to``. ``orchestrator.gate.judge`` applies the pipeline's rules to the JSON report; the
+``compare_to``. ``orchestrator.gate.rules.judge`` applies the pipeline's rules to the JSON report; the
 comparison goes into the log, onto the build (``build.gate[step]``) and the step's details. A broken
 rule fails the step, so the deploy steps after it do not run.
 
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import ModelArtifact, find_model, inside
-from ..errors import StepFailed
-from ..gate import Bound, GateResult, GateRules, judge
-from ..pipeline import ModelCheckSpec
-from .base import StepContext
-from .docker import _wait_exit, step_container
+from orchestrator.build.artifacts import ModelArtifact, find_model, inside
+from orchestrator.errors import StepFailed
+from orchestrator.gate.rules import Bound, GateResult, GateRules, judge
+from orchestrator.pipeline import ModelCheckSpec
+from orchestrator.steps.base import StepContext
+from orchestrator.steps.docker import _wait_exit, step_container
 
 GATE_ROOT = "/gate"
 STDERR_TAIL = 2000

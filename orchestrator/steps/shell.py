@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import InfrastructureError, StepFailed
-from ..pipeline import ShellSpec
-from .base import StepContext
+from orchestrator.errors import InfrastructureError, StepFailed
+from orchestrator.pipeline import ShellSpec
+from orchestrator.steps.base import StepContext
 
 KILL_GRACE = 2.0
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from orchestrator.services import REPO_ROOT, free_port
+from orchestrator.devstack.services import REPO_ROOT, free_port
 from tests.images import build_from_dockerfile
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.build.log import LogWriter, Masker
 from orchestrator.config import RepoConfig, Secrets, Settings
-from orchestrator.logs import LogWriter, Masker
+from orchestrator.devstack.services import free_port
 from orchestrator.models import Build, StepRecord, Trigger
 from orchestrator.pipeline import Pipeline, build_variables, load_pipeline
-from orchestrator.services import free_port
 from orchestrator.steps.base import CancelToken, StepContext
 from orchestrator.store import Store
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from orchestrator import Runtime
-from orchestrator.deployments import EnvironmentLock, lock_name, request_promote, request_rollback
+from orchestrator.build.queue import build_queue
+from orchestrator.build.runner import run_build
+from orchestrator.deploy.policy import EnvironmentLock, lock_name, request_promote, request_rollback
+from orchestrator.devstack.services import free_port
 from orchestrator.errors import DeployError, InfrastructureError, Superseded
-from orchestrator.jobs import build_queue
 from orchestrator.models import BuildStatus, StepStatus
-from orchestrator.runner import run_build
-from orchestrator.services import free_port
 from tests.deploy.helpers import REPO, DeployEnv, Load, get, wait_http
 
 pytestmark = [pytest.mark.ssh, pytest.mark.docker, pytest.mark.slow]

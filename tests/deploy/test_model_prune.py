@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import remote
+from orchestrator.deploy import commands as remote
 from orchestrator.errors import DeployError
 
 pytestmark = [pytest.mark.docker]

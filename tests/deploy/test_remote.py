@@ -6,8 +6,8 @@ import shlex
 
 import pytest
 
-from orchestrator import remote
-from orchestrator.deployments import images_to_keep, images_to_prune, rollback_target, superseded_by
+from orchestrator.deploy import commands as remote
+from orchestrator.deploy.policy import images_to_keep, images_to_prune, rollback_target, superseded_by
 from orchestrator.errors import DeployError
 from orchestrator.models import Deployment
 from orchestrator.steps.deploy import deploy_ref

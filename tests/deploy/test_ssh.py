@@ -1,4 +1,4 @@
-"""orchestrator.ssh against the test bed's real sshd hosts."""
+"""orchestrator.deploy.ssh against the test bed's real sshd hosts."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.deploy.ssh import SshHost, Target, fingerprint, load_private_key
+from orchestrator.devstack.services import free_port
 from orchestrator.errors import Cancelled, ConfigError, HostKeyError, InfrastructureError, StepTimeout
-from orchestrator.services import free_port
-from orchestrator.ssh import SshHost, Target, fingerprint, load_private_key
 from orchestrator.steps.base import CancelToken
 
 pytestmark = pytest.mark.ssh

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from orchestrator.services import free_port
-from orchestrator.stack import Stack
+from orchestrator.devstack.services import free_port
+from orchestrator.devstack.stack import Stack
 
 
 @pytest.fixture(scope="module")

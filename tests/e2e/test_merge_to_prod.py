@@ -15,9 +15,9 @@ import pytest
 import requests
 import yaml
 
-from orchestrator import demo
-from orchestrator.demo_run import SEED_REQUEST, environments
-from orchestrator.stack import REPO_NAME, Stack
+from orchestrator.devstack import deliveries as demo
+from orchestrator.devstack.demo import SEED_REQUEST, environments
+from orchestrator.devstack.stack import REPO_NAME, Stack
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
 FINISHED = {"success", "failed", "error", "cancelled", "superseded"}

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.demo_run import SEED_REQUEST
-from orchestrator.stack import Stack
+from orchestrator.devstack.demo import SEED_REQUEST
+from orchestrator.devstack.stack import Stack
 from tests.e2e.test_merge_to_prod import Client, why
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import RepoConfig, Secrets, Settings
-from orchestrator.services import GitOrigin
+from orchestrator.devstack.services import GitOrigin
 from orchestrator.store import Store
 from tests.pipeline.conftest import REPO, Builds
 from tests.web.conftest import GitHubStandIn

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.gate import Bound, GateRules, judge
+from orchestrator.gate.rules import Bound, GateRules, judge
 
 
 def report(cand_metrics=None, base_metrics=None, loaded=True, finite=True, single=1.0, batch=10.0,

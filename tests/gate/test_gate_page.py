@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.gate import Bound, GateRules, judge
+from orchestrator.gate.rules import Bound, GateRules, judge
 from orchestrator.models import StepRecord, StepStatus
 from tests.web.conftest import app, client, rt, seed, settings  # noqa: F401  (fixtures)
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from orchestrator.artifacts import artifacts_dir
+from orchestrator.build.artifacts import artifacts_dir
 from orchestrator.models import BuildStatus, Deployment, StepStatus
 from tests.pipeline.conftest import REPO
 

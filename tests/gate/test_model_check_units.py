@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import remote, statuses
-from orchestrator.artifacts import ModelArtifact, artifacts_dir, find_model, inside, model_path
+from orchestrator.build.artifacts import ModelArtifact, artifacts_dir, find_model, inside, model_path
+from orchestrator.deploy import commands as remote
 from orchestrator.errors import DeployError, PipelineError, StepFailed
-from orchestrator.gate import Bound, GateRules
+from orchestrator.gate.rules import Bound, GateRules
 from orchestrator.models import Build
+from orchestrator.notify import commit_status as statuses
 from orchestrator.pipeline import load_pipeline
 from orchestrator.steps.docker import run_request
 from orchestrator.steps.model_check import EvalRequest, failure_message, parse_report, rules
@@ -189,7 +190,7 @@ def test_parse_report(stdout: str, ok: bool) -> None:
 
 
 def test_failure_message_names_the_checks_and_why_a_model_did_not_load() -> None:
-    from orchestrator.gate import judge
+    from orchestrator.gate.rules import judge
 
     bad = judge({"models": {"candidate": {"loaded": False, "error": "cannot load model x: sha256 mismatch"}}},
                 GateRules())

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from orchestrator.build.queue import build_queue, enqueuer
+from orchestrator.build.runner import run_build
 from orchestrator.config import Allow, RepoConfig, Secrets, Settings
-from orchestrator.jobs import build_queue, enqueuer
+from orchestrator.devstack.services import GitOrigin
 from orchestrator.models import Build, Trigger
-from orchestrator.runner import run_build
-from orchestrator.services import GitOrigin
 from orchestrator.store import Store
 
 REPO = "acme/house-price"

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import artifacts
+from orchestrator.build import artifacts
+from orchestrator.build.worker import prune_artifacts
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError, DeployError
 from orchestrator.models import BuildStatus, Deployment, Trigger
 from orchestrator.pipeline import load_pipeline
 from orchestrator.steps.deploy import _model
 from orchestrator.store import Store
-from orchestrator.worker import prune_artifacts
 
 MODEL = "model/model.skops"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from orchestrator.devstack.services import REPO_ROOT
 from orchestrator.models import BuildStatus, StepStatus
-from orchestrator.services import REPO_ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

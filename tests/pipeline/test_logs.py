@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestrator.logs import LogWriter, Masker
+from orchestrator.build.log import LogWriter, Masker
 from orchestrator.store import Store
 
 

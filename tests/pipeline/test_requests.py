@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.build.workspace import checkout_commands, fallback_fetch, validate_sha
 from orchestrator.errors import PayloadError
 from orchestrator.pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec, RegistryAuth, ShellSpec
 from orchestrator.steps.docker import (
@@ -17,7 +18,6 @@ from orchestrator.steps.docker import (
     split_ref,
 )
 from orchestrator.steps.shell import shell_request
-from orchestrator.workspace import checkout_commands, fallback_fetch, validate_sha
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

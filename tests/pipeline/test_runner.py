@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from orchestrator.cancel import cancel_build, rerun_build
+from orchestrator.build.cancel import cancel_build, rerun_build
 from orchestrator.models import BuildStatus, StepStatus
 
 from .conftest import BUILD_STEP, small_pipeline

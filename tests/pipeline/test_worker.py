@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cancel import rerun_build
+from orchestrator.build.cancel import rerun_build
+from orchestrator.build.worker import janitor_once, run_build
 from orchestrator.models import BuildStatus, StepStatus
-from orchestrator.worker import janitor_once, run_build
 
 from .conftest import BUILD_STEP, REPO, Builds, small_pipeline
 
@@ -76,7 +76,7 @@ def test_burst_worker_runs_a_queued_build(settings, store, git_origin, tmp_path)
 
 
 def test_duplicate_ticket_is_dropped(settings, store):
-    from orchestrator import worker
+    from orchestrator.build import worker
 
     worker.configure(settings)
     assert run_build("no-such-ticket") == "duplicate"

@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import yaml
 
+from orchestrator.build.queue import build_queue, enqueuer
+from orchestrator.build.runner import run_build
 from orchestrator.config import Secrets
-from orchestrator.deployments import lock_name
-from orchestrator.jobs import build_queue, enqueuer
+from orchestrator.deploy.policy import lock_name
 from orchestrator.models import Build, BuildStatus, StepStatus, Trigger
-from orchestrator.runner import run_build
 from orchestrator.store import Store
 from tests.deploy.conftest import example_images, model_volume  # noqa: F401  (session fixtures)
 from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, cleanup, get, wait_http

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from orchestrator.build.runner import run_build
 from orchestrator.config import Secrets, Settings
+from orchestrator.devstack.services import DockerDaemon, Registry
 from orchestrator.models import BuildStatus, StepStatus, Trigger
-from orchestrator.runner import run_build
-from orchestrator.services import DockerDaemon, Registry
 from tests.pipeline.conftest import BUILD_STEP, REPO, SMALL_DOCKERFILE, Builds, small_pipeline
 from tests.pipeline.test_worker import wait_until
 

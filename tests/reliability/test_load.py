@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from orchestrator.github import sign
-from orchestrator.jobs import JOB_PREFIX
-from orchestrator.services import RedisServer
+from orchestrator.build.queue import JOB_PREFIX
+from orchestrator.devstack.services import RedisServer
+from orchestrator.intake.github import sign
 from orchestrator.store import Store
 from tests.webhooks.helpers import encode, headers, merged_pr
 from tests.webhooks.test_gunicorn import start_web, stop_web

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cancel import rerun_build
+from orchestrator.build.cancel import rerun_build
 from orchestrator.models import BuildStatus, StepStatus
 from tests.pipeline.conftest import Builds, small_pipeline
 from tests.pipeline.test_worker import wait_until

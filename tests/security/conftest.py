@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from orchestrator.config import RepoConfig, Secrets, Settings, Triggers
-from orchestrator.services import GitOrigin
+from orchestrator.devstack.services import GitOrigin
 
 REPO = "acme/house-price"
 WEBHOOK_SECRET = "whsec-security-suite"

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from orchestrator import create_app
-from orchestrator.github import sign
+from orchestrator.intake.github import sign
 from orchestrator.store import Store
 from tests.webhooks.helpers import REPO, SECRET, merged_pr
 from tests.webhooks.helpers import settings as webhook_settings

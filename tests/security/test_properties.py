@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator import create_app, github
+from orchestrator import create_app
+from orchestrator.build.runner import run_build
 from orchestrator.config import Settings
+from orchestrator.deploy.ssh import SshHost, Target, load_private_key
+from orchestrator.devstack.services import GitOrigin
 from orchestrator.errors import HostKeyError
+from orchestrator.intake import github
 from orchestrator.models import BuildStatus
-from orchestrator.runner import run_build
-from orchestrator.services import GitOrigin
-from orchestrator.ssh import SshHost, Target, load_private_key
 from orchestrator.store import Store
 from tests.pipeline.conftest import BUILD_STEP, SMALL_DOCKERFILE, small_pipeline
 from tests.web.conftest import TOKEN, Seed, auth

@@ -8,7 +8,7 @@ import paramiko
 import pytest
 import redis
 
-from orchestrator.services import git
+from orchestrator.devstack.services import git
 from tests.images import build_from_dockerfile
 
 

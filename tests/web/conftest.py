@@ -17,10 +17,10 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from orchestrator import Runtime, create_app
+from orchestrator.build.queue import enqueuer
 from orchestrator.config import RepoConfig, Secrets, Settings
-from orchestrator.jobs import enqueuer
+from orchestrator.devstack.services import free_port
 from orchestrator.models import Build, BuildStatus, StepRecord, StepStatus, Trigger
-from orchestrator.services import free_port
 
 REPO = "acme/house-price"
 TOKEN = "tok-3f9a1c5e7b2d4a6c8e0f"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from orchestrator import create_app
-from orchestrator.services import GitOrigin
+from orchestrator.devstack.services import GitOrigin
 
 from .conftest import OTHER_TOKEN, REPO, TOKEN, auth, make_settings
 

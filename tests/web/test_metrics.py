@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import create_app
-from orchestrator.metrics import request_increments
+from orchestrator.web.metrics import request_increments
 
 from .conftest import Seed, make_settings
 

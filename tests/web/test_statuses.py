@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from orchestrator.config import Secrets, Settings
+from orchestrator.devstack.services import free_port
 from orchestrator.models import Build
-from orchestrator.services import free_port
-from orchestrator.statuses import build_request, report
+from orchestrator.notify.commit_status import build_request, report
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -43,14 +43,14 @@ def test_no_token_means_no_call(github_api):
 
 def test_refusal_is_logged_not_raised(github_api, caplog):
     github_api.status = 401
-    with caplog.at_level(logging.WARNING, logger="orchestrator.statuses"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.notify.commit_status"):
         report(settings_for(github_api.url), a_build(), "failure", "tests failed")
     assert len(github_api.calls) == 1
     assert "HTTP 401" in caplog.text and "ghp_testtoken" not in caplog.text
 
 
 def test_unreachable_api_is_logged_not_raised(caplog):
-    with caplog.at_level(logging.WARNING, logger="orchestrator.statuses"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.notify.commit_status"):
         report(settings_for(f"http://127.0.0.1:{free_port()}"), a_build(), "success", "ok")
     assert "could not report" in caplog.text
 

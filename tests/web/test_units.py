@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import auth
 from orchestrator.actions import ls_remote_argv, normalize_ref
 from orchestrator.config import Secrets, Settings
 from orchestrator.errors import Forbidden, PayloadError, Unauthorized
+from orchestrator.web import auth
 
 
 @pytest.mark.parametrize("ref, full, branch", [

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import applog, create_app
+from orchestrator import create_app
+from orchestrator import servicelog as applog
 from orchestrator.store import Store
 
 from .helpers import SECRET, encode, headers, settings

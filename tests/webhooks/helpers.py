@@ -14,7 +14,7 @@ from typing import Any
 import redis.connection
 
 from orchestrator.config import RepoConfig, Secrets, Settings, Triggers
-from orchestrator.github import sign
+from orchestrator.intake.github import sign
 
 PAYLOADS = Path(__file__).parent / "payloads"
 REPO = "acme/house-price"

@@ -11,9 +11,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from orchestrator import create_app
+from orchestrator.build.queue import RUN_BUILD, rq_connection
 from orchestrator.config import RepoConfig, Secrets, Settings
 from orchestrator.errors import ConfigError
-from orchestrator.jobs import RUN_BUILD, rq_connection
 from orchestrator.models import BuildStatus
 
 from .conftest import GitHub, lines_of

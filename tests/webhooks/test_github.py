@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.config import RepoConfig, Triggers
 from orchestrator.errors import ConfigError, PayloadError, SignatureError
-from orchestrator.github import (
+from orchestrator.intake.github import (
     Meta,
     branch_matches,
     decide,

@@ -22,7 +22,7 @@ import requests
 import yaml
 
 from orchestrator.cli.web import gunicorn_options
-from orchestrator.services import RedisServer, free_port, port_open, wait_for
+from orchestrator.devstack.services import RedisServer, free_port, port_open, wait_for
 from orchestrator.store import Store
 
 from .helpers import REPO, SECRET, encode, headers, merged_pr, payload

@@ -12,7 +12,7 @@ from pathlib import Path
 from werkzeug.test import Client
 
 from orchestrator import create_app
-from orchestrator.services import RedisServer
+from orchestrator.devstack.services import RedisServer
 from orchestrator.store import Store
 
 from .conftest import GitHub

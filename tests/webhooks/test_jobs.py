@@ -17,8 +17,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
 from orchestrator import create_app
+from orchestrator.build.queue import JOB_PREFIX, RUN_BUILD, JobTemplate, build_queue, enqueuer, job_commands
 from orchestrator.config import Settings
-from orchestrator.jobs import JOB_PREFIX, RUN_BUILD, JobTemplate, build_queue, enqueuer, job_commands
 from orchestrator.store import Store
 
 from .conftest import GitHub

@@ -7,8 +7,8 @@ import dataclasses
 import redis
 import redis.connection
 
+from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.config import Settings
-from orchestrator.jobs import build_queue, enqueuer
 from orchestrator.models import Delivery, Trigger
 from orchestrator.store import Store
 

@@ -16,8 +16,8 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .errors import StoreUnavailable
-from .store import Store
+from orchestrator.errors import StoreUnavailable
+from orchestrator.store import Store
 
 MASK = "***"
 MIN_SECRET_LEN = 3  # shorter values would mask ordinary text everywhere and hide nothing

@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
-from .config import Allow, Secrets
-from .errors import PipelineError
+from orchestrator.config import Allow, Secrets
+from orchestrator.errors import PipelineError
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32
@@ -621,7 +621,7 @@ def _relative_inside(value: str) -> bool:
 def _check_model_check(
     step: Step, p: Pipeline, built: bool, artifacts: bool, where: Path_, errs: _Errors
 ) -> None:
-    from .gate import HIGHER_IS_BETTER  # pure, no cycle: gate imports nothing from here
+    from orchestrator.gate.rules import HIGHER_IS_BETTER  # pure, no cycle: gate imports nothing from here
 
     spec: ModelCheckSpec = step.spec
     at: Path_ = (*where, "model_check")

@@ -27,8 +27,8 @@ from typing import Any
 
 import paramiko
 
-from . import remote
-from .errors import Cancelled, ConfigError, HostKeyError, InfrastructureError, StepTimeout
+from orchestrator.deploy import commands as remote
+from orchestrator.errors import Cancelled, ConfigError, HostKeyError, InfrastructureError, StepTimeout
 
 LineCallback = Callable[[str, str], None]  # (stream "stdout"|"stderr", line without newline)
 PID_MARKER = "__mlship_pid="

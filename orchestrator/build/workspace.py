@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import Cancelled, InfrastructureError, PayloadError
+from orchestrator.errors import Cancelled, InfrastructureError, PayloadError
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT = 600.0

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import StepFailed
+from orchestrator.errors import StepFailed
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from orchestrator.pipeline import Pipeline
 
 DEFAULT_MODEL = "model/model.skops"
 PRUNED = ".pruned"  # left in a pruned build's directory, so a later deploy can say what happened

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import InfrastructureError
-from .services import (
+from orchestrator.devstack.services import (
     DockerDaemon,
     GitOrigin,
     RedisServer,
@@ -30,6 +29,7 @@ from .services import (
     port_open,
     wait_for,
 )
+from orchestrator.errors import InfrastructureError
 
 REPO_NAME = "local/house-price"
 Say = Callable[[str], None]
@@ -182,8 +182,12 @@ class Stack:
             apps.add(c.labels.get("mlship.app", ""))
             c.remove(force=True)
             removed.append(c.name)
-        for net in client.networks.list(names=[f"{a}-net" for a in apps if a]):
-            net.remove()
+        # Docker's name filter matches substrings and an empty list means no filter at all: list only
+        # when this run deployed something, and remove only exact names it created.
+        wanted = {f"{a}-net" for a in apps if a}
+        for net in client.networks.list(names=sorted(wanted)) if wanted else []:
+            if net.name in wanted:
+                net.remove()
         client.close()
         return removed
 

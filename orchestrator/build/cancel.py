@@ -13,12 +13,12 @@ from typing import Any, Protocol
 
 from rq import Queue
 
-from . import statuses
-from .config import Settings
-from .errors import Conflict, NotFound
-from .jobs import JOB_PREFIX, enqueuer
-from .models import Build, BuildStatus, Trigger
-from .store import Store
+from orchestrator.notify import commit_status as statuses
+from orchestrator.config import Settings
+from orchestrator.errors import Conflict, NotFound
+from orchestrator.build.queue import JOB_PREFIX, enqueuer
+from orchestrator.models import Build, BuildStatus, Trigger
+from orchestrator.store import Store
 
 
 class HasQueue(Protocol):

@@ -17,9 +17,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from . import actions, auth
-from . import runtime as get_runtime
-from .errors import (
+from orchestrator import actions
+from orchestrator import runtime as get_runtime
+from orchestrator.errors import (
     Conflict,
     Forbidden,
     InfrastructureError,
@@ -30,13 +30,13 @@ from .errors import (
     PipelineError,
     StoreUnavailable,
     Unauthorized,
-    Unavailable,
     UnsupportedContentType,
 )
-from .models import Build, BuildStatus
+from orchestrator.models import Build, BuildStatus
+from orchestrator.web import auth
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-log = logging.getLogger("orchestrator.api")
+log = logging.getLogger("orchestrator.web.api")
 
 PREFIX = "/api/v1"
 MAX_LIMIT = 200
@@ -46,7 +46,7 @@ RETRY_MS = 500
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _STATUS: list[tuple[type[OrchestratorError], int]] = [
     (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (PayloadTooLarge, 413),
-    (UnsupportedContentType, 415), (PayloadError, 400), (PipelineError, 409), (Unavailable, 501),
+    (UnsupportedContentType, 415), (PayloadError, 400), (PipelineError, 409),
     (InfrastructureError, 502), (StoreUnavailable, 503),
 ]
 
@@ -323,7 +323,7 @@ def list_environments() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    from .openapi import document
+    from orchestrator.web.openapi import document
 
     return jsonify(document())
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from .config import RepoConfig
-from .errors import ConfigError, PayloadError, SignatureError
-from .models import Trigger
+from orchestrator.config import RepoConfig
+from orchestrator.errors import ConfigError, PayloadError, SignatureError
+from orchestrator.models import Trigger
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"

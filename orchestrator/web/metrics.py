@@ -29,9 +29,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .errors import StoreUnavailable
+from orchestrator.errors import StoreUnavailable
 
-log = logging.getLogger("orchestrator.metrics")
+log = logging.getLogger("orchestrator.web.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STEP_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)

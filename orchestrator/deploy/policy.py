@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import Cancelled, Conflict, DeployError, NotFound
-from .models import Build, BuildStatus, Deployment, Trigger
+from orchestrator.errors import Cancelled, Conflict, DeployError, NotFound
+from orchestrator.models import Build, BuildStatus, Deployment, Trigger
 
 if TYPE_CHECKING:
-    from . import Runtime
-    from .store import Store
+    from orchestrator import Runtime
+    from orchestrator.store import Store
 
 LOCK_TTL = 30.0  # seconds a deploy lock outlives its last renewal
 LOCK_POLL = 0.5
@@ -140,7 +140,7 @@ class _Source:
 
 
 def _environments_of(build: Build) -> list[str]:
-    from .pipeline import load_pipeline
+    from orchestrator.pipeline import load_pipeline
 
     if not build.pipeline_yaml:
         return []
@@ -149,7 +149,7 @@ def _environments_of(build: Build) -> list[str]:
 
 def _create(rt: Runtime, src: _Source, env: str, kind: str, user: str, message: str,
             source: Deployment | None = None) -> Build:
-    from .jobs import enqueuer
+    from orchestrator.build.queue import enqueuer
 
     repo = rt.settings.repo(src.build.repo)
     if repo is None:

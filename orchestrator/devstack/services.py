@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InfrastructureError
+from orchestrator.errors import InfrastructureError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DOCKER_SOCKET = "/run/mlship/docker.sock"
 DEFAULT_DOCKER_DATA = "/var/lib/mlship/docker"
 

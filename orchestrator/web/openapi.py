@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import BuildStatus
+from orchestrator.models import BuildStatus
 
 VERSION = "1.0.0"
 
@@ -28,7 +28,6 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "Wrong bearer token",
         404: "No such build, repository or environment",
         409: "The action does not apply to the build's state",
-        501: "The action's implementation is not installed on this server",
         502: "The repository's origin could not be reached",
         503: "Redis is unreachable; retry later",
     }
@@ -43,7 +42,7 @@ _PAGE = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
 ]
 _READ = (400, 401, 403, 503)
-_WRITE = (400, 401, 403, 404, 409, 501, 503)
+_WRITE = (400, 401, 403, 404, 409, 503)
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -155,7 +154,7 @@ _RESPONSES = {
     for code, text in {
         400: "Malformed request", 401: "No bearer token (WWW-Authenticate: Bearer)",
         403: "Wrong bearer token", 404: "Not found", 409: "Conflict with the build's state",
-        501: "Not implemented on this server", 502: "Origin unreachable", 503: "Redis unreachable",
+        502: "Origin unreachable", 503: "Redis unreachable",
     }.items()
 }
 

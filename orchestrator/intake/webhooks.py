@@ -24,9 +24,10 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_content_length, get_input_stream
 
-from . import applog, github, jobs, metrics
-from .config import RepoConfig, Settings
-from .errors import (
+from orchestrator import servicelog as applog
+from orchestrator.build import queue as jobs
+from orchestrator.config import RepoConfig, Settings
+from orchestrator.errors import (
     ConfigError,
     PayloadError,
     PayloadTooLarge,
@@ -34,8 +35,10 @@ from .errors import (
     StoreUnavailable,
     UnsupportedContentType,
 )
-from .models import Build, Delivery
-from .store import BuildRef, Replay
+from orchestrator.intake import github
+from orchestrator.models import Build, Delivery
+from orchestrator.store import BuildRef, Replay
+from orchestrator.web import metrics
 
 bp = Blueprint("webhooks", __name__)
 log = applog.get("webhooks")

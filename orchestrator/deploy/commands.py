@@ -1,6 +1,6 @@
 """The docker commands a deploy runs on a host, built as argv lists (pure; no I/O).
 
-Every function returns ``list[str]``; ``orchestrator.ssh`` joins it with ``shlex.join``, so each
+Every function returns ``list[str]``; ``orchestrator.deploy.ssh`` joins it with ``shlex.join``, so each
 value (image refs, env values, labels from pipeline.yaml, names built from webhook data) reaches
 the remote shell as one quoted word, never as shell syntax. Positional values come after ``--``
 so a value that starts with ``-`` cannot become an option. Tests assert the exact argv.
@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import DeployError
+from orchestrator.errors import DeployError
 
 Argv = list[str]
 

@@ -13,10 +13,10 @@ from typing import Any
 import requests
 import yaml
 
-from . import demo
-from .services import REPO_ROOT
-from .stack import REPO_NAME, Say, Stack
-from .store import Store
+from orchestrator.devstack import deliveries as demo
+from orchestrator.devstack.services import REPO_ROOT
+from orchestrator.devstack.stack import REPO_NAME, Say, Stack
+from orchestrator.store import Store
 
 SEED_REQUEST = {
     "bedrooms": 3, "bathrooms": 1, "sqft_living": 1180, "sqft_lot": 5650, "floors": 1, "waterfront": 0,
@@ -35,7 +35,7 @@ def environments(pipeline_text: str, variables: dict[str, str]) -> dict[str, Any
 
 
 def _gate_table(result: dict[str, Any]) -> list[str]:
-    from .gate import Check, GateResult
+    from orchestrator.gate.rules import Check, GateResult
 
     checks = [Check(**c) for c in result.get("checks", [])]
     return GateResult(bool(result.get("passed")), checks, result.get("candidate") or {},

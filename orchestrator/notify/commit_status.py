@@ -13,10 +13,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from .config import Settings
-from .models import Build
+from orchestrator.config import Settings
+from orchestrator.models import Build
 
-log = logging.getLogger("orchestrator.statuses")
+log = logging.getLogger("orchestrator.notify.commit_status")
 CONTEXT = "mlship"
 STATES = ("pending", "success", "failure", "error")
 TIMEOUT = 5.0

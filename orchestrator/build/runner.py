@@ -24,10 +24,10 @@ import docker
 import docker.errors
 import requests
 
-from . import statuses
-from .cancel import cancel_build, rerun_build
-from .config import Settings
-from .errors import (
+from orchestrator.notify import commit_status as statuses
+from orchestrator.build.cancel import cancel_build, rerun_build
+from orchestrator.config import Settings
+from orchestrator.errors import (
     Cancelled,
     InfrastructureError,
     OrchestratorError,
@@ -38,13 +38,13 @@ from .errors import (
     StoreUnavailable,
     Superseded,
 )
-from .logs import LogWriter, Masker
-from .models import Build, BuildStatus, StepRecord, StepStatus
-from .pipeline import MAX_BYTES, Pipeline, Step, build_variables, load_pipeline
-from .steps import runner_for
-from .steps.base import CANCELLED, TIMEOUT, CancelToken, StepContext
-from .store import Store
-from .workspace import build_dir, clean, prepare
+from orchestrator.build.log import LogWriter, Masker
+from orchestrator.models import Build, BuildStatus, StepRecord, StepStatus
+from orchestrator.pipeline import MAX_BYTES, Pipeline, Step, build_variables, load_pipeline
+from orchestrator.steps import runner_for
+from orchestrator.steps.base import CANCELLED, TIMEOUT, CancelToken, StepContext
+from orchestrator.store import Store
+from orchestrator.build.workspace import build_dir, clean, prepare
 
 __all__ = ["BuildRunner", "cancel_build", "docker_factory", "rerun_build", "run_build"]
 

@@ -16,14 +16,15 @@ import threading
 import time
 from typing import Any
 
-from . import artifacts, statuses
-from .config import Settings, load_settings
-from .errors import InfrastructureError, NotFound, StoreUnavailable
-from .jobs import build_queue, rq_connection
-from .models import BuildStatus, StepStatus
-from .runner import docker_factory
-from .runner import run_build as run_one
-from .store import Store
+from orchestrator.build import artifacts
+from orchestrator.notify import commit_status as statuses
+from orchestrator.config import Settings, load_settings
+from orchestrator.errors import InfrastructureError, NotFound, StoreUnavailable
+from orchestrator.build.queue import build_queue, rq_connection
+from orchestrator.models import BuildStatus, StepStatus
+from orchestrator.build.runner import docker_factory
+from orchestrator.build.runner import run_build as run_one
+from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
 JANITOR_INTERVAL = 2.0
@@ -124,7 +125,7 @@ def janitor_once(
                 [("janitor", "stderr", error + (f"; released locks {released}" if released else ""))],
             )
         if docker is not None:
-            from .steps.docker import remove_build_containers
+            from orchestrator.steps.docker import remove_build_containers
 
             with contextlib.suppress(Exception):
                 removed = remove_build_containers(docker, build_id)

@@ -19,8 +19,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import NotFound, StoreUnavailable
-from .models import Build, BuildStatus, Delivery, Deployment, StepRecord, Trigger
+from orchestrator.errors import NotFound, StoreUnavailable
+from orchestrator.models import Build, BuildStatus, Delivery, Deployment, StepRecord, Trigger
 
 _LUA = (Path(__file__).parent / "create_build.lua").read_text()
 _RELEASE_LOCK = """

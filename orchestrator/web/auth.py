@@ -16,8 +16,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from .config import Settings
-from .errors import Forbidden, Unauthorized
+from orchestrator.config import Settings
+from orchestrator.errors import Forbidden, Unauthorized
 
 SESSION_COOKIE = "mlship_session"
 SESSION_MAX_AGE = 12 * 3600

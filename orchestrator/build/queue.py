@@ -12,9 +12,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat, utcparse
 
-from .config import Settings
+from orchestrator.config import Settings
 
-RUN_BUILD = "orchestrator.worker.run_build"
+RUN_BUILD = "orchestrator.build.worker.run_build"
 JOB_PREFIX = "build-"
 
 

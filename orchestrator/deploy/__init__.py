@@ -1,0 +1,1 @@
+"""Deploy: host commands as argv, the SSH layer, environment locks and promote/rollback policy."""

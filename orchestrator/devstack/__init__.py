@@ -1,0 +1,1 @@
+"""The embedded dev stack: real local services for tests, benchmarks and `standalone`."""

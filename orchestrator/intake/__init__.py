@@ -1,0 +1,1 @@
+"""Intake: webhook deliveries in, verified and parsed, builds queued."""

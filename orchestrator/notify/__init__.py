@@ -1,0 +1,1 @@
+"""Notifications out: commit statuses on the forge."""

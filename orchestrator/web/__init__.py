@@ -1,0 +1,1 @@
+"""Web: the REST API, status pages, auth, OpenAPI document and Prometheus metrics."""
