@@ -73,8 +73,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> 
 @contextmanager
 def running(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> Iterator[None]:
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT,
-                                cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         try:
             wait_http(ready_url, proc)
             yield
@@ -94,15 +100,28 @@ def ensure_mlflow_venv() -> Path:
         import sklearn
 
         subprocess.run([sys.executable, "-m", "venv", str(MLFLOW_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "mlflow",
-                        f"scikit-learn=={sklearn.__version__}", f"numpy=={numpy.__version__}"], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "mlflow",
+                f"scikit-learn=={sklearn.__version__}",
+                f"numpy=={numpy.__version__}",
+            ],
+            check=True,
+        )
     return python
 
 
 def save_mlflow_model(pickle_path: Path, out: Path, python: Path) -> None:
-    code = ("import pickle, sys, mlflow.sklearn; "
-            "mlflow.sklearn.save_model(pickle.load(open(sys.argv[1], 'rb')), sys.argv[2], "
-            "skops_trusted_types=['sklearn.tree._tree.Tree'])")
+    code = (
+        "import pickle, sys, mlflow.sklearn; "
+        "mlflow.sklearn.save_model(pickle.load(open(sys.argv[1], 'rb')), sys.argv[2], "
+        "skops_trusted_types=['sklearn.tree._tree.Tree'])"
+    )
     subprocess.run([str(python), "-c", code, str(pickle_path), str(out)], check=True)
 
 
@@ -113,16 +132,35 @@ wrk.headers["Connection"] = "close"
 """
 
 
-def run_wrk(url: str, body: str, connections: int, duration: int, threads: int,
-            tmp: Path) -> dict[str, float]:
+def run_wrk(
+    url: str, body: str, connections: int, duration: int, threads: int, tmp: Path
+) -> dict[str, float]:
     script = tmp / "post.lua"
     script.write_text(LUA % body)
     # Warm-up pass (not measured), then the measured pass.
-    subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", "3s", "-s", str(script), url],
-                   check=True, capture_output=True)
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-                          "--latency", "-s", str(script), url], check=True, capture_output=True,
-                         text=True).stdout
+    subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", "3s", "-s", str(script), url],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return parse_wrk(out)
 
 
@@ -135,9 +173,13 @@ def parse_wrk(out: str) -> dict[str, float]:
     lat = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)}
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {"rps": rps, "p50_ms": lat["50"], "p99_ms": lat["99"],
-            "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
-            "socket_errors": float(sum(map(int, errors.groups()))) if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50_ms": lat["50"],
+        "p99_ms": lat["99"],
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": float(sum(map(int, errors.groups()))) if errors else 0.0,
+    }
 
 
 def check_answer(url: str, body: str) -> list[float]:
@@ -163,8 +205,11 @@ def batch_vs_inprocess(url: str, model: object, repeats: int) -> dict[str, float
         local = model.predict(x)  # type: ignore[attr-defined]
         local_times.append(time.perf_counter() - t)
     assert np.array_equal(np.array(served), local), "served batch differs from model.predict"
-    return {"http_ms": statistics.median(http_times) * 1e3,
-            "inprocess_ms": statistics.median(local_times) * 1e3, "body_bytes": float(len(body))}
+    return {
+        "http_ms": statistics.median(http_times) * 1e3,
+        "inprocess_ms": statistics.median(local_times) * 1e3,
+        "body_bytes": float(len(body)),
+    }
 
 
 def main() -> int:
@@ -188,23 +233,53 @@ def main() -> int:
 
     body = json.dumps({"dataframe_records": [SEED_EXAMPLE]}, separators=(",", ":"))
     ours_port, mlflow_port = free_port(), free_port()
-    results: dict[str, object] = {"workers": args.workers, "connections": args.connections,
-                                  "duration_s": args.duration, "trees": args.trees, "request": body}
-    ours_env = {"MODEL_PATH": str(model_path), "GUNICORN_BIND": f"127.0.0.1:{ours_port}",
-                "WEB_CONCURRENCY": str(args.workers), "GUNICORN_THREADS": "1", "GUNICORN_LOGLEVEL": "warning"}
-    ours_cmd = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "inference" / "gunicorn_conf.py"),
-                "inference.wsgi:app"]
+    results: dict[str, object] = {
+        "workers": args.workers,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "trees": args.trees,
+        "request": body,
+    }
+    ours_env = {
+        "MODEL_PATH": str(model_path),
+        "GUNICORN_BIND": f"127.0.0.1:{ours_port}",
+        "WEB_CONCURRENCY": str(args.workers),
+        "GUNICORN_THREADS": "1",
+        "GUNICORN_LOGLEVEL": "warning",
+    }
+    ours_cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "inference" / "gunicorn_conf.py"),
+        "inference.wsgi:app",
+    ]
     with running(ours_cmd, ours_env, f"http://127.0.0.1:{ours_port}/ready", tmp / "ours.log"):
         url = f"http://127.0.0.1:{ours_port}/predict"
         ours_answer = check_answer(url, body)
         results["ours"] = run_wrk(url, body, args.connections, args.duration, args.wrk_threads, tmp)
         results["batch_10000"] = batch_vs_inprocess(url, model, args.batch_repeats)
 
-    mlflow_cmd = [str(mlflow_python.parent / "mlflow"), "models", "serve", "-m", str(tmp / "mlflow-model"),
-                  "-h", "127.0.0.1", "-p", str(mlflow_port), "-w", str(args.workers),
-                  "--env-manager", "local"]
-    mlflow_env = {"PATH": f"{mlflow_python.parent}:{os.environ['PATH']}",
-                  "MLFLOW_TRACKING_URI": f"file:{tmp}/mlruns"}
+    mlflow_cmd = [
+        str(mlflow_python.parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        str(tmp / "mlflow-model"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(mlflow_port),
+        "-w",
+        str(args.workers),
+        "--env-manager",
+        "local",
+    ]
+    mlflow_env = {
+        "PATH": f"{mlflow_python.parent}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"file:{tmp}/mlruns",
+    }
     with running(mlflow_cmd, mlflow_env, f"http://127.0.0.1:{mlflow_port}/ping", tmp / "mlflow.log"):
         url = f"http://127.0.0.1:{mlflow_port}/invocations"
         mlflow_answer = check_answer(url, body)
@@ -215,22 +290,31 @@ def main() -> int:
 
     ours, ml, batch = results["ours"], results["mlflow"], results["batch_10000"]
     assert isinstance(ours, dict) and isinstance(ml, dict) and isinstance(batch, dict)
-    ratios = {"throughput_x": ours["rps"] / ml["rps"], "p50_ratio": ours["p50_ms"] / ml["p50_ms"],
-              "p99_ratio": ours["p99_ms"] / ml["p99_ms"],
-              "batch_ratio": batch["http_ms"] / batch["inprocess_ms"]}
+    ratios = {
+        "throughput_x": ours["rps"] / ml["rps"],
+        "p50_ratio": ours["p50_ms"] / ml["p50_ms"],
+        "p99_ratio": ours["p99_ms"] / ml["p99_ms"],
+        "batch_ratio": batch["http_ms"] / batch["inprocess_ms"],
+    }
     results["ratios"] = ratios
     print(f"\nseed request prediction: {ours_answer[0]:,.2f} (mlflow: {mlflow_answer[0]:,.2f})")
-    print(f"W={args.workers} workers each, wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s, "
-          "Connection: close\n")
+    print(
+        f"W={args.workers} workers each, wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s, "
+        "Connection: close\n"
+    )
     print(f"{'server':<10}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}{'sock err':>10}")
     for name, r in (("ours", ours), ("mlflow", ml)):
-        print(f"{name:<10}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>10.0f}"
-              f"{r['socket_errors']:>10.0f}")
+        print(
+            f"{name:<10}{r['rps']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>10.0f}"
+            f"{r['socket_errors']:>10.0f}"
+        )
     print(f"\nthroughput: {ratios['throughput_x']:.1f}x mlflow (goal >= 10x)")
     print(f"p99:        {ratios['p99_ratio']:.3f}x mlflow (goal <= 0.2x); p50 {ratios['p50_ratio']:.3f}x")
-    print(f"10,000-row batch over HTTP: {batch['http_ms']:.1f} ms vs in-process model.predict "
-          f"{batch['inprocess_ms']:.1f} ms = {ratios['batch_ratio']:.2f}x (goal <= 1.2x; median of "
-          f"{args.batch_repeats}, body {batch['body_bytes'] / 1e6:.1f} MB)")
+    print(
+        f"10,000-row batch over HTTP: {batch['http_ms']:.1f} ms vs in-process model.predict "
+        f"{batch['inprocess_ms']:.1f} ms = {ratios['batch_ratio']:.2f}x (goal <= 1.2x; median of "
+        f"{args.batch_repeats}, body {batch['body_bytes'] / 1e6:.1f} MB)"
+    )
     out = ROOT / "bench" / "results" / "inference.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

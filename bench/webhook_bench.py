@@ -142,15 +142,34 @@ def process(argv: list[str], env: dict[str, str], port: int, log: Path, what: st
 def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[Server]:
     port = free_port()
     config = work / "server.yaml"
-    config.write_text(json.dumps({
-        "redis_url": redis_url, "public_url": f"http://127.0.0.1:{port}",
-        "repositories": {REPO: {"clone_url": "git@github.com:acme/house-price.git",
-                                "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"]}},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "redis_url": redis_url,
+                "public_url": f"http://127.0.0.1:{port}",
+                "repositories": {
+                    REPO: {
+                        "clone_url": "git@github.com:acme/house-price.git",
+                        "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
+                    }
+                },
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env.update(ORCHESTRATOR_CONFIG=str(config), GITHUB_WEBHOOK_SECRET=SECRET)
-    argv = [sys.executable, "-m", "orchestrator", "web", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--threads", str(threads)]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "web",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
     with process(argv, env, port, work / "web.log", "orchestrator web") as pid:
         yield Server(f"http://127.0.0.1:{port}/webhooks/github", pid, '"queued"')
 
@@ -169,9 +188,22 @@ def hello_world(work: Path, workers: int, threads: int) -> Iterator[Server]:
     """The ceiling: gunicorn, same workers/threads/worker class, an app that only reads the body."""
     port = free_port()
     (work / "hello_wsgi.py").write_text(HELLO)
-    argv = [sys.executable, "-m", "gunicorn", "--chdir", str(work), "-b", f"127.0.0.1:{port}",
-            "-w", str(workers), "--threads", str(threads), "-k", "gthread" if threads > 1 else "sync",
-            "hello_wsgi:app"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(work),
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(workers),
+        "--threads",
+        str(threads),
+        "-k",
+        "gthread" if threads > 1 else "sync",
+        "hello_wsgi:app",
+    ]
     with process(argv, dict(os.environ), port, work / "hello.log", "gunicorn hello-world") as pid:
         yield Server(f"http://127.0.0.1:{port}/", pid, '"queued"')
 
@@ -187,11 +219,19 @@ def adnanh_webhook(work: Path, sync: bool = False) -> Iterator[Server]:
     port = free_port()
     name = "hooks-sync.json" if sync else "hooks.json"
     hook: dict[str, Any] = {
-        "id": "deploy", "execute-command": "/bin/true", "command-working-directory": str(work),
-        "response-message": WEBHOOK_OK, "http-methods": ["POST"],
+        "id": "deploy",
+        "execute-command": "/bin/true",
+        "command-working-directory": str(work),
+        "response-message": WEBHOOK_OK,
+        "http-methods": ["POST"],
         "trigger-rule-mismatch-http-response-code": 401,
-        "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": SECRET,
-                                   "parameter": {"source": "header", "name": "X-Hub-Signature-256"}}},
+        "trigger-rule": {
+            "match": {
+                "type": "payload-hmac-sha256",
+                "secret": SECRET,
+                "parameter": {"source": "header", "name": "X-Hub-Signature-256"},
+            }
+        },
     }
     if sync:  # the answer is then /bin/true's (empty) output: any 2xx counts (a bad signature is 401)
         hook["include-command-output-in-response"] = True
@@ -236,10 +276,27 @@ def drain(pid: int, window: float = 0.25, timeout: float = 120.0) -> float:
 
 
 def drive(url: str, prefix: str, args: argparse.Namespace, out: Path, marker: str) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_PREFIX": prefix, "BENCH_OUT": str(out), "BENCH_MARKER": marker,
-           "BENCH_CLOSE": "1" if getattr(args, "close", False) else ""}
-    argv = ["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections), "-d", f"{args.duration}s",
-            "--timeout", "10s", "-s", str(LUA), url]
+    env = {
+        **os.environ,
+        "BENCH_PREFIX": prefix,
+        "BENCH_OUT": str(out),
+        "BENCH_MARKER": marker,
+        "BENCH_CLOSE": "1" if getattr(args, "close", False) else "",
+    }
+    argv = [
+        "wrk",
+        "-t",
+        str(args.wrk_threads),
+        "-c",
+        str(args.connections),
+        "-d",
+        f"{args.duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+    ]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
@@ -250,12 +307,22 @@ def drive(url: str, prefix: str, args: argparse.Namespace, out: Path, marker: st
 def to_run(server: str, rnd: int, r: dict[str, Any], mode: str, drain_s: float) -> Run:
     seconds = r["duration_us"] / 1e6
     errors = r["errors"]
-    return Run(server=server, mode=mode, round=rnd, requests=r["requests"], ok=r["accepted"],
-               non_2xx=errors["status"],
-               socket_errors=errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
-               seconds=round(seconds, 2), rps=round(r["accepted"] / seconds, 1),
-               p50_ms=round(r["p50_us"] / 1000, 2), p99_ms=round(r["p99_us"] / 1000, 2), wrapped=r["wrapped"],
-               drain_s=round(drain_s, 2), done_rps=round(r["accepted"] / (seconds + drain_s), 1))
+    return Run(
+        server=server,
+        mode=mode,
+        round=rnd,
+        requests=r["requests"],
+        ok=r["accepted"],
+        non_2xx=errors["status"],
+        socket_errors=errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+        seconds=round(seconds, 2),
+        rps=round(r["accepted"] / seconds, 1),
+        p50_ms=round(r["p50_us"] / 1000, 2),
+        p99_ms=round(r["p99_us"] / 1000, 2),
+        wrapped=r["wrapped"],
+        drain_s=round(drain_s, 2),
+        done_rps=round(r["accepted"] / (seconds + drain_s), 1),
+    )
 
 
 def verify(store: Store, ids: list[str], shas: dict[str, str], builds_before: int, in_flight: int) -> None:
@@ -274,14 +341,18 @@ def verify(store: Store, ids: list[str], shas: dict[str, str], builds_before: in
             missing.append(delivery)
     builds = store.latest_build_id() - builds_before
     if missing or not len(ids) <= builds <= len(ids) + in_flight:
-        raise SystemExit(f"verification failed: {len(missing)} answered deliveries without their build; "
-                         f"{builds} builds created for {len(ids)} 2xx answers")
+        raise SystemExit(
+            f"verification failed: {len(missing)} answered deliveries without their build; "
+            f"{builds} builds created for {len(ids)} 2xx answers"
+        )
 
 
 # -- main -------------------------------------------------------------------------------------------
 
-MODES = {"close": "Connection: close (a TCP connection per delivery, as GitHub sends them)",
-         "keep-alive": "keep-alive (connections reused)"}
+MODES = {
+    "close": "Connection: close (a TCP connection per delivery, as GitHub sends them)",
+    "keep-alive": "keep-alive (connections reused)",
+}
 
 
 def main() -> int:
@@ -290,15 +361,24 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=10, help="seconds per server per round")
     p.add_argument("--rounds", type=int, default=3, help="rounds per connection mode")
     p.add_argument("--wrk-threads", type=int, default=2)
-    p.add_argument("--deliveries", type=int, default=60000,
-                   help="distinct deliveries per round (both servers get the same ones)")
+    p.add_argument(
+        "--deliveries",
+        type=int,
+        default=60000,
+        help="distinct deliveries per round (both servers get the same ones)",
+    )
     p.add_argument("--workers", type=int, default=4, help="gunicorn workers of this service")
     p.add_argument("--web-threads", type=int, default=4, help="threads per gunicorn worker (1 = sync)")
     p.add_argument("--modes", default="close,keep-alive", help="comma-separated: close, keep-alive")
-    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
-                   help="skip the gunicorn hello-world upper bound")
-    p.add_argument("--no-sync-peer", dest="sync_peer", action="store_false",
-                   help="skip adnanh/webhook in its answer-after-the-command mode")
+    p.add_argument(
+        "--no-ceiling", dest="ceiling", action="store_false", help="skip the gunicorn hello-world upper bound"
+    )
+    p.add_argument(
+        "--no-sync-peer",
+        dest="sync_peer",
+        action="store_false",
+        help="skip adnanh/webhook in its answer-after-the-command mode",
+    )
     args = p.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not modes or any(m not in MODES for m in modes):
@@ -313,8 +393,10 @@ def main() -> int:
     try:
         store = Store.from_url(redis.url)
         with ExitStack() as stack:
-            servers = {"mlship": stack.enter_context(ours(work, redis.url, args.workers, args.web_threads)),
-                       "webhook": stack.enter_context(adnanh_webhook(work))}
+            servers = {
+                "mlship": stack.enter_context(ours(work, redis.url, args.workers, args.web_threads)),
+                "webhook": stack.enter_context(adnanh_webhook(work)),
+            }
             if args.sync_peer:
                 servers["webhook-sync"] = stack.enter_context(adnanh_webhook(work, sync=True))
             if args.ceiling:
@@ -339,15 +421,16 @@ def warm(work: Path, servers: dict[str, Server], args: argparse.Namespace) -> No
         drain(server.pid)
 
 
-def one_round(work: Path, store: Store, servers: dict[str, Server], args: argparse.Namespace, mode: str,
-              rnd: int) -> list[Run]:
+def one_round(
+    work: Path, store: Store, servers: dict[str, Server], args: argparse.Namespace, mode: str, rnd: int
+) -> list[Run]:
     """Every server, in rotating order, on the same freshly generated deliveries; each starts only
     when the one before has finished all its work (see ``drain``)."""
     tag = f"{mode}-r{rnd}"
     prefix, shas = write_deliveries(work, args.deliveries, args.wrk_threads, tag)
     run_args = argparse.Namespace(**{**vars(args), "close": mode == "close"})
     names = list(servers)  # rotate who goes first, so no server always runs on a warmer/cooler machine
-    order = names[rnd % len(names):] + names[:rnd % len(names)]
+    order = names[rnd % len(names) :] + names[: rnd % len(names)]
     out = []
     for name in order:
         server = servers[name]
@@ -355,14 +438,18 @@ def one_round(work: Path, store: Store, servers: dict[str, Server], args: argpar
         r = drive(server.url, prefix, run_args, work / f"{tag}-{name}.json", server.marker)
         run = to_run(name, rnd, r, mode, drain(server.pid))
         if run.wrapped and name != "hello":  # the hello-world keeps no state: replaying is fine
-            raise SystemExit(f"{name} used up all {args.deliveries} deliveries ({mode}, round {rnd}): "
-                             "raise --deliveries")
+            raise SystemExit(
+                f"{name} used up all {args.deliveries} deliveries ({mode}, round {rnd}): raise --deliveries"
+            )
         if name == "mlship":
             verify(store, r["ok_ids"], shas, before, args.connections)
         out.append(run)
-        print(f"{mode:10} round {rnd} {name:12} {run.rps:8.1f}/s answered, {run.done_rps:8.1f}/s done "
-              f"(drain {run.drain_s:5.2f} s)  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
-              f"non-2xx {run.non_2xx}  socket errors {run.socket_errors}", flush=True)
+        print(
+            f"{mode:10} round {rnd} {name:12} {run.rps:8.1f}/s answered, {run.done_rps:8.1f}/s done "
+            f"(drain {run.drain_s:5.2f} s)  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  "
+            f"non-2xx {run.non_2xx}  socket errors {run.socket_errors}",
+            flush=True,
+        )
     for f in work.glob(f"{tag}-*.txt"):
         f.unlink()
     return out
@@ -385,24 +472,31 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
     cpus = os.cpu_count()
     summary: dict[str, Any] = {}
     print()
-    print(f"Signed merged-PR deliveries on loopback, {args.connections} connections, {args.duration}s x "
-          f"{args.rounds} rounds per mode, {cpus} CPUs; median round of each. 'done/s' also counts the "
-          "time a server kept working after the load stopped (adnanh/webhook runs its hook after answering)")
-    print("| connections | server | answered/s | done/s | drain s | p50 ms | p99 ms | non-2xx | "
-          "socket errors |")
+    print(
+        f"Signed merged-PR deliveries on loopback, {args.connections} connections, {args.duration}s x "
+        f"{args.rounds} rounds per mode, {cpus} CPUs; median round of each. 'done/s' also counts the "
+        "time a server kept working after the load stopped (adnanh/webhook runs its hook after answering)"
+    )
+    print(
+        "| connections | server | answered/s | done/s | drain s | p50 ms | p99 ms | non-2xx | socket errors |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     kind = "gthread" if args.web_threads > 1 else "sync"
-    names = {"mlship": f"mlship (gunicorn {args.workers}x{args.web_threads} {kind}, Redis)",
-             "webhook": "adnanh/webhook 2.8 (runs /bin/true after answering)",
-             "webhook-sync": "adnanh/webhook 2.8 (answers after /bin/true ran)",
-             "hello": f"ceiling: gunicorn {args.workers}x{args.web_threads} {kind} hello-world (reads, 202)"}
+    names = {
+        "mlship": f"mlship (gunicorn {args.workers}x{args.web_threads} {kind}, Redis)",
+        "webhook": "adnanh/webhook 2.8 (runs /bin/true after answering)",
+        "webhook-sync": "adnanh/webhook 2.8 (answers after /bin/true ran)",
+        "hello": f"ceiling: gunicorn {args.workers}x{args.web_threads} {kind} hello-world (reads, 202)",
+    }
     servers = [s for s in names if any(r.server == s for r in runs)]
     for mode in modes:
         medians = {s: median_run(runs, s, mode) for s in servers}
         done = {s: median_run(runs, s, mode, "done_rps") for s in servers}
         for server, r in medians.items():
-            print(f"| {mode} | {names[server]} | {r.rps:.0f} | {done[server].done_rps:.0f} | "
-                  f"{r.drain_s:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} |")
+            print(
+                f"| {mode} | {names[server]} | {r.rps:.0f} | {done[server].done_rps:.0f} | "
+                f"{r.drain_s:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} |"
+            )
         m = summary[mode] = {
             "ratio": _ratio(medians["mlship"].rps, medians["webhook"].rps),
             "ratio_done": _ratio(done["mlship"].done_rps, done["webhook"].done_rps),
@@ -418,27 +512,47 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
         m = summary[mode]
         rounds = {s: _values(runs, s, mode) for s in servers}
         print(f"{MODES[mode]}:")
-        print(f"  mlship / webhook, answers per second:   {m['ratio']:.2f}x "
-              f"(rounds: {rounds['mlship']} vs {rounds['webhook']})")
-        print(f"  mlship / webhook, deliveries done per second (webhook's hook runs included): "
-              f"{m['ratio_done']:.2f}x (rounds: {_values(runs, 'mlship', mode, 'done_rps')} vs "
-              f"{_values(runs, 'webhook', mode, 'done_rps')})")
+        print(
+            f"  mlship / webhook, answers per second:   {m['ratio']:.2f}x "
+            f"(rounds: {rounds['mlship']} vs {rounds['webhook']})"
+        )
+        print(
+            f"  mlship / webhook, deliveries done per second (webhook's hook runs included): "
+            f"{m['ratio_done']:.2f}x (rounds: {_values(runs, 'mlship', mode, 'done_rps')} vs "
+            f"{_values(runs, 'webhook', mode, 'done_rps')})"
+        )
         if "ratio_vs_sync" in m:
-            print(f"  mlship / webhook answering after its hook ran: {m['ratio_vs_sync']:.2f}x "
-                  f"(rounds: {rounds['webhook-sync']})")
+            print(
+                f"  mlship / webhook answering after its hook ran: {m['ratio_vs_sync']:.2f}x "
+                f"(rounds: {rounds['webhook-sync']})"
+            )
         if "hello_vs_webhook" in m:
-            print(f"  ceiling, gunicorn hello-world / webhook: {m['hello_vs_webhook']:.2f}x "
-                  f"(rounds: {rounds['hello']}); mlship reaches {m['mlship_vs_hello']:.0%} of it")
+            print(
+                f"  ceiling, gunicorn hello-world / webhook: {m['hello_vs_webhook']:.2f}x "
+                f"(rounds: {rounds['hello']}); mlship reaches {m['mlship_vs_hello']:.0%} of it"
+            )
     print("every delivery mlship answered 2xx was verified in Redis: record queued, build with its merge sha")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "command": "python bench/webhook_bench.py " + " ".join(sys.argv[1:]), "args": vars(args),
-        "cpus": cpus,
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "load_average": os.getloadavg(), "summary": summary,
-        "runs": [asdict(r) for r in runs],
-        "rps_stdev": {f"{s}/{m}": round(statistics.pstdev(_values(runs, s, m)), 1)
-                      for s in servers for m in modes},
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "command": "python bench/webhook_bench.py " + " ".join(sys.argv[1:]),
+                "args": vars(args),
+                "cpus": cpus,
+                "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "load_average": os.getloadavg(),
+                "summary": summary,
+                "runs": [asdict(r) for r in runs],
+                "rps_stdev": {
+                    f"{s}/{m}": round(statistics.pstdev(_values(runs, s, m)), 1)
+                    for s in servers
+                    for m in modes
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -81,12 +81,18 @@ class ServiceState:
         m = self.model
         meta = m.metadata
         return {
-            "name": m.name, "version": m.version, "sha256": m.sha256, "path": m.path, "format": m.format,
-            "features": list(m.features), "estimator": type(m.estimator).__name__,
+            "name": m.name,
+            "version": m.version,
+            "sha256": m.sha256,
+            "path": m.path,
+            "format": m.format,
+            "features": list(m.features),
+            "estimator": type(m.estimator).__name__,
             "estimator_params": {k: v for k, v in _params(m.estimator).items()},
             "sklearn_version": {"trained": meta.get("sklearn_version"), "serving": sklearn.__version__},
             "numpy_version": {"trained": meta.get("numpy_version"), "serving": np.__version__},
-            "metrics": meta.get("metrics"), "trained_at": meta.get("trained_at"),
+            "metrics": meta.get("metrics"),
+            "trained_at": meta.get("trained_at"),
             "loaded_at": datetime.fromtimestamp(m.loaded_at, UTC).isoformat(timespec="seconds"),
             "fastpath": self.fast.kind if self.fast is not None else None,
             "limits": {"max_rows": self.settings.max_rows, "max_body_bytes": self.settings.max_body_bytes},
@@ -114,8 +120,10 @@ def create_app(model_path: str | None = None, settings: Settings | None = None) 
     settings = settings or Settings.from_env()
     if model_path is not None:
         settings = dataclasses.replace(settings, model_path=str(model_path))
-    model = load_model(settings.model_path, LoadPolicy(settings.model_sha256, settings.allow_unpinned_pickle,
-                                                       settings.trusted_types))
+    model = load_model(
+        settings.model_path,
+        LoadPolicy(settings.model_sha256, settings.allow_unpinned_pickle, settings.trusted_types),
+    )
     state = ServiceState(model=model, settings=settings)
     if settings.fastpath:
         state.fast = fastpath.build(model.estimator, len(model.features))
@@ -147,10 +155,14 @@ def create_app(model_path: str | None = None, settings: Settings | None = None) 
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code or 500,
-                                                                                         "http_error")
-        message = (f"request body exceeds {settings.max_body_bytes} bytes" if exc.code == 413
-                   else exc.description or exc.name)
+        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.code or 500, "http_error"
+        )
+        message = (
+            f"request body exceeds {settings.max_body_bytes} bytes"
+            if exc.code == 413
+            else exc.description or exc.name
+        )
         return _error(exc.code or 500, code, message)
 
     @app.errorhandler(Exception)
@@ -185,8 +197,11 @@ def create_app(model_path: str | None = None, settings: Settings | None = None) 
     def predict() -> Response:
         mimetype = request.mimetype
         if mimetype != "application/json" and not mimetype.endswith("+json"):
-            raise RequestError(415, "unsupported_media_type",
-                               f"Content-Type must be application/json, got {mimetype or 'none'}")
+            raise RequestError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be application/json, got {mimetype or 'none'}",
+            )
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             raise RequestError(413, "body_too_large", f"request body exceeds {settings.max_body_bytes} bytes")
         try:
@@ -199,5 +214,3 @@ def create_app(model_path: str | None = None, settings: Settings | None = None) 
         return Response(body, mimetype="application/json")
 
     return app
-
-

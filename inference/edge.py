@@ -88,8 +88,9 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-async def _handle(state: UpstreamFile, client_r: asyncio.StreamReader,
-                  client_w: asyncio.StreamWriter) -> None:
+async def _handle(
+    state: UpstreamFile, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+) -> None:
     upstream = state.current()
     if upstream is None:
         await _close(client_w)
@@ -110,8 +111,9 @@ async def _handle(state: UpstreamFile, client_r: asyncio.StreamReader,
 async def serve(listen: tuple[str, int], state_path: Path) -> None:
     state = UpstreamFile(state_path)
     state.current()
-    server = await asyncio.start_server(lambda r, w: _handle(state, r, w), listen[0], listen[1],
-                                        reuse_address=True)
+    server = await asyncio.start_server(
+        lambda r, w: _handle(state, r, w), listen[0], listen[1], reuse_address=True
+    )
     log.info("edge listening on %s:%d, upstream from %s", *listen, state_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -63,8 +63,9 @@ def _median_ms(fn: Any, repeat: int) -> float:
     return statistics.median(times)
 
 
-def evaluate_model(path: Path, x: np.ndarray, y: np.ndarray, latency_rows: int, repeat: int,
-                   policy: LoadPolicy) -> dict[str, Any]:
+def evaluate_model(
+    path: Path, x: np.ndarray, y: np.ndarray, latency_rows: int, repeat: int, policy: LoadPolicy
+) -> dict[str, Any]:
     """Everything the gate needs to know about one model file."""
     out: dict[str, Any] = {"path": str(path)}
     try:
@@ -74,24 +75,36 @@ def evaluate_model(path: Path, x: np.ndarray, y: np.ndarray, latency_rows: int, 
     pred = model.predict(x)
     finite = bool(np.all(np.isfinite(pred)))
     batch = np.resize(x, (max(1, latency_rows), x.shape[1]))
-    out.update({
-        "loaded": True, "sha256": model.sha256, "name": model.name, "version": model.version,
-        "estimator": type(model.estimator).__name__, "finite": finite, "rows": len(y),
-        "metrics": regression_metrics(y, pred) if finite else {},
-        "latency_ms": {
-            "single": _median_ms(lambda: model.predict(x[:1]), repeat),
-            "batch": _median_ms(lambda: model.predict(batch), repeat),
-            "batch_rows": len(batch),
-        },
-    })
+    out.update(
+        {
+            "loaded": True,
+            "sha256": model.sha256,
+            "name": model.name,
+            "version": model.version,
+            "estimator": type(model.estimator).__name__,
+            "finite": finite,
+            "rows": len(y),
+            "metrics": regression_metrics(y, pred) if finite else {},
+            "latency_ms": {
+                "single": _median_ms(lambda: model.predict(x[:1]), repeat),
+                "batch": _median_ms(lambda: model.predict(batch), repeat),
+                "batch_rows": len(batch),
+            },
+        }
+    )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m inference.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--golden", type=Path, required=True, help="CSV with the feature columns and 'price'")
-    p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH",
-                   help="a model to evaluate (repeatable), e.g. candidate=/artifacts/model/model.skops")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a model to evaluate (repeatable), e.g. candidate=/artifacts/model/model.skops",
+    )
     p.add_argument("--latency-rows", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--allow-unpinned-pickle", action="store_true")
@@ -112,10 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     policy = LoadPolicy(allow_unpinned_pickle=args.allow_unpinned_pickle)
     report = {
         "golden": {"path": str(args.golden), "rows": len(y)},
-        "serving": {"sklearn": sklearn.__version__, "numpy": np.__version__,
-                    "python": sys.version.split()[0]},
-        "models": {label: evaluate_model(path, x, y, args.latency_rows, args.repeat, policy)
-                   for label, path in models.items()},
+        "serving": {
+            "sklearn": sklearn.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
+        "models": {
+            label: evaluate_model(path, x, y, args.latency_rows, args.repeat, policy)
+            for label, path in models.items()
+        },
     }
     print(json.dumps(report))
     return 0

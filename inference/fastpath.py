@@ -40,11 +40,11 @@ class PackedTrees:
     Leaves point to themselves with threshold +inf, so finished walks stay put.
     """
 
-    feature: np.ndarray    # int64, per node (0 for leaves)
+    feature: np.ndarray  # int64, per node (0 for leaves)
     threshold: np.ndarray  # float64, per node (+inf for leaves)
-    left: np.ndarray       # int64, per node: left child (right child is left + 1); leaves: itself
-    value: np.ndarray      # float64, per node
-    roots: np.ndarray      # int64, per tree
+    left: np.ndarray  # int64, per node: left child (right child is left + 1); leaves: itself
+    value: np.ndarray  # float64, per node
+    roots: np.ndarray  # int64, per tree
     depth: int
 
     @classmethod
@@ -65,8 +65,14 @@ class PackedTrees:
             roots.append(offset)
             offset += n
             depth = max(depth, int(t.max_depth))
-        return cls(np.concatenate(feats), np.concatenate(thrs), np.concatenate(lefts),
-                   np.concatenate(vals), np.array(roots, dtype=np.int64), depth)
+        return cls(
+            np.concatenate(feats),
+            np.concatenate(thrs),
+            np.concatenate(lefts),
+            np.concatenate(vals),
+            np.array(roots, dtype=np.int64),
+            depth,
+        )
 
     def leaf_values(self, x: np.ndarray) -> np.ndarray:
         """``(n_trees, n_rows)`` leaf values for float64 rows ``x``."""
@@ -164,8 +170,9 @@ def _make(estimator: Any) -> FastPredictor | None:
             init_value = float(np.asarray(init.constant_).reshape(-1)[0])
         else:
             return None
-        return BoostingPredictor([e.tree_ for e in estimator.estimators_[:, 0]], init_value,
-                                 float(estimator.learning_rate))
+        return BoostingPredictor(
+            [e.tree_ for e in estimator.estimators_[:, 0]], init_value, float(estimator.learning_rate)
+        )
     if isinstance(estimator, LinearModel) and np.ndim(estimator.coef_) == 1:
         return LinearPredictor(np.asarray(estimator.coef_, dtype=np.float64), float(estimator.intercept_))
     return None

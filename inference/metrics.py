@@ -21,13 +21,16 @@ from prometheus_client import (
 
 REQUESTS = Counter("inference_http_requests", "HTTP requests answered", ["endpoint", "method", "status"])
 LATENCY = Histogram(
-    "inference_http_request_duration_seconds", "Time to answer an HTTP request",
+    "inference_http_request_duration_seconds",
+    "Time to answer an HTTP request",
     ["endpoint", "method", "status"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 PREDICT_LATENCY = Histogram(
-    "inference_predict_duration_seconds", "Time spent in the model's prediction only (no JSON, no HTTP)",
-    ["path"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+    "inference_predict_duration_seconds",
+    "Time spent in the model's prediction only (no JSON, no HTTP)",
+    ["path"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
 PREDICTED_ROWS = Counter("inference_predicted_rows", "Rows predicted")
 

@@ -120,15 +120,22 @@ def _load_skops(path: Path, data: bytes, policy: LoadPolicy) -> Any:
         raise ModelLoadError(path, f"not a readable skops file: {exc}") from None
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
-        raise ModelLoadError(path, "skops file contains types that are not trusted: " + ", ".join(refused)
-                             + " (add them to MODEL_TRUSTED_TYPES only if you trust their code)")
+        raise ModelLoadError(
+            path,
+            "skops file contains types that are not trusted: "
+            + ", ".join(refused)
+            + " (add them to MODEL_TRUSTED_TYPES only if you trust their code)",
+        )
     return sio.loads(data, trusted=sorted(untrusted))
 
 
 def _load_pickle(path: Path, data: bytes, pinned: bool, policy: LoadPolicy) -> Any:
     if not (pinned or policy.allow_unpinned_pickle):
-        raise ModelLoadError(path, "refusing to unpickle a model whose sha256 is not pinned: a pickle runs "
-                                   "arbitrary code; set MODEL_SHA256 (or ALLOW_UNPINNED_PICKLE=1)")
+        raise ModelLoadError(
+            path,
+            "refusing to unpickle a model whose sha256 is not pinned: a pickle runs "
+            "arbitrary code; set MODEL_SHA256 (or ALLOW_UNPINNED_PICKLE=1)",
+        )
     import joblib
 
     try:
@@ -152,12 +159,14 @@ def _check_trees(path: Path, estimator: Any, n_features: int) -> None:
         left, right, feature = tree.children_left, tree.children_right, tree.feature
         own = np.arange(n)
         inner = left != -1
-        ok = (len(left) == len(right) == len(feature) == len(tree.threshold) == tree.value.shape[0] == n
-              and n > 0
-              and bool(np.all(right[~inner] == -1))
-              and bool(np.all((left[inner] > own[inner]) & (left[inner] < n)))
-              and bool(np.all((right[inner] > own[inner]) & (right[inner] < n)))
-              and bool(np.all((feature[inner] >= 0) & (feature[inner] < n_features))))
+        ok = (
+            len(left) == len(right) == len(feature) == len(tree.threshold) == tree.value.shape[0] == n
+            and n > 0
+            and bool(np.all(right[~inner] == -1))
+            and bool(np.all((left[inner] > own[inner]) & (left[inner] < n)))
+            and bool(np.all((right[inner] > own[inner]) & (right[inner] < n)))
+            and bool(np.all((feature[inner] >= 0) & (feature[inner] < n_features)))
+        )
         if not ok:
             raise ModelLoadError(path, f"tree {i} has inconsistent node arrays (corrupt or crafted file)")
 
@@ -173,13 +182,17 @@ def load_model(path: str | Path, policy: LoadPolicy | None = None) -> LoadedMode
     digest = hashlib.sha256(data).hexdigest()
     pinned = policy.expected_sha256 is not None
     if pinned and not hmac.compare_digest(digest, str(policy.expected_sha256).strip().lower()):
-        raise ModelLoadError(path, f"sha256 mismatch: file is {digest}, MODEL_SHA256 pins "
-                                   f"{policy.expected_sha256}")
+        raise ModelLoadError(
+            path, f"sha256 mismatch: file is {digest}, MODEL_SHA256 pins {policy.expected_sha256}"
+        )
     meta = _read_metadata(path)
     recorded = meta.get("sha256")
     if recorded is not None and recorded != digest:
-        raise ModelLoadError(path, f"sha256 mismatch: file is {digest}, {path.with_suffix('.json').name} "
-                                   f"records {recorded} (model and metadata do not belong together)")
+        raise ModelLoadError(
+            path,
+            f"sha256 mismatch: file is {digest}, {path.with_suffix('.json').name} "
+            f"records {recorded} (model and metadata do not belong together)",
+        )
     fmt = _detect_format(path, data)
     if fmt == "skops":
         estimator = _load_skops(path, data, policy)
@@ -189,14 +202,21 @@ def load_model(path: str | Path, policy: LoadPolicy | None = None) -> LoadedMode
         raise ModelLoadError(path, f"{type(estimator).__name__} has no predict()")
     features = tuple(meta.get("features") or FEATURES)
     if features != FEATURES:
-        raise ModelLoadError(path, f"model features {list(features)} differ from the service's "
-                                   f"{list(FEATURES)}")
+        raise ModelLoadError(
+            path, f"model features {list(features)} differ from the service's {list(FEATURES)}"
+        )
     n_in = getattr(estimator, "n_features_in_", len(FEATURES))
     if n_in != len(FEATURES):
         raise ModelLoadError(path, f"estimator expects {n_in} features, the service sends {len(FEATURES)}")
     _check_trees(path, estimator, len(FEATURES))
     log.info("loaded %s model %s (sha256 %s)", fmt, path, digest)
-    return LoadedModel(estimator=estimator, path=str(path), sha256=digest, format=fmt,
-                       name=str(meta.get("name") or path.stem), version=str(meta.get("version") or "unknown"),
-                       features=features, metadata=meta)
-
+    return LoadedModel(
+        estimator=estimator,
+        path=str(path),
+        sha256=digest,
+        format=fmt,
+        name=str(meta.get("name") or path.stem),
+        version=str(meta.get("version") or "unknown"),
+        features=features,
+        metadata=meta,
+    )

@@ -13,9 +13,24 @@ from typing import Any
 import numpy as np
 
 FEATURES: tuple[str, ...] = (
-    "bedrooms", "bathrooms", "sqft_living", "sqft_lot", "floors", "waterfront", "view",
-    "condition", "grade", "sqft_above", "sqft_basement", "yr_built", "yr_renovated",
-    "zipcode", "lat", "long", "sqft_living15", "sqft_lot15",
+    "bedrooms",
+    "bathrooms",
+    "sqft_living",
+    "sqft_lot",
+    "floors",
+    "waterfront",
+    "view",
+    "condition",
+    "grade",
+    "sqft_above",
+    "sqft_basement",
+    "yr_built",
+    "yr_renovated",
+    "zipcode",
+    "lat",
+    "long",
+    "sqft_living15",
+    "sqft_lot15",
 )
 
 # bool is a subclass of int, so membership is tested on the exact type.
@@ -110,8 +125,9 @@ def _list_row_errors(row: Any, index: int | None, features: tuple[str, ...]) -> 
     if not isinstance(row, list):
         return [FieldError("(row)", f"must be an array, got {_json_type(row)}", index)]
     if len(row) != len(features):
-        return [FieldError("(row)", f"must have {len(features)} values in feature order, got {len(row)}",
-                           index)]
+        return [
+            FieldError("(row)", f"must have {len(features)} values in feature order, got {len(row)}", index)
+        ]
     errors = []
     for name, value in zip(features, row, strict=True):
         problem = _value_problem(value)
@@ -192,8 +208,10 @@ def parse_payload(payload: Any, features: tuple[str, ...] = FEATURES, max_rows: 
         return rows_from_objects([payload], features, batch=False)
     if len(wrappers) > 1 or len(payload) > 1:
         extra = sorted(set(payload) - {wrappers[0]}) if len(wrappers) == 1 else wrappers
-        raise _bad_request("a batch body holds exactly one of 'instances', 'dataframe_split', "
-                           "'dataframe_records'", [FieldError(str(k), "unexpected key") for k in extra])
+        raise _bad_request(
+            "a batch body holds exactly one of 'instances', 'dataframe_split', 'dataframe_records'",
+            [FieldError(str(k), "unexpected key") for k in extra],
+        )
     key = wrappers[0]
     if key == "dataframe_split":
         return _from_dataframe_split(payload[key], features, max_rows)
@@ -210,11 +228,15 @@ def _from_dataframe_split(split: Any, features: tuple[str, ...], max_rows: int) 
     columns, data = split.get("columns"), split.get("data")
     extra = sorted(set(split) - {"columns", "data", "index"})
     if extra:
-        raise _bad_request("unexpected keys in 'dataframe_split'",
-                           [FieldError(f"dataframe_split.{k}", "unexpected key") for k in extra])
+        raise _bad_request(
+            "unexpected keys in 'dataframe_split'",
+            [FieldError(f"dataframe_split.{k}", "unexpected key") for k in extra],
+        )
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-        raise _bad_request("'dataframe_split.columns' must be an array of feature names",
-                           [FieldError("dataframe_split.columns", "must be an array of strings")])
+        raise _bad_request(
+            "'dataframe_split.columns' must be an array of feature names",
+            [FieldError("dataframe_split.columns", "must be an array of strings")],
+        )
     known = set(features)
     errors = [FieldError(name, "missing") for name in features if name not in columns]
     errors += [FieldError(c, "unknown field") for c in columns if c not in known]
@@ -230,8 +252,22 @@ def _from_dataframe_split(split: Any, features: tuple[str, ...], max_rows: int) 
 
 # The seed project's example request: also the warm-up row and the benchmark's request.
 SEED_EXAMPLE: dict[str, float] = {
-    "bedrooms": 3, "bathrooms": 1, "sqft_living": 1180, "sqft_lot": 5650, "floors": 1, "waterfront": 0,
-    "view": 0, "condition": 3, "grade": 7, "sqft_above": 1180, "sqft_basement": 0, "yr_built": 1955,
-    "yr_renovated": 0, "zipcode": 98178, "lat": 47.5112, "long": -122.257, "sqft_living15": 1340,
+    "bedrooms": 3,
+    "bathrooms": 1,
+    "sqft_living": 1180,
+    "sqft_lot": 5650,
+    "floors": 1,
+    "waterfront": 0,
+    "view": 0,
+    "condition": 3,
+    "grade": 7,
+    "sqft_above": 1180,
+    "sqft_basement": 0,
+    "yr_built": 1955,
+    "yr_renovated": 0,
+    "zipcode": 98178,
+    "lat": 47.5112,
+    "long": -122.257,
+    "sqft_living15": 1340,
     "sqft_lot15": 5650,
 }

@@ -55,8 +55,9 @@ def generate(n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     waterfront = (rng.random(n_rows) < 0.0075).astype(float)
     view = np.where(waterfront == 1, 4, rng.choice(5, n_rows, p=[0.9, 0.02, 0.045, 0.025, 0.01]))
     condition = rng.choice([1, 2, 3, 4, 5], n_rows, p=[0.01, 0.01, 0.65, 0.26, 0.07]).astype(float)
-    grade = np.clip(np.round(7 + 1.6 * np.log(sqft_living / 1900) / 0.42 * 0.6
-                             + rng.normal(0, 0.7, n_rows)), 3, 13)
+    grade = np.clip(
+        np.round(7 + 1.6 * np.log(sqft_living / 1900) / 0.42 * 0.6 + rng.normal(0, 0.7, n_rows)), 3, 13
+    )
     has_basement = rng.random(n_rows) < 0.39
     sqft_basement = np.where(has_basement, (sqft_living * rng.uniform(0.2, 0.5, n_rows)).round(-1), 0)
     sqft_above = sqft_living - sqft_basement
@@ -74,11 +75,30 @@ def generate(n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     location = 0.6 + 1.3 * np.exp(-km / 14.0)
     age_effect = 1.0 + 0.0015 * np.abs(yr_built - 1960) + np.where(renovated, 0.08, 0.0)
     ppsf = 150.0 * location * 1.13 ** (grade - 7) * (1 + 0.05 * (condition - 3)) * age_effect
-    price = (sqft_living * ppsf + 25.0 * np.sqrt(sqft_lot) + waterfront * 450_000 + view * 35_000)
+    price = sqft_living * ppsf + 25.0 * np.sqrt(sqft_lot) + waterfront * 450_000 + view * 35_000
     price *= rng.lognormal(0, 0.12, n_rows)
-    x = np.column_stack([bedrooms, bathrooms, sqft_living, sqft_lot, floors, waterfront, view, condition,
-                         grade, sqft_above, sqft_basement, yr_built, yr_renovated, zips[z].astype(float),
-                         lat, lon, sqft_living15, sqft_lot15])
+    x = np.column_stack(
+        [
+            bedrooms,
+            bathrooms,
+            sqft_living,
+            sqft_lot,
+            floors,
+            waterfront,
+            view,
+            condition,
+            grade,
+            sqft_above,
+            sqft_basement,
+            yr_built,
+            yr_renovated,
+            zips[z].astype(float),
+            lat,
+            lon,
+            sqft_living15,
+            sqft_lot15,
+        ]
+    )
     return x, price.round(-2)
 
 
@@ -92,12 +112,17 @@ class Metrics:
 
 def evaluate(model: object, x: np.ndarray, y: np.ndarray) -> Metrics:
     pred = model.predict(x)  # type: ignore[attr-defined]
-    return Metrics(mae=float(mean_absolute_error(y, pred)), rmse=float(np.sqrt(mean_squared_error(y, pred))),
-                   r2=float(r2_score(y, pred)), n_test=len(y))
+    return Metrics(
+        mae=float(mean_absolute_error(y, pred)),
+        rmse=float(np.sqrt(mean_squared_error(y, pred))),
+        r2=float(r2_score(y, pred)),
+        n_test=len(y),
+    )
 
 
-def train(seed: int = 42, trees: int = 100, shuffle_labels: bool = False, n_rows: int = 21_613
-          ) -> tuple[RandomForestRegressor, Metrics]:
+def train(
+    seed: int = 42, trees: int = 100, shuffle_labels: bool = False, n_rows: int = 21_613
+) -> tuple[RandomForestRegressor, Metrics]:
     """Fit the forest on generated data; ``shuffle_labels`` makes a deliberately useless model."""
     x, y = generate(n_rows, seed)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=seed)
@@ -110,8 +135,16 @@ def train(seed: int = 42, trees: int = 100, shuffle_labels: bool = False, n_rows
     return model, evaluate(model, x_test, y_test)
 
 
-def save(model: RandomForestRegressor, metrics: Metrics, out: Path, fmt: str = "skops", seed: int = 42,
-         shuffle_labels: bool = False, name: str = MODEL_NAME, version: str = MODEL_VERSION) -> Path:
+def save(
+    model: RandomForestRegressor,
+    metrics: Metrics,
+    out: Path,
+    fmt: str = "skops",
+    seed: int = 42,
+    shuffle_labels: bool = False,
+    name: str = MODEL_NAME,
+    version: str = MODEL_VERSION,
+) -> Path:
     """Write the model and ``model.json`` next to it; return the model path."""
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "skops":
@@ -124,12 +157,19 @@ def save(model: RandomForestRegressor, metrics: Metrics, out: Path, fmt: str = "
         path = out / "model.pkl"
     path.write_bytes(data)
     meta = {
-        "name": name, "version": version, "format": fmt, "file": path.name,
-        "sha256": hashlib.sha256(data).hexdigest(), "features": list(FEATURES), "target": "price",
-        "estimator": type(model).__name__, "params": {"n_estimators": model.n_estimators, "seed": seed,
-                                                       "shuffle_labels": shuffle_labels},
-        "sklearn_version": sklearn.__version__, "numpy_version": np.__version__,
-        "metrics": asdict(metrics), "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "name": name,
+        "version": version,
+        "format": fmt,
+        "file": path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "features": list(FEATURES),
+        "target": "price",
+        "estimator": type(model).__name__,
+        "params": {"n_estimators": model.n_estimators, "seed": seed, "shuffle_labels": shuffle_labels},
+        "sklearn_version": sklearn.__version__,
+        "numpy_version": np.__version__,
+        "metrics": asdict(metrics),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -170,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"golden dataset: {args.golden}")
     if args.out:
         model, metrics = train(args.seed, args.trees, args.shuffle_labels, args.rows)
-        path = save(model, metrics, args.out, args.format, args.seed, args.shuffle_labels,
-                    version=args.model_version)
+        path = save(
+            model, metrics, args.out, args.format, args.seed, args.shuffle_labels, version=args.model_version
+        )
         print(f"model: {path}  MAE={metrics.mae:,.0f} RMSE={metrics.rmse:,.0f} R2={metrics.r2:.3f}")
     return 0
 

@@ -29,10 +29,14 @@ def normalize_ref(ref: str) -> tuple[str, str]:
     if not isinstance(ref, str) or not ref or len(ref) > 255:
         raise PayloadError("ref must be a branch name like 'main' or 'refs/heads/main'", ref=str(ref)[:80])
     full = ref if ref.startswith("refs/heads/") else f"refs/heads/{ref}"
-    branch = full[len("refs/heads/"):]
+    branch = full[len("refs/heads/") :]
     bad = (
-        not _REF_PART.match(branch) or ".." in branch or "//" in branch or "@{" in branch
-        or branch.endswith(("/", ".", ".lock")) or "/." in branch
+        not _REF_PART.match(branch)
+        or ".." in branch
+        or "//" in branch
+        or "@{" in branch
+        or branch.endswith(("/", ".", ".lock"))
+        or "/." in branch
     )
     if bad:
         raise PayloadError(
@@ -89,14 +93,23 @@ def trigger_build(rt: Runtime, repo_name: Any, ref: Any = None, sha: Any = None,
             ) from exc
     from orchestrator.build.queue import enqueuer
 
-    trigger = Trigger(repo=repo.full_name, sha=sha, ref=full_ref, branch=branch, kind="manual",
-                      author=by, message=f"manual build of {branch or sha[:7]}")
+    trigger = Trigger(
+        repo=repo.full_name,
+        sha=sha,
+        ref=full_ref,
+        branch=branch,
+        kind="manual",
+        author=by,
+        message=f"manual build of {branch or sha[:7]}",
+    )
     build, _ = rt.store.create_build(
-        trigger, pipeline=repo.pipeline, triggered_by=by or "api",
-        enqueue=enqueuer(rt.queue, rt.settings.build_timeout), dedup=False,
+        trigger,
+        pipeline=repo.pipeline,
+        triggered_by=by or "api",
+        enqueue=enqueuer(rt.queue, rt.settings.build_timeout),
+        dedup=False,
     )
     return build
-
 
 
 def rerun(rt: Runtime, build_id: int, by: str = "") -> Build:
@@ -111,8 +124,9 @@ def cancel(rt: Runtime, build_id: int, by: str = "") -> Build:
 
 def _env(env: Any) -> str:
     if not isinstance(env, str) or not ENV_RE.match(env):
-        raise PayloadError("environment must be a name like 'qa' or 'prod' ([a-z0-9_-])",
-                           environment=str(env)[:80])
+        raise PayloadError(
+            "environment must be a name like 'qa' or 'prod' ([a-z0-9_-])", environment=str(env)[:80]
+        )
     return env
 
 
@@ -128,4 +142,3 @@ def rollback(rt: Runtime, repo_name: Any, env: Any, by: str = "") -> Build:
     env = _env(env)
     repo = _repo(rt, repo_name)
     return policy.request_rollback(rt, repo.full_name, env, by)
-

@@ -105,9 +105,7 @@ class Secrets:
         value = self.get(name)
         if value is None:
             where = f" or a file {self.directory / name}" if self.directory else ""
-            raise ConfigError(
-                f"secret {name} ({purpose}) is not set: export {name}=...{where}", secret=name
-            )
+            raise ConfigError(f"secret {name} ({purpose}) is not set: export {name}=...{where}", secret=name)
         return value
 
 

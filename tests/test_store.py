@@ -16,8 +16,15 @@ from orchestrator.store import Store
 
 
 def trig(sha: str = "a" * 40, repo: str = "acme/house-price") -> Trigger:
-    return Trigger(repo=repo, sha=sha, ref="refs/heads/main", branch="main", kind="pull_request_merged",
-                   author="dev", message="Merge pull request #1")
+    return Trigger(
+        repo=repo,
+        sha=sha,
+        ref="refs/heads/main",
+        branch="main",
+        kind="pull_request_merged",
+        author="dev",
+        message="Merge pull request #1",
+    )
 
 
 @pytest.fixture
@@ -31,8 +38,9 @@ def queue(redis_url) -> Queue:
 
 
 def test_create_build_writes_build_and_json_job_in_one_go(store, queue):
-    build, created = store.create_build(trig(), pipeline="pipeline.yaml", triggered_by="d1",
-                                        enqueue=enqueuer(queue, 60))
+    build, created = store.create_build(
+        trig(), pipeline="pipeline.yaml", triggered_by="d1", enqueue=enqueuer(queue, 60)
+    )
     assert created and build.id == 1 and build.number == 1 and build.status is BuildStatus.QUEUED
     assert queue.count == 1
     job = queue.jobs[0]
@@ -56,8 +64,9 @@ def test_delivery_id_maps_to_one_build(store, queue):
     d = Delivery(id="guid-1", event="pull_request")
     store.record_delivery(d)
     b1, _ = store.create_build(trig("b" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d)
-    b2, created = store.create_build(trig("c" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq,
-                                     delivery=d)
+    b2, created = store.create_build(
+        trig("c" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d
+    )
     assert not created and b2.id == b1.id
     got = store.get_delivery("guid-1")
     assert got is not None and got.verdict == "queued" and got.build_id == b1.id
@@ -129,8 +138,9 @@ def test_expired_lease_is_claimed_once(store):
 
 def test_deployment_record_and_history(store):
     for n in (1, 2):
-        store.set_deployment(Deployment(repo="acme/a", environment="qa", build_id=n, build_number=n,
-                                        image=f"img:{n}", sha="s"))
+        store.set_deployment(
+            Deployment(repo="acme/a", environment="qa", build_id=n, build_number=n, image=f"img:{n}", sha="s")
+        )
     current = store.get_deployment("acme/a", "qa")
     assert current is not None and current.build_id == 2
     assert [d.build_id for d in store.deployment_history("acme/a", "qa")] == [2, 1]
@@ -144,10 +154,19 @@ def test_store_down_raises_store_unavailable(own_redis):
         s.get_build(1)
 
 
-@pytest.mark.parametrize("filters", [
-    {}, {"status": "failed"}, {"branch": "main"}, {"repo": "acme/b"}, {"status": "success", "branch": "main"},
-    {"status": "success", "branch": "dev", "repo": "acme/a"}, {"status": "cancelled"}, {"branch": "nope"},
-])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"status": "failed"},
+        {"branch": "main"},
+        {"repo": "acme/b"},
+        {"status": "success", "branch": "main"},
+        {"status": "success", "branch": "dev", "repo": "acme/a"},
+        {"status": "cancelled"},
+        {"branch": "nope"},
+    ],
+)
 def test_filtered_build_lists_match_every_field_and_page(store, queue, filters):
     enqueue = enqueuer(queue, 60)
     made = []
@@ -158,8 +177,11 @@ def test_filtered_build_lists_match_every_field_and_page(store, queue, filters):
         b, _ = store.create_build(t, pipeline="p", triggered_by=f"d{i}", enqueue=enqueue)
         store.update_build(b.id, status=status)
         made.append((b.id, status, branch, repo))
-    want = [i for i, s, br, r in reversed(made)
-            if all(filters.get(k) in (None, v) for k, v in (("status", s), ("branch", br), ("repo", r)))]
+    want = [
+        i
+        for i, s, br, r in reversed(made)
+        if all(filters.get(k) in (None, v) for k, v in (("status", s), ("branch", br), ("repo", r)))
+    ]
     seen = []
     for offset in range(0, 30, 4):
         page, total = store.list_builds(offset=offset, limit=4, **filters)

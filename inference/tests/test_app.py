@@ -33,12 +33,15 @@ def test_seed_request_gets_a_king_county_price_as_a_number(client: FlaskClient, 
     assert len(body["model"]["sha256"]) == 64
 
 
-@pytest.mark.parametrize("body, n", [
-    ({"instances": [SEED_EXAMPLE, {**SEED_EXAMPLE, "sqft_living": 3000}]}, 2),
-    ({"instances": [ROW, ROW, ROW]}, 3),
-    ({"dataframe_records": [SEED_EXAMPLE]}, 1),
-    ({"dataframe_split": {"columns": list(FEATURES), "data": [ROW, ROW]}}, 2),
-])
+@pytest.mark.parametrize(
+    "body, n",
+    [
+        ({"instances": [SEED_EXAMPLE, {**SEED_EXAMPLE, "sqft_living": 3000}]}, 2),
+        ({"instances": [ROW, ROW, ROW]}, 3),
+        ({"dataframe_records": [SEED_EXAMPLE]}, 1),
+        ({"dataframe_split": {"columns": list(FEATURES), "data": [ROW, ROW]}}, 2),
+    ],
+)
 def test_batch_formats(client: FlaskClient, trained: Any, body: Any, n: int) -> None:
     r = _post(client, body)
     assert r.status_code == 200
@@ -74,14 +77,18 @@ def test_nan_literal_is_rejected(client: FlaskClient) -> None:
     assert r.get_json()["error"]["fields"] == [{"field": "lat", "problem": "must be a finite number"}]
 
 
-@pytest.mark.parametrize("data, content_type, status, code", [
-    ("{not json", "application/json", 400, "invalid_json"),
-    (json.dumps(SEED_EXAMPLE), "text/plain", 415, "unsupported_media_type"),
-    (json.dumps(SEED_EXAMPLE), None, 415, "unsupported_media_type"),
-    ("a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
-])
-def test_body_errors(client: FlaskClient, data: str, content_type: str | None, status: int,
-                     code: str) -> None:
+@pytest.mark.parametrize(
+    "data, content_type, status, code",
+    [
+        ("{not json", "application/json", 400, "invalid_json"),
+        (json.dumps(SEED_EXAMPLE), "text/plain", 415, "unsupported_media_type"),
+        (json.dumps(SEED_EXAMPLE), None, 415, "unsupported_media_type"),
+        ("a=1", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+    ],
+)
+def test_body_errors(
+    client: FlaskClient, data: str, content_type: str | None, status: int, code: str
+) -> None:
     r = client.post("/predict", data=data, content_type=content_type)
     assert r.status_code == status
     assert r.get_json()["error"]["code"] == code
@@ -160,7 +167,8 @@ def test_metrics_count_requests_by_endpoint_and_status(client: FlaskClient) -> N
     ok = {"endpoint": "/predict", "method": "POST", "status": "200"}
     bad = {**ok, "status": "400"}
     for name, labels, delta in [
-        ("inference_http_requests_total", ok, 2), ("inference_http_requests_total", bad, 1),
+        ("inference_http_requests_total", ok, 2),
+        ("inference_http_requests_total", bad, 1),
         ("inference_http_request_duration_seconds_count", ok, 2),
         ("inference_predict_duration_seconds_count", {"path": "fast"}, 2),
     ]:
@@ -175,20 +183,35 @@ def test_index_page_and_json_404(client: FlaskClient) -> None:
     assert client.get("/predict").status_code == 405
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"MODEL_SHA256": "abc"}, "64 hex"),
-    ({"MAX_ROWS": "ten"}, "MAX_ROWS"),
-    ({"MAX_ROWS": "0"}, "at least 1"),
-    ({"ALLOW_UNPINNED_PICKLE": "maybe"}, "boolean"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MODEL_SHA256": "abc"}, "64 hex"),
+        ({"MAX_ROWS": "ten"}, "MAX_ROWS"),
+        ({"MAX_ROWS": "0"}, "at least 1"),
+        ({"ALLOW_UNPINNED_PICKLE": "maybe"}, "boolean"),
+    ],
+)
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
 
 
 def test_settings_from_env() -> None:
-    s = Settings.from_env({"MODEL_PATH": "/m/x.pkl", "MODEL_SHA256": "AB" * 32, "ALLOW_UNPINNED_PICKLE": "1",
-                           "MAX_ROWS": "5", "MODEL_TRUSTED_TYPES": "a.B, c.D"})
+    s = Settings.from_env(
+        {
+            "MODEL_PATH": "/m/x.pkl",
+            "MODEL_SHA256": "AB" * 32,
+            "ALLOW_UNPINNED_PICKLE": "1",
+            "MAX_ROWS": "5",
+            "MODEL_TRUSTED_TYPES": "a.B, c.D",
+        }
+    )
     assert (s.model_path, s.model_sha256, s.allow_unpinned_pickle, s.max_rows, s.trusted_types) == (
-        "/m/x.pkl", "ab" * 32, True, 5, ("a.B", "c.D"))
+        "/m/x.pkl",
+        "ab" * 32,
+        True,
+        5,
+        ("a.B", "c.D"),
+    )
     assert Settings.from_env({}).model_path == "/models/model.skops"

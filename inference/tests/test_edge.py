@@ -51,8 +51,13 @@ def _free_port() -> int:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "inference.edge", *args], cwd=PROJECT, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "inference.edge", *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -67,8 +72,20 @@ def upstreams() -> Iterator[tuple[_Named, _Named]]:
 @pytest.fixture
 def edge_proxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     port, state = _free_port(), tmp_path / "state" / "upstream"
-    proc = subprocess.Popen([sys.executable, "-m", "inference.edge", "serve", "--listen", f"127.0.0.1:{port}",
-                             "--state", str(state)], cwd=PROJECT, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "inference.edge",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state",
+            str(state),
+        ],
+        cwd=PROJECT,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -96,7 +113,8 @@ def _greeting(port: int) -> bytes:
 
 
 def test_switch_sends_new_connections_to_new_upstream_and_keeps_old_ones(
-        edge_proxy: tuple[int, Path], upstreams: tuple[_Named, _Named]) -> None:
+    edge_proxy: tuple[int, Path], upstreams: tuple[_Named, _Named]
+) -> None:
     port, state = edge_proxy
     a, b = upstreams
     assert _greeting(port) == b""  # no state file yet: refused (closed)
@@ -133,9 +151,14 @@ def test_set_writes_atomically_and_rejects_garbage(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["upstream"]  # no temp files left behind
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("10.0.0.5:5000", ("10.0.0.5", 5000)), ("[::1]:80", ("::1", 80)), (" host:1\n", ("host", 1)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10.0.0.5:5000", ("10.0.0.5", 5000)),
+        ("[::1]:80", ("::1", 80)),
+        (" host:1\n", ("host", 1)),
+    ],
+)
 def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
     assert edge.parse_hostport(text) == expected
 

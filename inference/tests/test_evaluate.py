@@ -27,8 +27,17 @@ def run(capsys, *args):
 
 def test_good_and_shuffled_models_are_told_apart(models, capsys):
     d, golden = models
-    rep = run(capsys, "--golden", str(golden), "--model", f"candidate={d / 'bad/model.skops'}",
-              "--model", f"baseline={d / 'good/model.skops'}", "--repeat", "2")
+    rep = run(
+        capsys,
+        "--golden",
+        str(golden),
+        "--model",
+        f"candidate={d / 'bad/model.skops'}",
+        "--model",
+        f"baseline={d / 'good/model.skops'}",
+        "--repeat",
+        "2",
+    )
     cand, base = rep["models"]["candidate"], rep["models"]["baseline"]
     assert cand["loaded"] and base["loaded"] and cand["finite"]
     assert base["metrics"]["r2"] > 0.8 > cand["metrics"]["r2"]

@@ -38,15 +38,19 @@ def test_served_forest_matches_predict_over_10000_rows(trained: Any, data: Any) 
         assert fast.predict(row[None, :])[0] == model.predict(row[None, :])[0]
 
 
-@pytest.mark.parametrize("estimator", [
-    DecisionTreeRegressor(random_state=0),
-    RandomForestRegressor(n_estimators=15, random_state=0),
-    ExtraTreesRegressor(n_estimators=15, random_state=0),
-    GradientBoostingRegressor(n_estimators=40, random_state=0),
-    GradientBoostingRegressor(n_estimators=20, init="zero", learning_rate=0.3, random_state=0),
-    LinearRegression(),
-    Ridge(alpha=2.0),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        DecisionTreeRegressor(random_state=0),
+        RandomForestRegressor(n_estimators=15, random_state=0),
+        ExtraTreesRegressor(n_estimators=15, random_state=0),
+        GradientBoostingRegressor(n_estimators=40, random_state=0),
+        GradientBoostingRegressor(n_estimators=20, init="zero", learning_rate=0.3, random_state=0),
+        LinearRegression(),
+        Ridge(alpha=2.0),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_supported_estimators_match_predict_over_10000_rows(estimator: Any, data: Any) -> None:
     x, y, x_eval = data
     estimator.fit(x, y)
@@ -64,6 +68,7 @@ def test_fast_path_that_disagrees_is_refused(data: Any, monkeypatch: pytest.Monk
     x, y, _ = data
     model = RandomForestRegressor(n_estimators=5, random_state=0).fit(x, y)
     # Simulate a subtle arithmetic difference (e.g. a future sklearn change in averaging order).
-    monkeypatch.setattr(fastpath.ForestPredictor, "predict",
-                        lambda self, rows: np.nextafter(model.predict(rows), np.inf))
+    monkeypatch.setattr(
+        fastpath.ForestPredictor, "predict", lambda self, rows: np.nextafter(model.predict(rows), np.inf)
+    )
     assert fastpath.build(model, N_FEATURES) is None

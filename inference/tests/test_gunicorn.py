@@ -31,10 +31,21 @@ def _free_port() -> int:
 
 
 def _start(model_path: Path, port: int, tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
-    full_env = {**os.environ, "MODEL_PATH": str(model_path), "GUNICORN_BIND": f"127.0.0.1:{port}",
-                "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), **env}
-    return subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "inference.wsgi:app"],
-                            cwd=PROJECT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    full_env = {
+        **os.environ,
+        "MODEL_PATH": str(model_path),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(CONF), "inference.wsgi:app"],
+        cwd=PROJECT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -47,8 +58,12 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def _post(url: str, body: Any) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Connection": "close"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Connection": "close"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.loads(r.read())
@@ -102,13 +117,17 @@ def test_gunicorn_serves_predictions_and_sums_metrics_across_workers(server: str
         assert f"{line}{float(n)}" in text.decode()
 
 
-@pytest.mark.parametrize("setup, reason", [
-    ("missing", "No such file or directory"),
-    ("tampered", "sha256 mismatch"),
-    ("pickle", "not pinned"),
-])
-def test_gunicorn_exits_nonzero_naming_path_and_reason(trained: Any, tmp_path: Path, setup: str,
-                                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    "setup, reason",
+    [
+        ("missing", "No such file or directory"),
+        ("tampered", "sha256 mismatch"),
+        ("pickle", "not pinned"),
+    ],
+)
+def test_gunicorn_exits_nonzero_naming_path_and_reason(
+    trained: Any, tmp_path: Path, setup: str, reason: str
+) -> None:
     model_dir = tmp_path / "models"
     model_dir.mkdir()
     if setup == "missing":

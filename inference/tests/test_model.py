@@ -106,14 +106,18 @@ def test_operator_can_trust_extra_skops_types(tmp_path: Path) -> None:
     assert type(load_model(path, LoadPolicy(extra_trusted_types=types)).estimator) is Pipeline
 
 
-@pytest.mark.parametrize("name, content, reason", [
-    ("missing.skops", None, "No such file"),
-    ("model.skops", b"not a zip", "skops (zip) archive"),
-    ("model.onnx", b"whatever", "unknown model format"),
-    ("model.pkl", b"\x80\x05garbage", "unpickling failed"),
-])
-def test_unloadable_files_name_path_and_reason(tmp_path: Path, name: str, content: bytes | None,
-                                               reason: str) -> None:
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("missing.skops", None, "No such file"),
+        ("model.skops", b"not a zip", "skops (zip) archive"),
+        ("model.onnx", b"whatever", "unknown model format"),
+        ("model.pkl", b"\x80\x05garbage", "unpickling failed"),
+    ],
+)
+def test_unloadable_files_name_path_and_reason(
+    tmp_path: Path, name: str, content: bytes | None, reason: str
+) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)

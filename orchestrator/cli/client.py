@@ -43,8 +43,13 @@ class Client:
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
         headers = {**self._headers(), **kw.pop("headers", {})}
         try:
-            resp = requests.request(method, self.url.rstrip("/") + "/api/v1" + path, headers=headers,
-                                    timeout=kw.pop("timeout", TIMEOUT), **kw)
+            resp = requests.request(
+                method,
+                self.url.rstrip("/") + "/api/v1" + path,
+                headers=headers,
+                timeout=kw.pop("timeout", TIMEOUT),
+                **kw,
+            )
         except requests.RequestException as exc:
             raise ApiError(
                 f"cannot reach the orchestrator at {self.url}: {exc} (set --url or ORCHESTRATOR_URL)"
@@ -65,8 +70,13 @@ class Client:
         """(event, id, data) from the log stream, reconnecting with Last-Event-ID until ``end``."""
         last = after
         while True:
-            resp = self.request("GET", f"/builds/{build_id}/log/stream", stream=True,
-                                headers={"Last-Event-ID": last}, timeout=(TIMEOUT, 60))
+            resp = self.request(
+                "GET",
+                f"/builds/{build_id}/log/stream",
+                stream=True,
+                headers={"Last-Event-ID": last},
+                timeout=(TIMEOUT, 60),
+            )
             event, event_id, data = "message", "", ""
             for raw in resp.iter_lines(decode_unicode=True):
                 if raw == "":
@@ -91,10 +101,16 @@ def _client(args: argparse.Namespace) -> Client:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL),
-                   help="orchestrator base URL (default $ORCHESTRATOR_URL or http://127.0.0.1:8000)")
-    p.add_argument("--token", default=os.environ.get("ORCHESTRATOR_TOKEN"),
-                   help="API token (default $ORCHESTRATOR_TOKEN)")
+    p.add_argument(
+        "--url",
+        default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL),
+        help="orchestrator base URL (default $ORCHESTRATOR_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("ORCHESTRATOR_TOKEN"),
+        help="API token (default $ORCHESTRATOR_TOKEN)",
+    )
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a summary")
 
 
@@ -109,16 +125,21 @@ def format_build(b: dict[str, Any]) -> str:
     """One line per build: id, number, status, repo, branch, sha, duration, message."""
     msg = (b.get("message") or "").strip().splitlines()
     first = (msg[0] if msg else "")[:60]
-    return (f"{b['id']:>5}  #{b['number']:<5} {b['status']:<10} {b['repo']:<28} {b.get('branch') or '-':<16} "
-            f"{b.get('short_sha', '')[:7]:<8} {_fmt_duration(b.get('duration')):>7}  {first}")
+    return (
+        f"{b['id']:>5}  #{b['number']:<5} {b['status']:<10} {b['repo']:<28} {b.get('branch') or '-':<16} "
+        f"{b.get('short_sha', '')[:7]:<8} {_fmt_duration(b.get('duration')):>7}  {first}"
+    )
 
 
 def _print_build(args: argparse.Namespace, b: dict[str, Any], out: IO[str] = sys.stdout) -> None:
     if args.json:
         print(json.dumps(b, indent=2), file=out)
     else:
-        print(f"build {b['id']} (#{b['number']} of {b['repo']}) {b['status']}: {args.url.rstrip('/')}"
-              f"{b.get('links', {}).get('web', '')}", file=out)
+        print(
+            f"build {b['id']} (#{b['number']} of {b['repo']}) {b['status']}: {args.url.rstrip('/')}"
+            f"{b.get('links', {}).get('web', '')}",
+            file=out,
+        )
 
 
 def _builds_args(p: argparse.ArgumentParser) -> None:
@@ -131,8 +152,16 @@ def _builds_args(p: argparse.ArgumentParser) -> None:
 
 @command("builds", "list recent builds", _builds_args)
 def builds(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("status", args.status), ("branch", args.branch), ("repo", args.repo),
-                                ("limit", args.limit)) if v}
+    params = {
+        k: v
+        for k, v in (
+            ("status", args.status),
+            ("branch", args.branch),
+            ("repo", args.repo),
+            ("limit", args.limit),
+        )
+        if v
+    }
     page = _client(args).json("GET", "/builds", params=params)
     if args.json:
         print(json.dumps(page, indent=2))
@@ -206,8 +235,10 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 
 @command("promote", "deploy a successful build to an environment", _promote_args)
 def promote(args: argparse.Namespace) -> int:
-    _print_build(args, _client(args).json("POST", f"/builds/{args.build}/promote",
-                                          json={"environment": args.environment}))
+    _print_build(
+        args,
+        _client(args).json("POST", f"/builds/{args.build}/promote", json={"environment": args.environment}),
+    )
     return 0
 
 
@@ -219,6 +250,8 @@ def _rollback_args(p: argparse.ArgumentParser) -> None:
 
 @command("rollback", "put the previous deployment of an environment back", _rollback_args)
 def rollback(args: argparse.Namespace) -> int:
-    _print_build(args, _client(args).json("POST", f"/environments/{args.environment}/rollback",
-                                          json={"repo": args.repo}))
+    _print_build(
+        args,
+        _client(args).json("POST", f"/environments/{args.environment}/rollback", json={"repo": args.repo}),
+    )
     return 0

@@ -14,21 +14,37 @@ from orchestrator.cli import command
 
 def _configure(p: argparse.ArgumentParser) -> None:
     default_state = "/var/lib/mlship/standalone" if os.geteuid() == 0 else "~/.local/share/mlship/standalone"
-    p.add_argument("--state", default=os.environ.get("MLSHIP_STATE", default_state),
-                   help="where Redis data, the registry, keys, the example repo and logs live")
-    p.add_argument("--port", type=int, default=int(os.environ.get("MLSHIP_PORT", "8000")),
-                   help="port of the web app (status page, API, webhook)")
+    p.add_argument(
+        "--state",
+        default=os.environ.get("MLSHIP_STATE", default_state),
+        help="where Redis data, the registry, keys, the example repo and logs live",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MLSHIP_PORT", "8000")),
+        help="port of the web app (status page, API, webhook)",
+    )
     p.add_argument("--workers", type=int, default=1, help="number of build workers")
-    p.add_argument("--demo", action="store_true",
-                   help="also merge a change in a local example repo, send the signed webhook, wait for the "
-                        "deploy and print a prediction from the deployed container")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also merge a change in a local example repo, send the signed webhook, wait for the "
+        "deploy and print a prediction from the deployed container",
+    )
     p.add_argument("--exit", action="store_true", help="stop everything after the demo instead of waiting")
-    p.add_argument("--keep-deployments", action="store_true",
-                   help="leave the deployed inference containers running when stopping")
+    p.add_argument(
+        "--keep-deployments",
+        action="store_true",
+        help="leave the deployed inference containers running when stopping",
+    )
 
 
-@command("standalone", "run everything on this machine (Redis, Docker, registry, SSH host, web, worker)",
-         _configure)
+@command(
+    "standalone",
+    "run everything on this machine (Redis, Docker, registry, SSH host, web, worker)",
+    _configure,
+)
 def standalone(args: argparse.Namespace) -> int:
     from orchestrator.devstack.stack import Stack
 
@@ -37,8 +53,9 @@ def standalone(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
-    stack = Stack(Path(args.state).expanduser(), say=say, web_port=args.port,
-                  redis_url=os.environ.get("REDIS_URL"))
+    stack = Stack(
+        Path(args.state).expanduser(), say=say, web_port=args.port, redis_url=os.environ.get("REDIS_URL")
+    )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         stack.start_services()

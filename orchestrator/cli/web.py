@@ -15,16 +15,26 @@ from orchestrator.cli import command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bind", default=os.environ.get("ORCHESTRATOR_BIND", "127.0.0.1:8000"),
-                   help="host:port to listen on (default 127.0.0.1:8000)")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("ORCHESTRATOR_WEB_WORKERS", "2")),
-                   help="gunicorn worker processes (default 2)")
+    p.add_argument(
+        "--bind",
+        default=os.environ.get("ORCHESTRATOR_BIND", "127.0.0.1:8000"),
+        help="host:port to listen on (default 127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("ORCHESTRATOR_WEB_WORKERS", "2")),
+        help="gunicorn worker processes (default 2)",
+    )
     # Threads hide Redis round-trip latency (measured: 4x4 gthread ~2x the deliveries/s of 3 sync
     # workers on 2 CPUs) and keep a live-log stream from holding a whole worker.
-    p.add_argument("--threads", type=int, default=int(os.environ.get("ORCHESTRATOR_WEB_THREADS", "4")),
-                   help="threads per worker; more than 1 selects the gthread worker (default 4)")
-    p.add_argument("--timeout", type=int, default=60,
-                   help="seconds before gunicorn restarts a silent worker")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("ORCHESTRATOR_WEB_THREADS", "4")),
+        help="threads per worker; more than 1 selects the gthread worker (default 4)",
+    )
+    p.add_argument("--timeout", type=int, default=60, help="seconds before gunicorn restarts a silent worker")
     p.add_argument("--access-log", action="store_true", help="also write gunicorn's access log to stderr")
 
 
@@ -77,7 +87,13 @@ def web(args: argparse.Namespace) -> int:
     settings = load_settings()  # validated: names the key and the fix, exits 2 on error
     applog.configure(settings.secret_values())
     app = create_app(settings)
-    applog.event(applog.get("web"), "start", bind=args.bind, workers=args.workers, threads=args.threads,
-                 repositories=sorted(settings.repositories))
+    applog.event(
+        applog.get("web"),
+        "start",
+        bind=args.bind,
+        workers=args.workers,
+        threads=args.threads,
+        repositories=sorted(settings.repositories),
+    )
     serve(app, options)
     return 0

@@ -67,7 +67,9 @@ def _check_keys(kind: str, values: Mapping[str, str], pattern: re.Pattern[str]) 
         if not pattern.match(key):
             raise DeployError(
                 f"container {kind} name {key!r} is not allowed: use letters, digits, '_', '.', '-' "
-                "(and '/' for labels), starting with a letter or digit", key=key)
+                "(and '/' for labels), starting with a letter or digit",
+                key=key,
+            )
 
 
 def registry_of(image: str) -> str:
@@ -127,11 +129,30 @@ def run(app: AppContainer) -> Argv:
     return [*argv, "--", app.image]
 
 
-def run_edge(name: str, image: str, network: str, state_volume: str, publish: int, port: int,
-             labels: Mapping[str, str] | None = None) -> Argv:
+def run_edge(
+    name: str,
+    image: str,
+    network: str,
+    state_volume: str,
+    publish: int,
+    port: int,
+    labels: Mapping[str, str] | None = None,
+) -> Argv:
     """The edge proxy: started once per environment and host, it publishes the stable port."""
-    argv = _docker("run", "--detach", "--name", name, "--network", network, "--restart", "unless-stopped",
-                   "--publish", f"{publish}:{port}", "--volume", f"{state_volume}:/state")
+    argv = _docker(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--restart",
+        "unless-stopped",
+        "--publish",
+        f"{publish}:{port}",
+        "--volume",
+        f"{state_volume}:/state",
+    )
     for key, value in (labels or {}).items():
         argv += ["--label", f"{key}={value}"]
     return [*argv, "--", image, *EDGE_MODULE, "serve", "--listen", f"0.0.0.0:{port}", "--state", STATE_FILE]
@@ -139,8 +160,9 @@ def run_edge(name: str, image: str, network: str, state_volume: str, publish: in
 
 def probe(edge_or_app: str, url: str, status: int, timeout: float) -> Argv:
     """One HTTP health probe, run inside a container on the environment's network."""
-    return _docker("exec", edge_or_app, *EDGE_MODULE, "probe", url, "--status", str(status),
-                   "--timeout", f"{timeout:g}")
+    return _docker(
+        "exec", edge_or_app, *EDGE_MODULE, "probe", url, "--status", str(status), "--timeout", f"{timeout:g}"
+    )
 
 
 def set_upstream(edge: str, upstream: str) -> Argv:
@@ -161,8 +183,17 @@ def state(container: str) -> Argv:
 
 def list_app_containers(app_name: str) -> Argv:
     """Names of every app container of this environment (running or not), one per line."""
-    return _docker("ps", "--all", "--no-trunc", "--filter", f"label={LABEL_APP}={app_name}",
-                   "--filter", f"label={LABEL_ROLE}=app", "--format", "{{.Names}}")
+    return _docker(
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        f"label={LABEL_APP}={app_name}",
+        "--filter",
+        f"label={LABEL_ROLE}=app",
+        "--format",
+        "{{.Names}}",
+    )
 
 
 def logs(container: str, tail: int = 50) -> Argv:
@@ -263,13 +294,18 @@ def model_volume(volumes: Sequence[str], model_path: str) -> tuple[str, str]:
     directory = model_path.rstrip("/").rpartition("/")[0] or "/"
     for spec in volumes:
         parts = spec.split(":")
-        if len(parts) >= 2 and parts[1].rstrip("/") == directory.rstrip("/") and not parts[0].startswith(
-                ("/", ".", "~")) and "/" not in parts[0]:
+        if (
+            len(parts) >= 2
+            and parts[1].rstrip("/") == directory.rstrip("/")
+            and not parts[0].startswith(("/", ".", "~"))
+            and "/" not in parts[0]
+        ):
             return parts[0], parts[1].rstrip("/")
     raise DeployError(
         f"the build has a model to ship, but no named volume in container.volumes is mounted at "
-        f"{directory} (the directory of MODEL_PATH={model_path}): add one, e.g. \"ml_vol:{directory}:ro\"",
-        model_path=model_path)
+        f'{directory} (the directory of MODEL_PATH={model_path}): add one, e.g. "ml_vol:{directory}:ro"',
+        model_path=model_path,
+    )
 
 
 def upload_model(image: str, volume: str, mount: str, directory: str, files: Sequence[UploadFile]) -> Argv:
@@ -282,8 +318,9 @@ def upload_model(image: str, volume: str, mount: str, directory: str, files: Seq
         if not _FILE_NAME.match(f.name) or not _SHA256.match(f.sha256) or f.size < 0:
             raise DeployError(f"model file {f.name!r} cannot be uploaded (name, size or sha256 invalid)")
         args += [f.name, str(f.size), f.sha256]
-    return _on_volume("model-upload", image, volume, mount, "--interactive", UPLOAD_SCRIPT,
-                      f"{mount}/{directory}", *args)
+    return _on_volume(
+        "model-upload", image, volume, mount, "--interactive", UPLOAD_SCRIPT, f"{mount}/{directory}", *args
+    )
 
 
 def prune_models(image: str, volume: str, mount: str, keep: Iterable[str], grace: float) -> Argv:
@@ -296,10 +333,22 @@ def prune_models(image: str, volume: str, mount: str, keep: Iterable[str], grace
     return _on_volume("model-prune", image, volume, mount, None, PRUNE_SCRIPT, mount, f"{grace:g}", *names)
 
 
-def _on_volume(role: str, image: str, volume: str, mount: str, flag: str | None, script: str,
-               *args: str) -> Argv:
+def _on_volume(
+    role: str, image: str, volume: str, mount: str, flag: str | None, script: str, *args: str
+) -> Argv:
     """``docker run --rm`` of a python ``script`` in ``image``, as root, without network, with
     ``volume`` mounted read-write at ``mount`` (root inside: a fresh volume's root is root-owned)."""
-    argv = _docker("run", *([flag] if flag else []), "--rm", "--user", "0", "--network", "none",
-                   "--label", f"{LABEL_ROLE}={role}", "--volume", f"{volume}:{mount}")
+    argv = _docker(
+        "run",
+        *([flag] if flag else []),
+        "--rm",
+        "--user",
+        "0",
+        "--network",
+        "none",
+        "--label",
+        f"{LABEL_ROLE}={role}",
+        "--volume",
+        f"{volume}:{mount}",
+    )
     return [*argv, "--", image, "python3", "-c", script, *args]

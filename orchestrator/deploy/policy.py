@@ -47,8 +47,9 @@ class EnvironmentLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self, deadline: float, cancel: Any = None,
-                on_wait: Callable[[str | None], None] | None = None) -> None:
+    def acquire(
+        self, deadline: float, cancel: Any = None, on_wait: Callable[[str | None], None] | None = None
+    ) -> None:
         """Wait for the lock until ``deadline`` (monotonic); DeployError on timeout, Cancelled on cancel."""
         told = False
         while not self.store.acquire_lock(self.name, self.owner, self.ttl, build_id=self.build_id):
@@ -63,7 +64,9 @@ class EnvironmentLock:
             if time.monotonic() >= deadline:
                 raise DeployError(
                     f"the environment is locked by build id {holder} (lock {self.name}); it is released when "
-                    f"that deploy ends, or expires {self.ttl:g}s after its worker stops", lock=self.name)
+                    f"that deploy ends, or expires {self.ttl:g}s after its worker stops",
+                    lock=self.name,
+                )
             time.sleep(LOCK_POLL)
         self._thread = threading.Thread(target=self._renew, name=f"lock-{self.name}", daemon=True)
         self._thread.start()
@@ -102,8 +105,9 @@ def superseded_by(current: Deployment | None, number: int, action: str) -> Deplo
     return current if current.build_number > number else None
 
 
-def rollback_target(history: Sequence[Deployment], current: Deployment | None,
-                    to_build: int | None = None) -> Deployment | None:
+def rollback_target(
+    history: Sequence[Deployment], current: Deployment | None, to_build: int | None = None
+) -> Deployment | None:
     """The deployment a rollback goes back to: the newest one older than the current deployment
     (or the newest of build id ``to_build``). History is newest first."""
     if to_build is not None:
@@ -147,25 +151,45 @@ def _environments_of(build: Build) -> list[str]:
     return list(load_pipeline(build.pipeline_yaml, "pipeline.yaml (as built)").environments)
 
 
-def _create(rt: Runtime, src: _Source, env: str, kind: str, user: str, message: str,
-            source: Deployment | None = None) -> Build:
+def _create(
+    rt: Runtime, src: _Source, env: str, kind: str, user: str, message: str, source: Deployment | None = None
+) -> Build:
     from orchestrator.build.queue import enqueuer
 
     repo = rt.settings.repo(src.build.repo)
     if repo is None:
         raise NotFound(f"repository {src.build.repo} is not configured on this server", repo=src.build.repo)
     if env not in _environments_of(src.build):
-        raise NotFound(f"build #{src.build.number} has no environment '{env}' in its pipeline.yaml",
-                       environment=env)
-    trigger = Trigger(repo=src.build.repo, sha=src.build.sha, ref=src.build.ref, branch=src.build.branch,
-                      kind=kind, author=user, message=message, url=src.build.url)
-    deploys = {"environment": env, "source_build": src.build.id,
-               "source_number": source.build_number if source else src.build.number}
+        raise NotFound(
+            f"build #{src.build.number} has no environment '{env}' in its pipeline.yaml", environment=env
+        )
+    trigger = Trigger(
+        repo=src.build.repo,
+        sha=src.build.sha,
+        ref=src.build.ref,
+        branch=src.build.branch,
+        kind=kind,
+        author=user,
+        message=message,
+        url=src.build.url,
+    )
+    deploys = {
+        "environment": env,
+        "source_build": src.build.id,
+        "source_number": source.build_number if source else src.build.number,
+    }
     build, _ = rt.store.create_build(
-        trigger, pipeline=repo.pipeline, triggered_by=f"{kind} by {user}" if user else kind,
-        enqueue=enqueuer(rt.queue, rt.settings.build_timeout), dedup=False,
-        extra={"pipeline_yaml": src.build.pipeline_yaml, "image": src.image, "digest": src.digest,
-               "deploys": deploys},
+        trigger,
+        pipeline=repo.pipeline,
+        triggered_by=f"{kind} by {user}" if user else kind,
+        enqueue=enqueuer(rt.queue, rt.settings.build_timeout),
+        dedup=False,
+        extra={
+            "pipeline_yaml": src.build.pipeline_yaml,
+            "image": src.image,
+            "digest": src.digest,
+            "deploys": deploys,
+        },
     )
     return build
 
@@ -176,27 +200,45 @@ def request_promote(rt: Runtime, build_id: int, env: str, user: str) -> Build:
     if src.trigger in ("promote", "rollback"):
         src = rt.store.get_build(source_id(src))
     if src.status is not BuildStatus.SUCCESS or not src.image:
-        raise Conflict(f"build #{src.number} cannot be promoted: it is {src.status}"
-                       + ("" if src.image else " and pushed no image") + "; promote a successful build",
-                       build=src.id)
-    return _create(rt, _Source(src, src.image, src.digest), env, "promote", user,
-                   f"promote #{src.number} to {env}")
+        raise Conflict(
+            f"build #{src.number} cannot be promoted: it is {src.status}"
+            + ("" if src.image else " and pushed no image")
+            + "; promote a successful build",
+            build=src.id,
+        )
+    return _create(
+        rt, _Source(src, src.image, src.digest), env, "promote", user, f"promote #{src.number} to {env}"
+    )
 
 
 def request_rollback(rt: Runtime, repo: str, env: str, user: str, to_build: int | None = None) -> Build:
     """Queue a build that puts the previous deployment of ``repo`` in ``env`` back (trigger "rollback")."""
     current = rt.store.get_deployment(repo, env)
     if current is None:
-        raise NotFound(f"nothing is deployed to {env} for {repo}: there is nothing to roll back",
-                       repo=repo, environment=env)
+        raise NotFound(
+            f"nothing is deployed to {env} for {repo}: there is nothing to roll back",
+            repo=repo,
+            environment=env,
+        )
     history = rt.store.deployment_history(repo, env, limit=100)
     target = rollback_target(history, current, to_build)
     if target is None:
-        what = (f"build id {to_build}" if to_build is not None
-                else f"a build older than #{current.build_number}")
-        raise Conflict(f"cannot roll back {repo} in {env}: no earlier deployment of {what} is recorded",
-                       repo=repo, environment=env)
+        what = (
+            f"build id {to_build}" if to_build is not None else f"a build older than #{current.build_number}"
+        )
+        raise Conflict(
+            f"cannot roll back {repo} in {env}: no earlier deployment of {what} is recorded",
+            repo=repo,
+            environment=env,
+        )
     src = rt.store.get_build(target.build_id)
     # The target's image as it was deployed (a digest ref when one was known), so it is exact.
-    return _create(rt, _Source(src, target.image, ""), env, "rollback", user,
-                   f"roll back {env} from #{current.build_number} to #{target.build_number}", source=target)
+    return _create(
+        rt,
+        _Source(src, target.image, ""),
+        env,
+        "rollback",
+        user,
+        f"roll back {env} from #{current.build_number} to #{target.build_number}",
+        source=target,
+    )

@@ -72,7 +72,8 @@ def load_private_key(text: str, source: str = "the deploy key") -> paramiko.PKey
             continue
     raise ConfigError(
         f"{source} is not an unencrypted ed25519, ecdsa or rsa private key; create one with "
-        "`ssh-keygen -t ed25519 -N '' -f deploy_key` and store the private key file's text")
+        "`ssh-keygen -t ed25519 -N '' -f deploy_key` and store the private key file's text"
+    )
 
 
 def key_from_settings(settings: Any) -> paramiko.PKey:
@@ -93,7 +94,10 @@ class _Reject(paramiko.MissingHostKeyPolicy):
             f"host key of {self.target.known_hosts_name} is unknown: it offered {key.get_name()} "
             f"{fingerprint(key)}, which is not in {self.known_hosts}. Verify the fingerprint with the "
             f"host's owner, then add it: ssh-keyscan -p {self.target.port} {self.target.host} >> "
-            f"{self.known_hosts}", host=str(self.target), fingerprint=fingerprint(key))
+            f"{self.known_hosts}",
+            host=str(self.target),
+            fingerprint=fingerprint(key),
+        )
 
 
 def _lines(stream: str, on_line: LineCallback | None, capture: list[str] | None) -> Callable[[bytes], None]:
@@ -117,12 +121,14 @@ def _lines(stream: str, on_line: LineCallback | None, capture: list[str] | None)
 class SshHost:
     """One SSH connection to a deploy host; ``run`` may be called many times (one channel each)."""
 
-    def __init__(self, target: Target, key: paramiko.PKey, known_hosts: Path | None,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, target: Target, key: paramiko.PKey, known_hosts: Path | None, connect_timeout: float = 10.0
+    ) -> None:
         if known_hosts is None:
             raise ConfigError(
                 "no known_hosts file is configured: set ORCHESTRATOR_KNOWN_HOSTS to a file with the deploy "
-                "hosts' keys (ssh-keyscan -p PORT HOST >> FILE, after verifying them)")
+                "hosts' keys (ssh-keyscan -p PORT HOST >> FILE, after verifying them)"
+            )
         if not Path(known_hosts).is_file():
             raise ConfigError(f"known_hosts file {known_hosts} does not exist (ORCHESTRATOR_KNOWN_HOSTS)")
         self.target = target
@@ -146,9 +152,16 @@ class SshHost:
         started = time.monotonic()
         try:
             client.connect(
-                self.target.host, port=self.target.port, username=self.target.user, pkey=self.key,
-                timeout=t, banner_timeout=t, auth_timeout=t, channel_timeout=t,
-                allow_agent=False, look_for_keys=False,
+                self.target.host,
+                port=self.target.port,
+                username=self.target.user,
+                pkey=self.key,
+                timeout=t,
+                banner_timeout=t,
+                auth_timeout=t,
+                channel_timeout=t,
+                allow_agent=False,
+                look_for_keys=False,
             )
         except HostKeyError:
             client.close()
@@ -161,12 +174,16 @@ class SshHost:
                 "may be an attack or a reinstalled host: verify with the host's owner, then replace the "
                 f"line (ssh-keygen -R '{self.target.known_hosts_name}' -f {self.known_hosts}; ssh-keyscan "
                 f"-p {self.target.port} {self.target.host} >> {self.known_hosts})",
-                host=str(self.target), fingerprint=fingerprint(exc.key)) from None
+                host=str(self.target),
+                fingerprint=fingerprint(exc.key),
+            ) from None
         except paramiko.AuthenticationException as exc:
             client.close()
             raise InfrastructureError(
                 f"SSH authentication to {self.target} failed ({exc}): add the deploy key's public key to "
-                f"~{self.target.user}/.ssh/authorized_keys on the host", host=str(self.target)) from None
+                f"~{self.target.user}/.ssh/authorized_keys on the host",
+                host=str(self.target),
+            ) from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
             took = time.monotonic() - started
@@ -176,7 +193,8 @@ class SshHost:
             raise InfrastructureError(
                 f"cannot reach {self.target} over SSH after {took:.1f}s (timeout {t:g}s): "
                 f"{why}; check the host, port and firewall",
-                host=str(self.target)) from None
+                host=str(self.target),
+            ) from None
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
@@ -197,8 +215,9 @@ class SshHost:
         try:
             return transport.open_session(timeout=self.connect_timeout)
         except (paramiko.SSHException, OSError) as exc:
-            raise InfrastructureError(f"cannot open an SSH channel to {self.target}: {exc}",
-                                      host=str(self.target)) from None
+            raise InfrastructureError(
+                f"cannot open an SSH channel to {self.target}: {exc}", host=str(self.target)
+            ) from None
 
     def run(
         self,
@@ -230,7 +249,7 @@ class SshHost:
                 text = head.decode(errors="replace")
                 if text.startswith(PID_MARKER) and sep:
                     with contextlib.suppress(ValueError):
-                        pid.append(int(text[len(PID_MARKER):]))
+                        pid.append(int(text[len(PID_MARKER) :]))
                     pid_seen.set()
                     data = rest
                     if not data:
@@ -259,8 +278,11 @@ class SshHost:
             chan.settimeout(0.5)
             chan.exec_command(command)
             readers = [
-                threading.Thread(target=self._drain, args=(chan.recv, _lines("stdout", on_line, out_lines),
-                                                           stopped), daemon=True),
+                threading.Thread(
+                    target=self._drain,
+                    args=(chan.recv, _lines("stdout", on_line, out_lines), stopped),
+                    daemon=True,
+                ),
                 threading.Thread(target=self._drain, args=(chan.recv_stderr, feed_err, stopped), daemon=True),
             ]
             for r in readers:
@@ -280,18 +302,24 @@ class SshHost:
                 r.join(5 if not stopped.is_set() else 1)
         except (paramiko.SSHException, OSError) as exc:
             stop("error")
-            raise InfrastructureError(f"SSH command on {self.target} failed: {exc}", host=str(self.target),
-                                      command=shlex.join(argv)) from None
+            raise InfrastructureError(
+                f"SSH command on {self.target} failed: {exc}", host=str(self.target), command=shlex.join(argv)
+            ) from None
         finally:
             remove()
         if reason and reason[0] == "cancelled":
             raise Cancelled(f"cancelled: killed `{shlex.join(argv)[:200]}` on {self.target}")
         if reason and reason[0] == "timeout":
-            raise StepTimeout(f"`{shlex.join(argv)[:200]}` on {self.target} did not finish within "
-                              f"{timeout:g}s; it was killed", host=str(self.target))
+            raise StepTimeout(
+                f"`{shlex.join(argv)[:200]}` on {self.target} did not finish within "
+                f"{timeout:g}s; it was killed",
+                host=str(self.target),
+            )
         if not chan.exit_status_ready():
-            raise InfrastructureError(f"SSH connection to {self.target} closed before "
-                                      f"`{shlex.join(argv)[:200]}` finished", host=str(self.target))
+            raise InfrastructureError(
+                f"SSH connection to {self.target} closed before `{shlex.join(argv)[:200]}` finished",
+                host=str(self.target),
+            )
         code = chan.recv_exit_status()
         chan.close()
         return Result(code, "\n".join(out_lines or []), "\n".join(err_lines or []))
@@ -323,8 +351,9 @@ class SshHost:
             chan.close()
 
 
-def connect(target: Target, settings: Any, connect_timeout: float = 10.0,
-            key: paramiko.PKey | None = None) -> SshHost:
+def connect(
+    target: Target, settings: Any, connect_timeout: float = 10.0, key: paramiko.PKey | None = None
+) -> SshHost:
     """An SshHost for ``target`` with the key from the server's secrets and its known_hosts."""
     host = SshHost(target, key or key_from_settings(settings), settings.known_hosts, connect_timeout)
     host.connect()

@@ -19,9 +19,23 @@ from orchestrator.devstack.stack import REPO_NAME, Say, Stack
 from orchestrator.store import Store
 
 SEED_REQUEST = {
-    "bedrooms": 3, "bathrooms": 1, "sqft_living": 1180, "sqft_lot": 5650, "floors": 1, "waterfront": 0,
-    "view": 0, "condition": 3, "grade": 7, "sqft_above": 1180, "sqft_basement": 0, "yr_built": 1955,
-    "yr_renovated": 0, "zipcode": 98178, "lat": 47.5112, "long": -122.257, "sqft_living15": 1340,
+    "bedrooms": 3,
+    "bathrooms": 1,
+    "sqft_living": 1180,
+    "sqft_lot": 5650,
+    "floors": 1,
+    "waterfront": 0,
+    "view": 0,
+    "condition": 3,
+    "grade": 7,
+    "sqft_above": 1180,
+    "sqft_basement": 0,
+    "yr_built": 1955,
+    "yr_renovated": 0,
+    "zipcode": 98178,
+    "lat": 47.5112,
+    "long": -122.257,
+    "sqft_living15": 1340,
     "sqft_lot15": 5650,
 }
 FINISHED = {"success", "failed", "error", "cancelled", "superseded"}
@@ -38,8 +52,9 @@ def _gate_table(result: dict[str, Any]) -> list[str]:
     from orchestrator.gate.rules import Check, GateResult
 
     checks = [Check(**c) for c in result.get("checks", [])]
-    return GateResult(bool(result.get("passed")), checks, result.get("candidate") or {},
-                      result.get("baseline")).table()
+    return GateResult(
+        bool(result.get("passed")), checks, result.get("candidate") or {}, result.get("baseline")
+    ).table()
 
 
 def follow_build(store: Store, build_id: int, say: Say, timeout: float = 1800) -> str:
@@ -76,19 +91,39 @@ def run_demo(stack: Stack, say: Say) -> bool:
     # against Prod's, and the deploy ships it to each host's model volume (docs/pipeline.md).
 
     branch = f"demo-{int(time.time())}"
-    head = stack.origin.commit(branch, {"inference/CHANGELOG.md": f"- {branch}: retrain with more trees\n"},
-                               "Retrain the house-price model")
+    head = stack.origin.commit(
+        branch,
+        {"inference/CHANGELOG.md": f"- {branch}: retrain with more trees\n"},
+        "Retrain the house-price model",
+    )
     before = stack.origin.head("main")
     merge_sha = stack.origin.merge(branch, message=f"Merge pull request #1 from {branch}")
     say(f"merged {branch} into main as {merge_sha[:7]}")
     url = f"{stack.url}/webhooks/github"
-    pr = demo.merged_pull_request(REPO_NAME, stack.origin.url, number=1, merge_sha=merge_sha, head_sha=head,
-                                  head_ref=branch, title="Retrain the house-price model")
+    pr = demo.merged_pull_request(
+        REPO_NAME,
+        stack.origin.url,
+        number=1,
+        merge_sha=merge_sha,
+        head_sha=head,
+        head_ref=branch,
+        title="Retrain the house-price model",
+    )
     sent = demo.send(url, stack.webhook_secret, "pull_request", pr)
     say(f"webhook pull_request → {sent.status} {sent.body}")
-    pushed = demo.send(url, stack.webhook_secret, "push",
-                       demo.push(REPO_NAME, stack.origin.url, ref="refs/heads/main", before=before,
-                                 after=merge_sha, message="Merge pull request #1"))
+    pushed = demo.send(
+        url,
+        stack.webhook_secret,
+        "push",
+        demo.push(
+            REPO_NAME,
+            stack.origin.url,
+            ref="refs/heads/main",
+            before=before,
+            after=merge_sha,
+            message="Merge pull request #1",
+        ),
+    )
     say(f"webhook push         → {pushed.status} {pushed.body}")
     if sent.status != 202:
         say("the merge was not queued; see the deliveries page")
@@ -104,8 +139,10 @@ def run_demo(stack: Stack, say: Say) -> bool:
     for name, env in envs.items():
         port = env.get("container", {}).get("publish")
         resp = requests.post(f"http://127.0.0.1:{port}/predict", json=SEED_REQUEST, timeout=10)
-        say(f"{name}: POST http://127.0.0.1:{port}/predict (the seed's request) → "
-            f"{resp.status_code} {resp.text}")
+        say(
+            f"{name}: POST http://127.0.0.1:{port}/predict (the seed's request) → "
+            f"{resp.status_code} {resp.text}"
+        )
     gate = store.get_build(build_id).gate
     for step, result in gate.items():
         say(f"model gate '{step}': " + ("passed" if result.get("passed") else "FAILED"))

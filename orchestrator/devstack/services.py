@@ -84,10 +84,29 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         exe = require_program("redis-server", "redis-server")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--dir", str(self.directory),
-             "--daemonize", "no", "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(self._ping, 10, f"redis-server on port {self.port}")
         return self
@@ -136,8 +155,15 @@ class DockerDaemon:
 
     def ensure(self, env: Mapping[str, str] | None = None, work: Path | None = None) -> DockerDaemon:
         env = os.environ if env is None else env
-        candidates = [h for h in (env.get("DOCKER_HOST"), "unix://" + DEFAULT_DOCKER_SOCKET,
-                                  "unix:///var/run/docker.sock") if h]
+        candidates = [
+            h
+            for h in (
+                env.get("DOCKER_HOST"),
+                "unix://" + DEFAULT_DOCKER_SOCKET,
+                "unix:///var/run/docker.sock",
+            )
+            if h
+        ]
         for host in candidates:
             if self.answers(host):
                 self.host = host
@@ -156,9 +182,20 @@ class DockerDaemon:
         Path(data_root).mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [exe, "--data-root", data_root, "--exec-root", str(work / "docker-exec"),
-                 "-H", self.host, "--pidfile", str(work / "docker.pid")],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    exe,
+                    "--data-root",
+                    data_root,
+                    "--exec-root",
+                    str(work / "docker-exec"),
+                    "-H",
+                    self.host,
+                    "--pidfile",
+                    str(work / "docker.pid"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.started_here = True
         try:
@@ -213,8 +250,13 @@ def ensure_base_image(docker_host: str, progress: Callable[[str], None] | None =
     ``progress`` receives the script's progress lines (debootstrap takes about 70 s the first time).
     """
     env = {**os.environ, "DOCKER_HOST": docker_host}
-    proc = subprocess.Popen([str(REPO_ROOT / "scripts" / "base-image")], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(REPO_ROOT / "scripts" / "base-image")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     tail: list[str] = []
     assert proc.stderr is not None and proc.stdout is not None
     for line in proc.stderr:
@@ -263,8 +305,9 @@ def keygen(path: Path, comment: str = "mlship") -> Path:
     """An ed25519 key pair at ``path`` / ``path``.pub (created once)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True
+        )
     return path
 
 
@@ -306,7 +349,8 @@ class SshHost:
         )
         self.proc = subprocess.Popen(
             [exe, "-D", "-f", str(cfg), "-E", str(self.directory / "sshd.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: port_open(self.port), 10, f"sshd '{self.name}' on port {self.port}")
         return self
@@ -317,8 +361,14 @@ class SshHost:
 
 
 def git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> str:
-    full_env = {**os.environ, "GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
-                "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com", **(env or {})}
+    full_env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Dev",
+        "GIT_AUTHOR_EMAIL": "dev@example.com",
+        "GIT_COMMITTER_NAME": "Dev",
+        "GIT_COMMITTER_EMAIL": "dev@example.com",
+        **(env or {}),
+    }
     out = subprocess.run(["git", *args], cwd=cwd, env=full_env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise InfrastructureError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
@@ -394,7 +444,14 @@ class GitOrigin:
         """Merge ``branch`` into ``into`` with a merge commit (as GitHub does); return the merge sha."""
         git("fetch", "-q", "origin", cwd=self.work)
         git("checkout", "-q", "-B", into, f"origin/{into}", cwd=self.work)
-        git("merge", "-q", "--no-ff", "-m", message or f"Merge branch '{branch}'", f"origin/{branch}",
-            cwd=self.work)
+        git(
+            "merge",
+            "-q",
+            "--no-ff",
+            "-m",
+            message or f"Merge branch '{branch}'",
+            f"origin/{branch}",
+            cwd=self.work,
+        )
         git("push", "-q", "origin", into, cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)

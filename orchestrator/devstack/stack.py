@@ -117,16 +117,22 @@ class Stack:
             "known_hosts": str(self.known_hosts),
             "lease_seconds": 10,
             "vars": {
-                "REGISTRY": self.registry.addr, "BASE_IMAGE": self.base_image,
-                "QA_HOST": "127.0.0.1", "QA_PORT": str(self.hosts["qa"].port),
+                "REGISTRY": self.registry.addr,
+                "BASE_IMAGE": self.base_image,
+                "QA_HOST": "127.0.0.1",
+                "QA_PORT": str(self.hosts["qa"].port),
                 "QA_USER": self.hosts["qa"].user,
-                "PROD_HOST": "127.0.0.1", "PROD_PORT": str(self.hosts["prod"].port),
+                "PROD_HOST": "127.0.0.1",
+                "PROD_PORT": str(self.hosts["prod"].port),
                 "PROD_USER": self.hosts["prod"].user,
             },
-            "repositories": {REPO_NAME: {
-                "clone_url": self.origin.url, "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
-                "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
-            }},
+            "repositories": {
+                REPO_NAME: {
+                    "clone_url": self.origin.url,
+                    "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
+                    "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
+                }
+            },
         }
         self.config_path = self.state / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -163,12 +169,15 @@ class Stack:
 
     def _spawn(self, argv: list[str], log: Path) -> None:
         with open(log, "ab") as f:
-            proc = subprocess.Popen(argv, env=self.env(), stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv, env=self.env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
         time.sleep(0.3)
         if proc.poll() is not None:
-            raise InfrastructureError(f"{' '.join(argv[2:])} exited at start; see {log}:\n"
-                                      + log.read_text(errors="replace")[-2000:])
+            raise InfrastructureError(
+                f"{' '.join(argv[2:])} exited at start; see {log}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
         self.procs.append(proc)
 
     def remove_deployments(self) -> list[str]:

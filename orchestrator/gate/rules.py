@@ -47,8 +47,12 @@ class GateResult:
     baseline: dict[str, Any] | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks],
-                "candidate": self.candidate, "baseline": self.baseline}
+        return {
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+        }
 
     def table(self) -> list[str]:
         """Human-readable lines: metrics side by side, then every check."""
@@ -77,8 +81,13 @@ def judge(report: dict[str, Any], rules: GateRules) -> GateResult:
     serving = report.get("serving", {})
     checks.append(Check("loads", True, f"under scikit-learn {serving.get('sklearn', '?')}"))
     finite = bool(cand.get("finite"))
-    checks.append(Check("finite predictions", finite,
-                        f"{cand.get('rows', 0)} golden rows" if finite else "NaN or inf predicted"))
+    checks.append(
+        Check(
+            "finite predictions",
+            finite,
+            f"{cand.get('rows', 0)} golden rows" if finite else "NaN or inf predicted",
+        )
+    )
     metrics: dict[str, float] = cand.get("metrics", {})
     for name, bound in sorted(rules.thresholds.items()):
         checks.append(_threshold(name, metrics.get(name), bound))
@@ -87,12 +96,18 @@ def judge(report: dict[str, Any], rules: GateRules) -> GateResult:
     lat = cand.get("latency_ms", {})
     if rules.single_ms is not None:
         v = float(lat.get("single", math.inf))
-        checks.append(Check("latency one row", v <= rules.single_ms,
-                            f"{v:.2f} ms (limit {rules.single_ms} ms)"))
+        checks.append(
+            Check("latency one row", v <= rules.single_ms, f"{v:.2f} ms (limit {rules.single_ms} ms)")
+        )
     if rules.batch_ms is not None:
         v = float(lat.get("batch", math.inf))
-        checks.append(Check(f"latency {lat.get('batch_rows', '?')} rows", v <= rules.batch_ms,
-                            f"{v:.1f} ms (limit {rules.batch_ms} ms)"))
+        checks.append(
+            Check(
+                f"latency {lat.get('batch_rows', '?')} rows",
+                v <= rules.batch_ms,
+                f"{v:.1f} ms (limit {rules.batch_ms} ms)",
+            )
+        )
     return GateResult(all(c.passed for c in checks), checks, cand, base)
 
 
@@ -100,13 +115,20 @@ def _threshold(name: str, value: float | None, bound: Bound) -> Check:
     if value is None:
         return Check(f"{name} threshold", False, f"{name} was not computed")
     ok = (bound.min is None or value >= bound.min) and (bound.max is None or value <= bound.max)
-    limits = " and ".join(x for x in (f"≥ {bound.min:g}" if bound.min is not None else "",
-                                      f"≤ {bound.max:g}" if bound.max is not None else "") if x)
+    limits = " and ".join(
+        x
+        for x in (
+            f"≥ {bound.min:g}" if bound.min is not None else "",
+            f"≤ {bound.max:g}" if bound.max is not None else "",
+        )
+        if x
+    )
     return Check(f"{name} threshold", ok, f"{name} = {value:,.4f}, required {limits}")
 
 
-def _versus_deployed(metrics: dict[str, float], base: dict[str, Any] | None,
-                     tolerances: dict[str, float]) -> list[Check]:
+def _versus_deployed(
+    metrics: dict[str, float], base: dict[str, Any] | None, tolerances: dict[str, float]
+) -> list[Check]:
     if base is None:
         return [Check("no worse than deployed", True, "nothing deployed with a known model yet: first model")]
     if not base.get("loaded"):

@@ -57,7 +57,7 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) 
         )
     if not header.startswith(_PREFIX):
         raise SignatureError(f"{SIGNATURE_HEADER} must look like 'sha256=<64 hex digits>'")
-    given = header[len(_PREFIX):].strip().encode("latin-1", "replace")
+    given = header[len(_PREFIX) :].strip().encode("latin-1", "replace")
     matched = -1
     for i, secret in enumerate(secrets):
         expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
@@ -161,8 +161,9 @@ def ping(payload: Mapping[str, Any]) -> Decision:
     zen = payload.get("zen")
     hook_id = payload.get("hook_id")
     hook = f" {hook_id}" if isinstance(hook_id, int) else ""
-    return Decision(f"ping: webhook{hook} is set up; nothing to build",
-                    zen=zen if isinstance(zen, str) else "")
+    return Decision(
+        f"ping: webhook{hook} is set up; nothing to build", zen=zen if isinstance(zen, str) else ""
+    )
 
 
 def _pull_request(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
@@ -180,15 +181,22 @@ def _pull_request(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
     if not branch_matches(base, tracked):
         return Decision(
             f"{label} was merged into '{base}', which is not tracked (tracked: {_names(tracked)})",
-            action=action, ref=ref,
+            action=action,
+            ref=ref,
         )
     sha = _sha(pr.get("merge_commit_sha"), "pull_request.merge_commit_sha")
     user = _login(pr.get("merged_by")) or _login(pr.get("user"))
     title = pr.get("title")
     url = pr.get("html_url")
     trigger = Trigger(
-        repo=repo.full_name, sha=sha, ref=ref, branch=base, kind="pull_request_merged", author=user,
-        message=title if isinstance(title, str) else "", url=url if isinstance(url, str) else "",
+        repo=repo.full_name,
+        sha=sha,
+        ref=ref,
+        branch=base,
+        kind="pull_request_merged",
+        author=user,
+        message=title if isinstance(title, str) else "",
+        url=url if isinstance(url, str) else "",
         pr_number=number if isinstance(number, int) else None,
     )
     return Decision(f"{label} merged into '{base}'", trigger, action=action, ref=ref, sha=sha)
@@ -203,7 +211,7 @@ def _push(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
         return Decision(f"branch deletion ({ref}) does not start builds", ref=ref)
     if not ref.startswith("refs/heads/"):
         return Decision(f"push to {ref}, which is not a branch", ref=ref)
-    branch = ref[len("refs/heads/"):]
+    branch = ref[len("refs/heads/") :]
     tracked = repo.triggers.push
     if not tracked:
         return Decision(
@@ -212,8 +220,9 @@ def _push(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
             ref=ref,
         )
     if not branch_matches(branch, tracked):
-        return Decision(f"push to '{branch}', which is not tracked for pushes (tracked: {_names(tracked)})",
-                        ref=ref)
+        return Decision(
+            f"push to '{branch}', which is not tracked for pushes (tracked: {_names(tracked)})", ref=ref
+        )
     sha = _sha(after, "after")
     head_value = payload.get("head_commit")
     head: Mapping[str, Any] = head_value if isinstance(head_value, dict) else {}
@@ -223,9 +232,14 @@ def _push(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
     message = head.get("message")
     url = head.get("url") or payload.get("compare")
     trigger = Trigger(
-        repo=repo.full_name, sha=sha, ref=ref, branch=branch, kind="push",
+        repo=repo.full_name,
+        sha=sha,
+        ref=ref,
+        branch=branch,
+        kind="push",
         author=who if isinstance(who, str) else "",
-        message=message if isinstance(message, str) else "", url=url if isinstance(url, str) else "",
+        message=message if isinstance(message, str) else "",
+        url=url if isinstance(url, str) else "",
     )
     return Decision(f"push to '{branch}'", trigger, ref=ref, sha=sha)
 

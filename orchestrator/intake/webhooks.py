@@ -63,8 +63,10 @@ class Keyring:
         for repo in settings.repositories.values():
             for name, secret in zip(repo.webhook_secrets, settings.webhook_secrets(repo), strict=True):
                 if not secret.strip():
-                    raise ConfigError(f"secret {name} (webhook secret of {repo.full_name}) is blank: "
-                                      "set a non-empty value", secret=name)
+                    raise ConfigError(
+                        f"secret {name} (webhook secret of {repo.full_name}) is blank: set a non-empty value",
+                        secret=name,
+                    )
                 owners.setdefault(secret, set()).add(repo.full_name)
         return cls(tuple(owners), tuple(frozenset(v) for v in owners.values()))
 
@@ -117,9 +119,13 @@ def _setup(state: BlueprintSetupState) -> None:
     if not logging_configured():
         applog.configure(settings.secret_values())
     if not settings.repositories:
-        applog.event(log, "config", level=logging.WARNING,
-                     reason="no repositories are allow-listed: every delivery will be ignored; "
-                     "add them under repositories: in ORCHESTRATOR_CONFIG")
+        applog.event(
+            log,
+            "config",
+            level=logging.WARNING,
+            reason="no repositories are allow-listed: every delivery will be ignored; "
+            "add them under repositories: in ORCHESTRATOR_CONFIG",
+        )
 
 
 def logging_configured() -> bool:
@@ -130,8 +136,13 @@ def logging_configured() -> bool:
 @bp.post("/webhooks/github/<owner>/<name>")
 def receive(owner: str | None = None, name: str | None = None) -> Response:
     """The Flask route (FastPath answers these POSTs first; this serves apps mounted without it)."""
-    inc = Incoming(request.headers, request.mimetype, request.content_length, request.stream,
-                   f"{owner}/{name}" if owner else None)
+    inc = Incoming(
+        request.headers,
+        request.mimetype,
+        request.content_length,
+        request.stream,
+        f"{owner}/{name}" if owner else None,
+    )
     status, body = handle(current_app.extensions[EXTENSION], inc)
     return Response(body, status, mimetype="application/json")
 
@@ -163,8 +174,17 @@ def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
     keyring = intake.keyring
     if scope is not None:
         if settings.repo(scope) is None:
-            return _recorded(store, _verdict(d, 404, "rejected", f"repository {scope} is not allow-listed: "
-                                          "add it under repositories: in the server configuration"), d)
+            return _recorded(
+                store,
+                _verdict(
+                    d,
+                    404,
+                    "rejected",
+                    f"repository {scope} is not allow-listed: "
+                    "add it under repositories: in the server configuration",
+                ),
+                d,
+            )
         keyring = keyring.only(scope)
     try:
         _check_content_type(inc.mimetype)
@@ -187,16 +207,35 @@ def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
             return _finish(intake, inc, _ignored(d, decision), d)
         return _finish(intake, inc, _reject(d, PayloadError("the payload has no repository.full_name")), d)
     if scope is not None and repo_name != scope:
-        return _finish(intake, inc, _reject(d, PayloadError(
-            f"the payload is about {repo_name} but was sent to the URL of {scope}")), d)
+        return _finish(
+            intake,
+            inc,
+            _reject(d, PayloadError(f"the payload is about {repo_name} but was sent to the URL of {scope}")),
+            d,
+        )
     repo = settings.repo(repo_name)
     if repo is None:
-        return _finish(intake, inc, _verdict(
-            d, 200, "ignored", f"repository {repo_name} is not allow-listed: add it under repositories: "
-            "in the server configuration to build it"), d)
+        return _finish(
+            intake,
+            inc,
+            _verdict(
+                d,
+                200,
+                "ignored",
+                f"repository {repo_name} is not allow-listed: add it under repositories: "
+                "in the server configuration to build it",
+            ),
+            d,
+        )
     if repo_name not in keyring.owners[secret]:
-        return _finish(intake, inc, _reject(d, SignatureError(
-            f"{github.SIGNATURE_HEADER} does not match a webhook secret of {repo_name}")), d)
+        return _finish(
+            intake,
+            inc,
+            _reject(
+                d, SignatureError(f"{github.SIGNATURE_HEADER} does not match a webhook secret of {repo_name}")
+            ),
+            d,
+        )
 
     # From here on, one round trip settles the delivery: if this id already succeeded, its record
     # answers (no new build); otherwise the verdict is recorded — for a build, in the same atomic
@@ -216,10 +255,14 @@ def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: github.Dec
     assert decision.trigger is not None
     why = decision.reason
     if len(why) > _MAX_REASON - 200:  # leaves room for the number and the first delivery's id
-        why = why[:_MAX_REASON - 200] + "…"
+        why = why[: _MAX_REASON - 200] + "…"
     d.duration_ms = applog.now_ms(inc.start)
     build, prior = intake.store.intake_build(
-        d, decision.trigger, pipeline=repo.pipeline, job=intake.job, replay=SUCCESS,
+        d,
+        decision.trigger,
+        pipeline=repo.pipeline,
+        job=intake.job,
+        replay=SUCCESS,
         queued_reason=f"{why}: queued as build #",
         duplicate_reason=f"{why}: commit {decision.trigger.sha[:7]} is already build #",
     )
@@ -273,8 +316,9 @@ def _replay(settings: Settings, prior: Replay, d: Delivery) -> Answer:
 # -- recording --------------------------------------------------------------------------------------
 
 
-def _finish(intake: Intake, inc: Incoming, answer: Answer, d: Delivery,
-            replay: frozenset[str] | tuple[()] = ()) -> Answer:
+def _finish(
+    intake: Intake, inc: Incoming, answer: Answer, d: Delivery, replay: frozenset[str] | tuple[()] = ()
+) -> Answer:
     """Record the verdict (the delivery's final state) and count it, in one round trip; if the record
     of this id already has a verdict in ``replay``, answer from it instead."""
     d.duration_ms = applog.now_ms(inc.start)
@@ -298,9 +342,21 @@ def _recorded(store: Any, answer: Answer, d: Delivery) -> Answer:
 def _log(d: Delivery, answer: Answer) -> None:
     level = logging.INFO if answer.status < 400 else logging.WARNING if answer.status < 500 else logging.ERROR
     applog.event(
-        log, "delivery", level=level, delivery=d.id, github_event=d.event, repo=d.repo, action=d.action,
-        ref=d.ref, sha=d.sha, verdict=d.verdict, reason=d.reason, status=answer.status, build=d.build_id,
-        duration_ms=d.duration_ms, replayed=answer.replayed,
+        log,
+        "delivery",
+        level=level,
+        delivery=d.id,
+        github_event=d.event,
+        repo=d.repo,
+        action=d.action,
+        ref=d.ref,
+        sha=d.sha,
+        verdict=d.verdict,
+        reason=d.reason,
+        status=answer.status,
+        build=d.build_id,
+        duration_ms=d.duration_ms,
+        replayed=answer.replayed,
     )
 
 
@@ -337,7 +393,6 @@ def _read_body(inc: Incoming, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-
 # -- the lean path ----------------------------------------------------------------------------------
 
 PATH = "/webhooks/github"
@@ -366,13 +421,19 @@ class FastPath:
         scope = _scope(path)
         if scope is None:
             return self.app(environ, start_response)
-        inc = Incoming(EnvironHeaders(environ), parse_options_header(environ.get("CONTENT_TYPE", ""))[0],
-                       get_content_length(environ), get_input_stream(environ, max_content_length=None),
-                       scope or None)
+        inc = Incoming(
+            EnvironHeaders(environ),
+            parse_options_header(environ.get("CONTENT_TYPE", ""))[0],
+            get_content_length(environ),
+            get_input_stream(environ, max_content_length=None),
+            scope or None,
+        )
         status, body = handle(self.intake, inc)
         metrics.record_request(self.intake, "POST", self.ENDPOINT, status, inc.start)
-        start_response(_STATUS_LINES.get(status) or str(status), [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        start_response(
+            _STATUS_LINES.get(status) or str(status),
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
         return [body]
 
 
@@ -381,7 +442,7 @@ def _scope(path: str) -> str | None:
     (matching Flask's rule: exactly two non-empty segments, no trailing slash)."""
     if path == PATH:
         return ""
-    rest = path[len(PATH):]
+    rest = path[len(PATH) :]
     if not rest.startswith("/"):
         return None
     owner, sep, name = rest[1:].partition("/")

@@ -60,7 +60,7 @@ def describe(build: Build, status: str, error: str) -> str:
     ("model gate failed: <checks>"), so the pull request shows why the model did not reach Prod."""
     marker = "model gate failed: "
     if status == "failed" and marker in error:
-        return error[error.index(marker):][:140]
+        return error[error.index(marker) :][:140]
     return (f"build {status}" + (f": {error}" if error else ""))[:140]
 
 
@@ -70,8 +70,12 @@ def report(settings: Settings, build: Build, state: str, description: str) -> No
     if not token:
         return
     if not _REPO_RE.match(build.repo) or not _SHA_RE.match(build.sha):
-        log.warning("not reporting a status for build %s: repo %r / sha %r are not GitHub-shaped",
-                    build.id, build.repo[:100], build.sha[:50])
+        log.warning(
+            "not reporting a status for build %s: repo %r / sha %r are not GitHub-shaped",
+            build.id,
+            build.repo[:100],
+            build.sha[:50],
+        )
         return
     try:
         req = build_request(settings, token, build, state, description)
@@ -82,8 +86,18 @@ def report(settings: Settings, build: Build, state: str, description: str) -> No
         with urllib.request.urlopen(http, timeout=TIMEOUT) as resp:  # noqa: S310
             resp.read()
     except urllib.error.HTTPError as exc:
-        log.warning("GitHub refused the commit status for build %s (%s %s): HTTP %s — check the token's "
-                    "repo:status scope", build.id, build.repo, build.sha[:7], exc.code)
+        log.warning(
+            "GitHub refused the commit status for build %s (%s %s): HTTP %s — check the token's "
+            "repo:status scope",
+            build.id,
+            build.repo,
+            build.sha[:7],
+            exc.code,
+        )
     except Exception as exc:  # a status is a courtesy; it never fails a build
-        log.warning("could not report the commit status for build %s to %s: %s",
-                    build.id, settings.github_api_url, exc)
+        log.warning(
+            "could not report the commit status for build %s to %s: %s",
+            build.id,
+            settings.github_api_url,
+            exc,
+        )

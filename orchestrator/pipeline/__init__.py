@@ -654,8 +654,7 @@ def _check_model_check(
         errs.add(f"unknown environment '{spec.compare_to}'; environments: {envs}", (*at, "compare_to"))
     if spec.no_worse_than_deployed and spec.compare_to is None:
         errs.add(
-            "no_worse_than_deployed needs compare_to: the environment whose deployed model is the "
-            "baseline",
+            "no_worse_than_deployed needs compare_to: the environment whose deployed model is the baseline",
             (*at, "no_worse_than_deployed"),
         )
     for group in ("thresholds", "no_worse_than_deployed"):
@@ -713,8 +712,10 @@ def parse_yaml(text: str, filename: str = "pipeline.yaml") -> tuple[Any, yaml.No
     size = len(text.encode("utf-8", "surrogateescape"))
     if size > MAX_BYTES:
         # Callers read at most MAX_BYTES + 1 bytes, so ``size`` may be a lower bound.
-        errs.add(f"file is larger than the limit of {MAX_BYTES} bytes ({size} bytes read); "
-                 "a pipeline needs far less: keep data and scripts in other files")
+        errs.add(
+            f"file is larger than the limit of {MAX_BYTES} bytes ({size} bytes read); "
+            "a pipeline needs far less: keep data and scripts in other files"
+        )
         errs.raise_if_any()
     _scan_events(text, errs)
     errs.raise_if_any()

@@ -18,7 +18,6 @@ model_check.register(STEP_KINDS)
 deploy.register(STEP_KINDS)
 
 
-
 def runner_for(kind: str) -> StepRunner:
     """The function that runs ``kind``; InfrastructureError if this server cannot run it."""
     try:

@@ -85,12 +85,25 @@ class Plan:
 
     def app(self, name: str) -> remote.AppContainer:
         c = self.env.container
-        labels = {**c.labels, remote.LABEL_ROLE: "app", remote.LABEL_APP: c.name,
-                  remote.LABEL_BUILD: str(self.number), "mlship.repo": self.repo, "mlship.env": self.env_name}
+        labels = {
+            **c.labels,
+            remote.LABEL_ROLE: "app",
+            remote.LABEL_APP: c.name,
+            remote.LABEL_BUILD: str(self.number),
+            "mlship.repo": self.repo,
+            "mlship.env": self.env_name,
+        }
         env = {**c.env, **(self.model.env() if self.model else {})}
-        return remote.AppContainer(name=name, image=self.image, network=self.names["network"],
-                                   env=env, labels=labels, volumes=tuple(c.volumes),
-                                   memory=c.memory, cpus=c.cpus)
+        return remote.AppContainer(
+            name=name,
+            image=self.image,
+            network=self.names["network"],
+            env=env,
+            labels=labels,
+            volumes=tuple(c.volumes),
+            memory=c.memory,
+            cpus=c.cpus,
+        )
 
 
 def deploy_ref(image: str, digest: str) -> str:
@@ -116,9 +129,13 @@ class HostState:
     timings: dict[str, float] = field(default_factory=dict)
 
     def details(self) -> dict[str, Any]:
-        return {"container": self.container, "health": self.health, "switched": self.switched,
-                "previous": self.previous_upstream.split(":")[0] if self.previous_upstream else "",
-                "timings": {k: round(v, 2) for k, v in self.timings.items()}}
+        return {
+            "container": self.container,
+            "health": self.health,
+            "switched": self.switched,
+            "previous": self.previous_upstream.split(":")[0] if self.previous_upstream else "",
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+        }
 
 
 class HostDeploy:
@@ -133,8 +150,17 @@ class HostDeploy:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def sh(self, argv: list[str], *, check: bool = True, capture: bool = False, quiet: bool = False,
-           stdin: bytes | None = None, cancellable: bool = True, timeout: float = COMMAND_TIMEOUT) -> Any:
+    def sh(
+        self,
+        argv: list[str],
+        *,
+        check: bool = True,
+        capture: bool = False,
+        quiet: bool = False,
+        stdin: bytes | None = None,
+        cancellable: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> Any:
         if not quiet:
             self.ctx.log.line(f"[{self.label}] $ {shlex.join(argv)}")
 
@@ -142,12 +168,21 @@ class HostDeploy:
             if not quiet:
                 self.ctx.log.write(f"[{self.label}] {text}\n", stream)
 
-        res = self.ssh.run(argv, on_line=on_line, stdin=stdin, capture=capture, timeout=timeout,
-                           cancel=self.ctx.cancel if cancellable else None)
+        res = self.ssh.run(
+            argv,
+            on_line=on_line,
+            stdin=stdin,
+            capture=capture,
+            timeout=timeout,
+            cancel=self.ctx.cancel if cancellable else None,
+        )
         if check and res.exit_code != 0:
-            raise DeployError(f"`{shlex.join(argv)[:300]}` failed on {self.label} with exit code "
-                              f"{res.exit_code}" + (f": {res.stderr[-500:]}" if res.stderr else ""),
-                              host=self.label, exit_code=res.exit_code)
+            raise DeployError(
+                f"`{shlex.join(argv)[:300]}` failed on {self.label} with exit code "
+                f"{res.exit_code}" + (f": {res.stderr[-500:]}" if res.stderr else ""),
+                host=self.label,
+                exit_code=res.exit_code,
+            )
         return res
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -199,8 +234,10 @@ class HostDeploy:
         config = f"{CONFIG_ROOT}/mlship-docker-{uuid.uuid4().hex}"
         self.sh(remote.make_config_dir(config))
         try:
-            self.sh(remote.login(remote.registry_of(self.plan.image), login.username, config),
-                    stdin=login.password.encode() + b"\n")
+            self.sh(
+                remote.login(remote.registry_of(self.plan.image), login.username, config),
+                stdin=login.password.encode() + b"\n",
+            )
             self.sh(remote.pull(self.plan.image, config=config))
         finally:
             self.sh(remote.remove_config_dir(config), check=False, cancellable=False)
@@ -212,29 +249,39 @@ class HostDeploy:
         blobs = [(p.name, p.read_bytes()) for p in m.artifact.files()]
         files = [remote.UploadFile(name, len(data), hashlib.sha256(data).hexdigest()) for name, data in blobs]
         if files[0].sha256 != m.sha256:
-            raise DeployError(f"the model artifact {m.artifact.path} changed after it was checked "
-                              f"(sha256 {files[0].sha256[:16]}, expected {m.sha256[:16]}); not deployed")
+            raise DeployError(
+                f"the model artifact {m.artifact.path} changed after it was checked "
+                f"(sha256 {files[0].sha256[:16]}, expected {m.sha256[:16]}); not deployed"
+            )
         size = sum(f.size for f in files)
-        self.ctx.log.line(f"[{self.label}] uploading model {m.sha256[:16]} ({size / 1e6:.1f} MB: "
-                          f"{', '.join(f.name for f in files)}) to volume {m.volume} as {m.path}")
+        self.ctx.log.line(
+            f"[{self.label}] uploading model {m.sha256[:16]} ({size / 1e6:.1f} MB: "
+            f"{', '.join(f.name for f in files)}) to volume {m.volume} as {m.path}"
+        )
         argv = remote.upload_model(self.plan.image, m.volume, m.mount, m.sha256[:16], files)
         res = self.sh(argv, quiet=True, capture=True, stdin=b"".join(data for _, data in blobs), check=False)
         if res.exit_code != 0:
             why = (res.stderr or res.stdout).strip()[-500:]
-            raise DeployError(f"uploading the model to volume {m.volume} on {self.label} failed with exit "
-                              f"code {res.exit_code}: {why}", host=self.label)
+            raise DeployError(
+                f"uploading the model to volume {m.volume} on {self.label} failed with exit "
+                f"code {res.exit_code}: {why}",
+                host=self.label,
+            )
         self.ctx.log.line(f"[{self.label}] {res.stdout.strip()}")
 
     def remove_leftovers(self, serving: str) -> None:
         """Remove this environment's app containers other than the edge's upstream ``serving``: the new
         container of a deploy whose worker died mid-swap, which the janitor cannot reach on this host.
         We hold the lock and the edge sends them nothing, so nobody uses them."""
-        res = self.sh(remote.list_app_containers(self.plan.env.container.name), check=False, capture=True,
-                      quiet=True)
+        res = self.sh(
+            remote.list_app_containers(self.plan.env.container.name), check=False, capture=True, quiet=True
+        )
         for c in res.stdout.split() if res.exit_code == 0 else []:
             if c != serving:
-                self.ctx.log.line(f"[{self.label}] removing {c}: not the edge's upstream ({serving}), left "
-                                  "by an interrupted deploy")
+                self.ctx.log.line(
+                    f"[{self.label}] removing {c}: not the edge's upstream ({serving}), left "
+                    "by an interrupted deploy"
+                )
                 self.sh(remote.rm(c), check=False)
 
     def free_name(self, base: str) -> str:
@@ -257,8 +304,10 @@ class HostDeploy:
         deadline = time.monotonic() + h.timeout
         per_probe = max(1.0, min(5.0, h.interval * 2))
         passes, attempts, last = 0, 0, "no probe ran"
-        self.ctx.log.line(f"[{self.label}] health check {url} (expect {h.status}, {h.retries} passes in a "
-                          f"row, within {h.timeout:g}s)")
+        self.ctx.log.line(
+            f"[{self.label}] health check {url} (expect {h.status}, {h.retries} passes in a "
+            f"row, within {h.timeout:g}s)"
+        )
         while True:
             attempts += 1
             res = self.sh(remote.probe(via, url, h.status, per_probe), check=False, capture=True, quiet=True)
@@ -284,32 +333,48 @@ class HostDeploy:
         self.state.health = f"failed: {why}"
         res = self.sh(remote.logs(name, LOG_TAIL), check=False, capture=True, quiet=True, cancellable=False)
         tail = "\n".join(x for x in (res.stdout, res.stderr) if x)
-        raise DeployError(f"health check of {name} on {self.label} failed: {why}; the previous container "
-                          f"keeps serving. Last {LOG_TAIL} log lines of {name}:\n{tail}", host=self.label)
+        raise DeployError(
+            f"health check of {name} on {self.label} failed: {why}; the previous container "
+            f"keeps serving. Last {LOG_TAIL} log lines of {name}:\n{tail}",
+            host=self.label,
+        )
 
     def point_edge(self, name: str, edge_up: bool) -> None:
         n, port = self.plan.names, self.plan.port
         publish = self.plan.env.container.publish
         if not edge_up:
             if publish is None:
-                raise DeployError(f"environments.{self.plan.env_name}.container.publish is not set: the edge "
-                                  "proxy needs the host port to serve on")
+                raise DeployError(
+                    f"environments.{self.plan.env_name}.container.publish is not set: the edge "
+                    "proxy needs the host port to serve on"
+                )
             if self.status(n["edge"]):  # there but not running: replace it (its state volume stays)
                 self.sh(remote.rm(n["edge"]))
-            labels = {remote.LABEL_ROLE: "edge", remote.LABEL_APP: self.plan.env.container.name,
-                      "mlship.repo": self.plan.repo, "mlship.env": self.plan.env_name}
-            self.sh(remote.run_edge(n["edge"], self.plan.image, n["network"], n["state"], int(publish), port,
-                                    labels))
+            labels = {
+                remote.LABEL_ROLE: "edge",
+                remote.LABEL_APP: self.plan.env.container.name,
+                "mlship.repo": self.plan.repo,
+                "mlship.env": self.plan.env_name,
+            }
+            self.sh(
+                remote.run_edge(
+                    n["edge"], self.plan.image, n["network"], n["state"], int(publish), port, labels
+                )
+            )
             self.state.edge_created = True
         self.sh(remote.set_upstream(n["edge"], f"{name}:{port}"))
         # Through the edge's own listener: proves the path a client takes now works.
-        probe = remote.probe(n["edge"], f"http://127.0.0.1:{port}{self.plan.env.health.path}",
-                             self.plan.env.health.status, 5)
+        probe = remote.probe(
+            n["edge"], f"http://127.0.0.1:{port}{self.plan.env.health.path}", self.plan.env.health.status, 5
+        )
         deadline = time.monotonic() + 15
         while self.sh(probe, check=False, quiet=True).exit_code != 0:
             if time.monotonic() > deadline:
-                raise DeployError(f"the edge {n['edge']} on {self.label} does not answer through "
-                                  f"127.0.0.1:{port} after the switch", host=self.label)
+                raise DeployError(
+                    f"the edge {n['edge']} on {self.label} does not answer through "
+                    f"127.0.0.1:{port} after the switch",
+                    host=self.label,
+                )
             time.sleep(0.3)
         self.ctx.log.line(f"[{self.label}] edge {n['edge']} now sends new connections to {name}")
 
@@ -317,8 +382,12 @@ class HostDeploy:
 
     def retire_old(self, images_to_prune: list[str]) -> list[str]:
         """Stop and remove every other app container of this environment; prune old images."""
-        res = self.sh(remote.list_app_containers(self.plan.env.container.name), capture=True, quiet=True,
-                      cancellable=False)
+        res = self.sh(
+            remote.list_app_containers(self.plan.env.container.name),
+            capture=True,
+            quiet=True,
+            cancellable=False,
+        )
         old = [c for c in res.stdout.split() if c and c != self.state.container]
         t0 = time.monotonic()
         for c in old:
@@ -339,16 +408,19 @@ class HostDeploy:
         argv = remote.prune_models(self.plan.image, m.volume, m.mount, keep, MODEL_PRUNE_GRACE)
         res = self.sh(argv, check=False, capture=True, quiet=True, cancellable=False)
         out = (res.stdout if res.exit_code == 0 else res.stderr or res.stdout).strip()[-300:]
-        self.ctx.log.line(f"[{self.label}] model volume {m.volume}: {out}"
-                          + ("" if res.exit_code == 0 else f" (exit code {res.exit_code}; nothing fails)"),
-                          "stdout" if res.exit_code == 0 else "stderr")
+        self.ctx.log.line(
+            f"[{self.label}] model volume {m.volume}: {out}"
+            + ("" if res.exit_code == 0 else f" (exit code {res.exit_code}; nothing fails)"),
+            "stdout" if res.exit_code == 0 else "stderr",
+        )
 
     def undo(self) -> None:
         """Point the edge back at the previous container and remove the new one (best effort)."""
         n = self.plan.names
         if self.state.switched and self.state.previous_upstream:
-            self.sh(remote.set_upstream(n["edge"], self.state.previous_upstream), check=False,
-                    cancellable=False)
+            self.sh(
+                remote.set_upstream(n["edge"], self.state.previous_upstream), check=False, cancellable=False
+            )
         elif self.state.switched and self.state.edge_created:
             self.sh(remote.rm(n["edge"]), check=False, cancellable=False)
         self.remove_new()
@@ -370,9 +442,16 @@ def _plan(ctx: StepContext, env_name: str, action: str, image: str) -> Plan:
     if env_name not in ctx.pipeline.environments:
         raise DeployError(f"environment '{env_name}' is not defined in pipeline.yaml")
     b = ctx.build
-    return Plan(repo=b.repo, env_name=env_name, env=ctx.pipeline.environments[env_name], image=image,
-                build_id=deployments.source_id(b), number=deployments.source_number(b), sha=b.sha,
-                action=action)
+    return Plan(
+        repo=b.repo,
+        env_name=env_name,
+        env=ctx.pipeline.environments[env_name],
+        image=image,
+        build_id=deployments.source_id(b),
+        number=deployments.source_number(b),
+        sha=b.sha,
+        action=action,
+    )
 
 
 def _model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip | None:
@@ -380,8 +459,9 @@ def _model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip
     artifact if it wrote one, else the file an earlier deploy of that build left on the volume, else
     None (the container uses the pipeline's MODEL_PATH on the operator's volume, as before)."""
     rel = artifacts.model_path(ctx.pipeline)
-    prior = next((d for d in history if d.build_id == plan.build_id and d.model_sha256 and d.model_path),
-                 None)
+    prior = next(
+        (d for d in history if d.build_id == plan.build_id and d.model_sha256 and d.model_path), None
+    )
     try:
         art = artifacts.find_model(ctx.settings.workspace, plan.build_id, rel)
     except artifacts.ArtifactsPruned as exc:
@@ -394,9 +474,11 @@ def _model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip
         return ModelShip(prior.model_sha256, prior.model_path) if prior else None
     model_path = plan.env.container.env.get("MODEL_PATH", "")
     if not model_path.startswith("/"):
-        raise DeployError(f"build #{plan.number} has a model to ship, but environments.{plan.env_name}."
-                          "container.env.MODEL_PATH is not an absolute path: set it (e.g. "
-                          "/models/model.skops); its directory names the model volume")
+        raise DeployError(
+            f"build #{plan.number} has a model to ship, but environments.{plan.env_name}."
+            "container.env.MODEL_PATH is not an absolute path: set it (e.g. "
+            "/models/model.skops); its directory names the model volume"
+        )
     volume, mount = remote.model_volume(plan.env.container.volumes, model_path)
     return ModelShip(art.sha256, f"{mount}/{art.short}/{art.path.name}", volume, mount, art)
 
@@ -415,7 +497,7 @@ def _rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) ->
 
     try:
         for i in range(0, len(states), par):
-            batch = states[i: i + par]
+            batch = states[i : i + par]
             if lock.lost.is_set():
                 raise DeployError(f"lost the deploy lock {lock.name} (Redis unreachable?); rollout stopped")
             with ThreadPoolExecutor(len(batch)) as pool:
@@ -432,8 +514,11 @@ def _rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) ->
                     raise errors[0]
     except BaseException as exc:
         if done:
-            ctx.log.line(f"rolling back {len(done)} host(s) already changed: "
-                         + ", ".join(str(s.target) for s in done), "stderr")
+            ctx.log.line(
+                f"rolling back {len(done)} host(s) already changed: "
+                + ", ".join(str(s.target) for s in done),
+                "stderr",
+            )
         for s in reversed(done):
             with contextlib.suppress(Exception):
                 HostDeploy(ctx, plan, s).undo()
@@ -453,12 +538,21 @@ def _close(states: list[HostState]) -> None:
 
 def _record(ctx: StepContext, plan: Plan, states: list[HostState], outcome: str) -> None:
     model = {"model_sha256": plan.model.sha256, "model_path": plan.model.path} if plan.model else {}
-    ctx.record.details.update({
-        "environment": plan.env_name, "image": plan.image, "action": plan.action, "outcome": outcome,
-        "build_number": plan.number, "hosts": {str(s.target): s.details() for s in states}, **model,
-    })
-    ctx.build.deploys = {**ctx.build.deploys, plan.env_name: {"outcome": outcome, "image": plan.image,
-                                                               "number": plan.number, **model}}
+    ctx.record.details.update(
+        {
+            "environment": plan.env_name,
+            "image": plan.image,
+            "action": plan.action,
+            "outcome": outcome,
+            "build_number": plan.number,
+            "hosts": {str(s.target): s.details() for s in states},
+            **model,
+        }
+    )
+    ctx.build.deploys = {
+        **ctx.build.deploys,
+        plan.env_name: {"outcome": outcome, "image": plan.image, "number": plan.number, **model},
+    }
     with contextlib.suppress(Exception):
         ctx.save()
 
@@ -473,21 +567,32 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
     plan = _plan(ctx, env_name, action, image)
     lock = deployments.EnvironmentLock(ctx.store, b.repo, env_name, b.id)
     deadline = ctx.deadline if ctx.deadline != float("inf") else time.monotonic() + 3600
-    lock.acquire(deadline, ctx.cancel,
-                 lambda holder: ctx.log.line(f"waiting for the {env_name} deploy lock (held by {holder})"))
+    lock.acquire(
+        deadline,
+        ctx.cancel,
+        lambda holder: ctx.log.line(f"waiting for the {env_name} deploy lock (held by {holder})"),
+    )
     try:
         current = ctx.store.get_deployment(b.repo, env_name)
         newer = deployments.superseded_by(current, plan.number, action)
         if newer is not None:
-            ctx.record.details.update({"environment": env_name, "outcome": "superseded",
-                                       "deployed": newer.build_number})
-            ctx.log.line(f"build #{plan.number} is older than #{newer.build_number}, which is deployed to "
-                         f"{env_name}: superseded, not deployed")
-            raise Superseded(f"#{newer.build_number} is already deployed to {env_name}; build "
-                             f"#{plan.number} is older and was not deployed", environment=env_name,
-                             deployed=newer.build_number)
-        ctx.log.line(f"{action} {image} to {env_name} ({len(plan.env.hosts)} host(s), parallelism "
-                     f"{plan.env.parallelism})")
+            ctx.record.details.update(
+                {"environment": env_name, "outcome": "superseded", "deployed": newer.build_number}
+            )
+            ctx.log.line(
+                f"build #{plan.number} is older than #{newer.build_number}, which is deployed to "
+                f"{env_name}: superseded, not deployed"
+            )
+            raise Superseded(
+                f"#{newer.build_number} is already deployed to {env_name}; build "
+                f"#{plan.number} is older and was not deployed",
+                environment=env_name,
+                deployed=newer.build_number,
+            )
+        ctx.log.line(
+            f"{action} {image} to {env_name} ({len(plan.env.hosts)} host(s), parallelism "
+            f"{plan.env.parallelism})"
+        )
         history = ctx.store.deployment_history(b.repo, env_name, limit=20)
         plan = dataclasses.replace(plan, model=_model(ctx, plan, history))
         if plan.model is not None:
@@ -496,11 +601,21 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
         # Every edge now sends traffic to the new containers: record that before draining and
         # retiring the old ones, so a worker lost (or a failure) from here on leaves a record that
         # says what is served; the next deploy removes the old containers left behind.
-        ctx.store.set_deployment(Deployment(
-            repo=b.repo, environment=env_name, build_id=plan.build_id, build_number=plan.number, image=image,
-            sha=b.sha, container=states[0].container, hosts=[str(s.target) for s in states], action=action,
-            model_sha256=plan.model.sha256 if plan.model else "",
-            model_path=plan.model.path if plan.model else ""))
+        ctx.store.set_deployment(
+            Deployment(
+                repo=b.repo,
+                environment=env_name,
+                build_id=plan.build_id,
+                build_number=plan.number,
+                image=image,
+                sha=b.sha,
+                container=states[0].container,
+                hosts=[str(s.target) for s in states],
+                action=action,
+                model_sha256=plan.model.sha256 if plan.model else "",
+                model_path=plan.model.path if plan.model else "",
+            )
+        )
         try:
             if plan.env.drain_seconds:
                 ctx.log.line(f"draining old containers for {plan.env.drain_seconds:g}s")
@@ -525,8 +640,11 @@ def _rollback_image(ctx: StepContext, env_name: str) -> str:
     target = deployments.rollback_target(ctx.store.deployment_history(ctx.build.repo, env_name, 100), current)
     if target is None:
         raise StepFailed(f"nothing to roll back to in {env_name}: no earlier deployment is recorded")
-    ctx.build.deploys = {**ctx.build.deploys, "source_build": target.build_id,
-                         "source_number": target.build_number}
+    ctx.build.deploys = {
+        **ctx.build.deploys,
+        "source_build": target.build_id,
+        "source_number": target.build_number,
+    }
     return target.image
 
 
@@ -535,8 +653,10 @@ def deploy(ctx: StepContext) -> None:
     spec = ctx.step.spec
     if getattr(spec, "promote", "auto") == "manual" and ctx.build.trigger != "promote":
         ctx.record.details.update({"environment": spec.environment, "outcome": "awaiting promote"})
-        ctx.log.line(f"{spec.environment} is deployed only by promote (promote: manual): promote build id "
-                     f"{ctx.build.id} to {spec.environment} from the build page, the API or the CLI")
+        ctx.log.line(
+            f"{spec.environment} is deployed only by promote (promote: manual): promote build id "
+            f"{ctx.build.id} to {spec.environment} from the build page, the API or the CLI"
+        )
         return
     _deploy(ctx, spec.environment, "promote" if ctx.build.trigger == "promote" else "deploy")
 

@@ -219,9 +219,7 @@ def image_labels(ctx: StepContext) -> dict[str, str]:
 def docker_build(ctx: StepContext) -> None:
     """Build the image from the workspace, streaming the build output; tag it with every tag."""
     spec: DockerBuildSpec = ctx.step.spec
-    req = build_request(
-        spec, ctx.pipeline.image, ctx.workspace, image_labels(ctx), ctx.remaining(), ctx.vars
-    )
+    req = build_request(spec, ctx.pipeline.image, ctx.workspace, image_labels(ctx), ctx.remaining(), ctx.vars)
     if not Path(req.path).is_dir():
         raise StepFailed(f"build context '{spec.context}' is not a directory in the repository")
     if not (Path(req.path) / req.dockerfile).is_file():
@@ -242,8 +240,10 @@ def docker_build(ctx: StepContext) -> None:
                 elif "error" in entry:
                     ctx.log.line(f"docker build failed: {entry['error'].strip()}", "stderr")
                     if not _daemon_answers(api):  # a daemon going down reports errors as build errors
-                        raise InfrastructureError("docker build: the Docker daemon stopped during the "
-                                                  f"build: {entry['error'].strip()}")
+                        raise InfrastructureError(
+                            "docker build: the Docker daemon stopped during the "
+                            f"build: {entry['error'].strip()}"
+                        )
                     raise StepFailed(f"docker build failed: {entry['error'].strip()}")
                 aux = entry.get("aux")
                 if isinstance(aux, dict) and aux.get("ID"):
@@ -314,8 +314,9 @@ def _wait_exit(container: Any) -> int:
 
 
 @contextlib.contextmanager
-def step_container(ctx: StepContext, kwargs: dict[str, Any], image: str, what: str,
-                   refused: str | None = None) -> Iterator[Any]:
+def step_container(
+    ctx: StepContext, kwargs: dict[str, Any], image: str, what: str, refused: str | None = None
+) -> Iterator[Any]:
     """The step's container: stopped on cancel, removed afterwards, whatever happens.
 
     Docker errors are sorted: a refused request (4xx) fails the step with ``refused`` (default

@@ -44,24 +44,39 @@ class EvalRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def command(self) -> list[str]:
-        argv = ["python3", "-m", "inference.evaluate", "--golden", f"{GATE_ROOT}/golden/{self.golden.name}",
-                "--model", f"candidate={GATE_ROOT}/candidate/{self.candidate.path.name}"]
+        argv = [
+            "python3",
+            "-m",
+            "inference.evaluate",
+            "--golden",
+            f"{GATE_ROOT}/golden/{self.golden.name}",
+            "--model",
+            f"candidate={GATE_ROOT}/candidate/{self.candidate.path.name}",
+        ]
         if self.baseline is not None:
             argv += ["--model", f"baseline={GATE_ROOT}/baseline/{self.baseline.path.name}"]
         return [*argv, "--latency-rows", str(self.latency_rows)]
 
     def volumes(self) -> dict[str, dict[str, str]]:
         """Everything read-only: the golden file, and each model's directory (model + its model.json)."""
-        vols = {str(self.golden): {"bind": f"{GATE_ROOT}/golden/{self.golden.name}", "mode": "ro"},
-                str(self.candidate.path.parent): {"bind": f"{GATE_ROOT}/candidate", "mode": "ro"}}
+        vols = {
+            str(self.golden): {"bind": f"{GATE_ROOT}/golden/{self.golden.name}", "mode": "ro"},
+            str(self.candidate.path.parent): {"bind": f"{GATE_ROOT}/candidate", "mode": "ro"},
+        }
         if self.baseline is not None:
             vols[str(self.baseline.path.parent)] = {"bind": f"{GATE_ROOT}/baseline", "mode": "ro"}
         return vols
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``DockerClient.containers.create``."""
-        return {"image": self.image, "command": self.command(), "labels": dict(self.labels),
-                "volumes": self.volumes(), "network_disabled": True, "detach": True}
+        return {
+            "image": self.image,
+            "command": self.command(),
+            "labels": dict(self.labels),
+            "volumes": self.volumes(),
+            "network_disabled": True,
+            "detach": True,
+        }
 
 
 def rules(spec: ModelCheckSpec) -> GateRules:
@@ -84,8 +99,9 @@ def parse_report(stdout: str) -> dict[str, Any]:
         report = None
     if not isinstance(report, dict):
         tail = f"; its output ended with: {lines[-1][:300]}" if lines else ""
-        raise StepFailed(f"inference.evaluate printed no JSON report (does the image ship "
-                         f"inference/evaluate.py?){tail}")
+        raise StepFailed(
+            f"inference.evaluate printed no JSON report (does the image ship inference/evaluate.py?){tail}"
+        )
     return report
 
 
@@ -119,19 +135,26 @@ def find_baseline(ctx: StepContext, spec: ModelCheckSpec) -> Baseline:
     except StepFailed as exc:
         return Baseline(None, dep.build_number, f"{where}: {exc}")
     if art is None:
-        return Baseline(None, dep.build_number, f"{where} has no model artifact {spec.model} (its model came "
-                                                "from the operator's volume)")
+        return Baseline(
+            None,
+            dep.build_number,
+            f"{where} has no model artifact {spec.model} (its model came from the operator's volume)",
+        )
     if dep.model_sha256 and art.sha256 != dep.model_sha256:
-        return Baseline(None, dep.build_number, f"{where}: its artifact {spec.model} no longer has the "
-                                                f"deployed sha256 {dep.model_sha256[:16]}")
+        return Baseline(
+            None,
+            dep.build_number,
+            f"{where}: its artifact {spec.model} no longer has the deployed sha256 {dep.model_sha256[:16]}",
+        )
     ctx.log.line(f"baseline: {where}, model sha256 {art.sha256[:16]}")
     return Baseline(art, dep.build_number)
 
 
 def run_evaluate(ctx: StepContext, req: EvalRequest) -> str:
     """Run the evaluation container; return its stdout (stderr goes to the log)."""
-    with step_container(ctx, req.kwargs(), req.image, "model_check",
-                        refused="model_check could not run the evaluation") as container:
+    with step_container(
+        ctx, req.kwargs(), req.image, "model_check", refused="model_check could not run the evaluation"
+    ) as container:
         ctx.log.line(f"$ {' '.join(req.command())}  (in {req.image})")
         container.start()
         code = _wait_exit(container)
@@ -142,8 +165,9 @@ def run_evaluate(ctx: StepContext, req: EvalRequest) -> str:
         ctx.log.write(err if err.endswith("\n") else err + "\n", "stderr")
     if code != 0:
         ctx.record.exit_code = code
-        raise StepFailed(f"inference.evaluate exited with code {code}: {err.strip()[-STDERR_TAIL:]}",
-                         exit_code=code)
+        raise StepFailed(
+            f"inference.evaluate exited with code {code}: {err.strip()[-STDERR_TAIL:]}", exit_code=code
+        )
     return out
 
 
@@ -155,13 +179,20 @@ def model_check(ctx: StepContext) -> None:
     golden = inside(ctx.workspace, spec.golden, "golden set")
     candidate = find_model(ctx.settings.workspace, ctx.build.id, spec.model)
     if candidate is None:
-        raise StepFailed(f"no model at {spec.model} in this build's artifacts: a docker_run step with "
-                         f"artifacts: /artifacts must write it (--out /artifacts/{Path(spec.model).parent})")
+        raise StepFailed(
+            f"no model at {spec.model} in this build's artifacts: a docker_run step with "
+            f"artifacts: /artifacts must write it (--out /artifacts/{Path(spec.model).parent})"
+        )
     ctx.log.line(f"candidate: {spec.model}, sha256 {candidate.sha256[:16]}; golden set: {spec.golden}")
     base = find_baseline(ctx, spec)
-    req = EvalRequest(image=ctx.build.image, golden=golden, candidate=candidate, baseline=base.artifact,
-                      latency_rows=spec.latency.batch_rows if spec.latency else 1000,
-                      labels=ctx.container_labels())
+    req = EvalRequest(
+        image=ctx.build.image,
+        golden=golden,
+        candidate=candidate,
+        baseline=base.artifact,
+        latency_rows=spec.latency.batch_rows if spec.latency else 1000,
+        labels=ctx.container_labels(),
+    )
     report = parse_report(run_evaluate(ctx, req))
     if base.note:
         ctx.log.line(f"baseline: {base.note}; compared to thresholds only", "stderr")
@@ -170,10 +201,22 @@ def model_check(ctx: StepContext) -> None:
     for line in result.table():
         ctx.log.line(line)
     verdict = "passed" if result.passed else "FAILED"
-    ctx.log.line(f"model gate {verdict}" + (f" (baseline: build #{base.build_number} in {spec.compare_to})"
-                                             if base.build_number is not None else ""))
-    gate = {**result.to_dict(), "compare_to": spec.compare_to, "baseline_build": base.build_number,
-            "golden": spec.golden, "model": spec.model, "candidate_sha256": candidate.sha256}
+    ctx.log.line(
+        f"model gate {verdict}"
+        + (
+            f" (baseline: build #{base.build_number} in {spec.compare_to})"
+            if base.build_number is not None
+            else ""
+        )
+    )
+    gate = {
+        **result.to_dict(),
+        "compare_to": spec.compare_to,
+        "baseline_build": base.build_number,
+        "golden": spec.golden,
+        "model": spec.model,
+        "candidate_sha256": candidate.sha256,
+    }
     ctx.build.gate = {**ctx.build.gate, ctx.step.name: gate}
     ctx.record.details["gate"] = gate
     with contextlib.suppress(Exception):

@@ -112,7 +112,10 @@ def intake_client(url: str) -> redis.Redis:
     redelivery is answered from its record) or not at all (the redelivery is processed).
     """
     return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=INTAKE_TIMEOUT,
+        url,
+        decode_responses=True,
+        socket_connect_timeout=1.0,
+        socket_timeout=INTAKE_TIMEOUT,
         health_check_interval=10,
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
@@ -170,7 +173,10 @@ class Store:
         # Like the intake client, but with room for XREAD blocks of up to a second: a frozen Redis
         # costs one 5 s timeout, not redis-py's default of ten retried ones.
         client = redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=5.0,
+            url,
+            decode_responses=True,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
             health_check_interval=10,
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
@@ -218,10 +224,20 @@ class Store:
         ticket = uuid.uuid4().hex
         now = time.time()
         values = {
-            "repo": trigger.repo, "sha": trigger.sha, "ref": trigger.ref, "branch": trigger.branch,
-            "trigger": trigger.kind, "status": str(BuildStatus.QUEUED), "created_at": now,
-            "author": trigger.author, "message": trigger.message, "url": trigger.url,
-            "triggered_by": triggered_by, "rerun_of": rerun_of, "steps": [], **(extra or {}),
+            "repo": trigger.repo,
+            "sha": trigger.sha,
+            "ref": trigger.ref,
+            "branch": trigger.branch,
+            "trigger": trigger.kind,
+            "status": str(BuildStatus.QUEUED),
+            "created_at": now,
+            "author": trigger.author,
+            "message": trigger.message,
+            "url": trigger.url,
+            "triggered_by": triggered_by,
+            "rerun_of": rerun_of,
+            "steps": [],
+            **(extra or {}),
         }
         flat = [x for kv in _encode_build_fields(values).items() for x in kv]
         dedup_key = self.k.dedup(trigger.repo, trigger.sha, pipeline) if dedup else ""
@@ -231,10 +247,17 @@ class Store:
             pipe.multi()
             # EVAL, not the registered script: in a pipeline that would cost a SCRIPT EXISTS round trip
             # first; EVAL of a cached script is cheap and can never fail with NOSCRIPT inside MULTI.
-            keys = [self.k.build_seq(), self.k.repo_seq(trigger.repo), dedup_key, self.k.builds(),
-                    delivery_key, self.k.ticket(ticket)]
-            pipe.eval(_LUA, len(keys), *keys, self.k.build_prefix(), json.dumps(flat), TICKET_TTL,
-                      self.delivery_ttl)
+            keys = [
+                self.k.build_seq(),
+                self.k.repo_seq(trigger.repo),
+                dedup_key,
+                self.k.builds(),
+                delivery_key,
+                self.k.ticket(ticket),
+            ]
+            pipe.eval(
+                _LUA, len(keys), *keys, self.k.build_prefix(), json.dumps(flat), TICKET_TTL, self.delivery_ttl
+            )
             enqueue(pipe, ticket)
             result = pipe.execute()
         created, build_id = int(result[0][0]), int(result[0][1])
@@ -281,29 +304,34 @@ class Store:
                     continue
 
     def list_builds(
-        self, offset: int = 0, limit: int = 50, status: str | None = None, branch: str | None = None,
+        self,
+        offset: int = 0,
+        limit: int = 50,
+        status: str | None = None,
+        branch: str | None = None,
         repo: str | None = None,
     ) -> tuple[list[Build], int]:
         """Newest first; filters applied in order. Returns (page, total matching)."""
         with self.available():
             ids = self.r.zrevrange(self.k.builds(), 0, -1)
             if not (status or branch or repo):
-                page_ids = ids[offset: offset + limit]
+                page_ids = ids[offset : offset + limit]
                 return [b for b in self._get_many(page_ids)], len(ids)
             # Match on the three filter fields alone (not whole builds with their steps), then load
             # only the page: a filter over thousands of builds costs milliseconds, not a second.
             want = (status, branch, repo)
             matched: list[str] = []
             for start in range(0, len(ids), 500):
-                chunk = ids[start: start + 500]
+                chunk = ids[start : start + 500]
                 pipe = self.r.pipeline(transaction=False)
                 for i in chunk:
                     pipe.hmget(self.k.build(int(i)), "status", "branch", "repo")
                 for i, fields in zip(chunk, pipe.execute(), strict=True):
-                    if fields[0] is not None and all(w is None or w == f for w, f in zip(want, fields,
-                                                                                        strict=True)):
+                    if fields[0] is not None and all(
+                        w is None or w == f for w, f in zip(want, fields, strict=True)
+                    ):
                         matched.append(i)
-            return self._get_many(matched[offset: offset + limit]), len(matched)
+            return self._get_many(matched[offset : offset + limit]), len(matched)
 
     def _get_many(self, ids: list[str]) -> list[Build]:
         pipe = self.r.pipeline(transaction=False)
@@ -329,7 +357,11 @@ class Store:
             pipe.execute()
 
     def read_log(
-        self, build_id: int, after: str = "0-0", count: int = 1000, block_ms: int | None = None,
+        self,
+        build_id: int,
+        after: str = "0-0",
+        count: int = 1000,
+        block_ms: int | None = None,
     ) -> list[tuple[str, dict[str, str]]]:
         """Log entries after stream id ``after``; with ``block_ms``, wait for new ones."""
         key = self.k.build_log(build_id)
@@ -407,20 +439,34 @@ class Store:
         with self.available():
             found = self._intake("_SETTLE_DELIVERY")(
                 keys=self._delivery_keys(d),
-                args=[*self._delivery_args(d), self.k.build_prefix(), len(replay), *replay,
-                      *self._delivery_pairs(d)])
+                args=[
+                    *self._delivery_args(d),
+                    self.k.build_prefix(),
+                    len(replay),
+                    *replay,
+                    *self._delivery_pairs(d),
+                ],
+            )
         return _replay_of(found)
 
     def record_unverified(self, d: Delivery) -> None:
         """Record a delivery rejected before its signature was verified, only if its id has no record
         yet (an unauthenticated sender cannot overwrite a genuine record), and count it; one round trip."""
         with self.available():
-            self._intake("_RECORD_UNVERIFIED")(keys=self._delivery_keys(d),
-                                               args=[*self._delivery_args(d), *self._delivery_pairs(d)])
+            self._intake("_RECORD_UNVERIFIED")(
+                keys=self._delivery_keys(d), args=[*self._delivery_args(d), *self._delivery_pairs(d)]
+            )
 
     def intake_build(
-        self, d: Delivery, trigger: Trigger, *, pipeline: str, job: Callable[[str], list[list[Any]]],
-        replay: Iterable[str], queued_reason: str, duplicate_reason: str,
+        self,
+        d: Delivery,
+        trigger: Trigger,
+        *,
+        pipeline: str,
+        job: Callable[[str], list[list[Any]]],
+        replay: Iterable[str],
+        queued_reason: str,
+        duplicate_reason: str,
     ) -> tuple[BuildRef | None, Replay | None]:
         """A verified delivery that should build, settled in ONE atomic script (one round trip).
 
@@ -434,18 +480,41 @@ class Store:
         """
         ticket = uuid.uuid4().hex
         values = {
-            "repo": trigger.repo, "sha": trigger.sha, "ref": trigger.ref, "branch": trigger.branch,
-            "trigger": trigger.kind, "status": str(BuildStatus.QUEUED), "created_at": time.time(),
-            "author": trigger.author, "message": trigger.message, "url": trigger.url,
-            "triggered_by": d.id, "rerun_of": None, "steps": [],
+            "repo": trigger.repo,
+            "sha": trigger.sha,
+            "ref": trigger.ref,
+            "branch": trigger.branch,
+            "trigger": trigger.kind,
+            "status": str(BuildStatus.QUEUED),
+            "created_at": time.time(),
+            "author": trigger.author,
+            "message": trigger.message,
+            "url": trigger.url,
+            "triggered_by": d.id,
+            "rerun_of": None,
+            "steps": [],
         }
         flat = [x for kv in _encode_build_fields(values).items() for x in kv]
         commands = job(ticket)
         replay = list(replay)
-        keys = [*self._delivery_keys(d), self.k.build_seq(), self.k.repo_seq(trigger.repo),
-                self.k.dedup(trigger.repo, trigger.sha, pipeline), self.k.builds(), self.k.ticket(ticket)]
-        args: list[Any] = [*self._delivery_args(d), self.k.build_prefix(), json.dumps(flat), TICKET_TTL,
-                           queued_reason, duplicate_reason, len(replay), *replay]
+        keys = [
+            *self._delivery_keys(d),
+            self.k.build_seq(),
+            self.k.repo_seq(trigger.repo),
+            self.k.dedup(trigger.repo, trigger.sha, pipeline),
+            self.k.builds(),
+            self.k.ticket(ticket),
+        ]
+        args: list[Any] = [
+            *self._delivery_args(d),
+            self.k.build_prefix(),
+            json.dumps(flat),
+            TICKET_TTL,
+            queued_reason,
+            duplicate_reason,
+            len(replay),
+            *replay,
+        ]
         pairs = self._delivery_pairs(d)
         args += [len(pairs), *pairs, len(commands)]
         for command in commands:
@@ -648,7 +717,9 @@ local function prior(first)  -- ARGV[first] = n, then n verdicts answered from t
 end
 """
 # ARGV 5 build key prefix, 6 n, 7.. replay verdicts, then the record's field/value pairs.
-_SETTLE_DELIVERY = _INTAKE_COMMON + """
+_SETTLE_DELIVERY = (
+    _INTAKE_COMMON
+    + """
 local found = prior(6)
 if found then return found end
 local n = tonumber(ARGV[6])
@@ -657,8 +728,11 @@ local verdict = redis.call('HGET', KEYS[1], 'verdict')
 redis.call('HINCRBY', KEYS[3], verdict, 1)
 return false
 """
+)
 # ARGV 5.. the record's field/value pairs.
-_RECORD_UNVERIFIED = _INTAKE_COMMON + """
+_RECORD_UNVERIFIED = (
+    _INTAKE_COMMON
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then record({unpack(ARGV, 5)}) end
 local pairs = {unpack(ARGV, 5)}
 for i = 1, #pairs, 2 do
@@ -666,11 +740,16 @@ for i = 1, #pairs, 2 do
 end
 return true
 """
+)
 # KEYS 4 global seq, 5 repo seq, 6 dedup key, 7 builds index, 8 ticket key.
 # ARGV 5 build key prefix, 6 build fields (JSON flat list), 7 ticket ttl, 8 queued reason prefix,
 # 9 duplicate reason prefix, 10 n, replay verdicts, then m + m record pairs, then c + c commands
 # (each: argc, argv...) that create the RQ job, run only when the build is new.
-_INTAKE_BUILD = _INTAKE_COMMON + "local function create_build(KEYS, ARGV)\n" + _LUA + """
+_INTAKE_BUILD = (
+    _INTAKE_COMMON
+    + "local function create_build(KEYS, ARGV)\n"
+    + _LUA
+    + """
 end
 local found = prior(10)
 if found then return found end
@@ -703,13 +782,21 @@ record(pairs, {'verdict', verdict, 'status_code', status, 'reason', reason, 'bui
 redis.call('HINCRBY', KEYS[3], verdict, 1)
 return {'build', verdict, status, reason, r[2], fields['number']}
 """
+)
 
 
 def _decode_delivery(h: dict[str, str]) -> Delivery:
     return Delivery(
-        id=h["id"], event=h.get("event", ""), repo=h.get("repo", ""), verdict=h.get("verdict", ""),
-        reason=h.get("reason", ""), build_id=int(h["build_id"]) if h.get("build_id") else None,
-        status_code=int(h.get("status_code") or 0), received_at=float(h.get("received_at") or 0),
-        duration_ms=float(h.get("duration_ms") or 0), action=h.get("action", ""), ref=h.get("ref", ""),
+        id=h["id"],
+        event=h.get("event", ""),
+        repo=h.get("repo", ""),
+        verdict=h.get("verdict", ""),
+        reason=h.get("reason", ""),
+        build_id=int(h["build_id"]) if h.get("build_id") else None,
+        status_code=int(h.get("status_code") or 0),
+        received_at=float(h.get("received_at") or 0),
+        duration_ms=float(h.get("duration_ms") or 0),
+        action=h.get("action", ""),
+        ref=h.get("ref", ""),
         sha=h.get("sha", ""),
     )

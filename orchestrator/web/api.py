@@ -45,9 +45,16 @@ BLOCK_MS = 1000  # the store client's socket timeout is 5 s: block well below it
 RETRY_MS = 500
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _STATUS: list[tuple[type[OrchestratorError], int]] = [
-    (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409), (PayloadTooLarge, 413),
-    (UnsupportedContentType, 415), (PayloadError, 400), (PipelineError, 409),
-    (InfrastructureError, 502), (StoreUnavailable, 503),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (PayloadTooLarge, 413),
+    (UnsupportedContentType, 415),
+    (PayloadError, 400),
+    (PipelineError, 409),
+    (InfrastructureError, 502),
+    (StoreUnavailable, 503),
 ]
 
 
@@ -183,16 +190,18 @@ def list_builds() -> Response:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", rt.settings.max_rows_per_page, 1, MAX_LIMIT)
     builds, total = rt.store.list_builds(offset=offset, limit=limit, **list_filters())
-    return jsonify({"builds": [build_json(b) for b in builds], "total": total, "offset": offset,
-                    "limit": limit})
+    return jsonify(
+        {"builds": [build_json(b) for b in builds], "total": total, "offset": offset, "limit": limit}
+    )
 
 
 @bp.post("/builds")
 def trigger_build() -> Response:
     who = writer()
     data = _body()
-    build = actions.trigger_build(get_runtime(), data.get("repo"), data.get("ref"), data.get("sha"),
-                                  by=who.name)
+    build = actions.trigger_build(
+        get_runtime(), data.get("repo"), data.get("ref"), data.get("sha"), by=who.name
+    )
     return _created(build)
 
 
@@ -269,8 +278,16 @@ def log_events(store: Any, build_id: int, after: str, seconds: float = STREAM_SE
                 continue
             for entry_id, fields in batch:
                 last = entry_id
-                yield _sse("log", {"step": fields.get("step", ""), "stream": fields.get("stream", ""),
-                                   "text": fields.get("text", ""), "ts": fields.get("ts", "")}, entry_id)
+                yield _sse(
+                    "log",
+                    {
+                        "step": fields.get("step", ""),
+                        "stream": fields.get("stream", ""),
+                        "text": fields.get("text", ""),
+                        "ts": fields.get("ts", ""),
+                    },
+                    entry_id,
+                )
     except StoreUnavailable as exc:
         yield _sse("error", {"code": exc.code, "message": exc.message})
 
@@ -298,8 +315,9 @@ def list_deliveries() -> Response:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", rt.settings.max_rows_per_page, 1, MAX_LIMIT)
     items, total = rt.store.list_deliveries(offset=offset, limit=limit)
-    return jsonify({"deliveries": [d.to_dict() for d in items], "total": total, "offset": offset,
-                    "limit": limit})
+    return jsonify(
+        {"deliveries": [d.to_dict() for d in items], "total": total, "offset": offset, "limit": limit}
+    )
 
 
 def environments_view(history: int = 10) -> list[dict[str, Any]]:
@@ -308,11 +326,14 @@ def environments_view(history: int = 10) -> list[dict[str, Any]]:
     out = []
     for repo, env in store.environments():
         current = store.get_deployment(repo, env)
-        out.append({
-            "repo": repo, "environment": env,
-            "current": current.to_dict() if current else None,
-            "history": [d.to_dict() for d in store.deployment_history(repo, env, limit=history)],
-        })
+        out.append(
+            {
+                "repo": repo,
+                "environment": env,
+                "current": current.to_dict() if current else None,
+                "history": [d.to_dict() for d in store.deployment_history(repo, env, limit=history)],
+            }
+        )
     return out
 
 

@@ -63,7 +63,8 @@ def check_token(settings: Settings, token: str | None) -> Principal:
     if not tokens:
         raise Forbidden(
             "no API tokens are configured on this server: set "
-            + " or ".join(settings.api_token_names) + " and restart"
+            + " or ".join(settings.api_token_names)
+            + " and restart"
         )
     match = None
     # Compare against every token (no early exit) so timing does not tell which one nearly matched.

@@ -47,15 +47,20 @@ def request_increments(method: str, endpoint: str, status: int, seconds: float) 
     buckets = {f"{endpoint}{_SEP}{le}": 1 for le in HTTP_BUCKETS if seconds <= le}
     return {
         "http_requests": {_SEP.join((method, endpoint, str(status))): 1},
-        "http_duration": {**buckets, f"{endpoint}{_SEP}+Inf": 1,
-                          f"{endpoint}{_SEP}sum_us": int(seconds * 1e6)},
+        "http_duration": {
+            **buckets,
+            f"{endpoint}{_SEP}+Inf": 1,
+            f"{endpoint}{_SEP}sum_us": int(seconds * 1e6),
+        },
     }
 
 
 def _http_histogram(raw: dict[str, int]) -> HistogramMetricFamily:
-    fam = HistogramMetricFamily("mlship_http_request_duration_seconds",
-                                "Time to produce a response (streams: until the first byte)",
-                                labels=["endpoint"])
+    fam = HistogramMetricFamily(
+        "mlship_http_request_duration_seconds",
+        "Time to produce a response (streams: until the first byte)",
+        labels=["endpoint"],
+    )
     per: dict[str, dict[str, int]] = {}
     for key, value in raw.items():
         endpoint, _, le = key.rpartition(_SEP)
@@ -115,17 +120,20 @@ class RedisCollector:
         for status, n in sorted(store.counters("builds").items()):
             builds.add_metric([status], n)
         yield builds
-        deliveries = CounterMetricFamily("mlship_webhook_deliveries", "Webhook deliveries by verdict",
-                                         labels=["verdict"])
+        deliveries = CounterMetricFamily(
+            "mlship_webhook_deliveries", "Webhook deliveries by verdict", labels=["verdict"]
+        )
         for verdict, n in sorted(store.counters("deliveries").items()):
             deliveries.add_metric([verdict], n)
         yield deliveries
-        yield GaugeMetricFamily("mlship_queue_depth", "Build jobs waiting in the queue",
-                                value=self.rt.queue.count)
+        yield GaugeMetricFamily(
+            "mlship_queue_depth", "Build jobs waiting in the queue", value=self.rt.queue.count
+        )
         recent, _ = store.list_builds(limit=RECENT_BUILDS)
         yield _step_histogram(recent)
-        requests = CounterMetricFamily("mlship_http_requests", "HTTP requests answered",
-                                       labels=["method", "endpoint", "status"])
+        requests = CounterMetricFamily(
+            "mlship_http_requests", "HTTP requests answered", labels=["method", "endpoint", "status"]
+        )
         for key, n in sorted(store.counters("http_requests").items()):
             parts = key.split(_SEP)
             if len(parts) == 3:
@@ -205,8 +213,9 @@ class RequestTally:
                 with self.lock:
                     self._merge(store, requests, durations)
 
-    def _merge(self, store: Any, requests: dict[tuple[str, str, int], int],
-               durations: dict[str, list[int]]) -> None:
+    def _merge(
+        self, store: Any, requests: dict[tuple[str, str, int], int], durations: dict[str, list[int]]
+    ) -> None:
         per = self.pending.setdefault(store, ({}, {}))
         for key, n in requests.items():
             per[0][key] = per[0].get(key, 0) + n
@@ -215,8 +224,9 @@ class RequestTally:
             per[1][endpoint] = [a + b for a, b in zip(mine, hist, strict=True)]
 
 
-def _increments(requests: dict[tuple[str, str, int], int],
-                durations: dict[str, list[int]]) -> dict[str, dict[str, int]]:
+def _increments(
+    requests: dict[tuple[str, str, int], int], durations: dict[str, list[int]]
+) -> dict[str, dict[str, int]]:
     """The counter increments for tallied requests (the same keys as ``request_increments``)."""
     out: dict[str, dict[str, int]] = {"http_requests": {}, "http_duration": {}}
     for (method, endpoint, status), n in requests.items():

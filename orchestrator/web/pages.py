@@ -32,8 +32,9 @@ from orchestrator.models import Build, BuildStatus
 from orchestrator.web import auth, metrics
 from orchestrator.web.api import environments_view, list_filters, status_of
 
-bp = Blueprint("views", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/static")
+bp = Blueprint(
+    "views", __name__, template_folder="templates", static_folder="static", static_url_path="/static"
+)
 LOG_PAGE_LINES = 5000
 _OPEN = {"views.login", "views.healthz", "views.metrics_page", "views.static"}
 
@@ -152,7 +153,9 @@ def _page_args(total: int, offset: int, limit: int, **filters: Any) -> dict[str,
     return {
         "prev": link(max(0, offset - limit)) if offset > 0 else None,
         "next": link(offset + limit) if offset + limit < total else None,
-        "first": offset + 1 if total else 0, "last": min(total, offset + limit), "total": total,
+        "first": offset + 1 if total else 0,
+        "last": min(total, offset + limit),
+        "total": total,
     }
 
 
@@ -170,8 +173,9 @@ def builds_page() -> str:
     offset, limit = _offset(), rt.settings.max_rows_per_page
     builds, total = rt.store.list_builds(offset=offset, limit=limit, **filters)
     template = "_build_table.html" if request.args.get("fragment") == "rows" else "builds.html"
-    return render_template(template, builds=builds, filters=filters,
-                           page=_page_args(total, offset, limit, **filters))
+    return render_template(
+        template, builds=builds, filters=filters, page=_page_args(total, offset, limit, **filters)
+    )
 
 
 def _environments_of(build: Build) -> list[str]:
@@ -200,8 +204,9 @@ def _deployed_here(build: Build) -> list[str]:
 def build_actions(build: Build) -> dict[str, Any]:
     """Which buttons apply to this build now."""
     finished = build.status.finished
-    promote_envs = (_environments_of(build) if build.status is BuildStatus.SUCCESS
-                    and build.trigger != "rollback" else [])
+    promote_envs = (
+        _environments_of(build) if build.status is BuildStatus.SUCCESS and build.trigger != "rollback" else []
+    )
     return {
         "rerun": finished,
         "cancel": not finished,
@@ -229,8 +234,14 @@ def build_page(build_id: int) -> str:
     if request.args.get("fragment") == "summary":
         return render_template("_build_summary.html", build=build, acts=build_actions(build))
     lines, truncated = _log_lines(build_id)
-    return render_template("build.html", build=build, acts=build_actions(build), lines=lines,
-                           truncated=truncated, last_id=lines[-1][0] if lines else "0-0")
+    return render_template(
+        "build.html",
+        build=build,
+        acts=build_actions(build),
+        lines=lines,
+        truncated=truncated,
+        last_id=lines[-1][0] if lines else "0-0",
+    )
 
 
 @bp.get("/deliveries")
@@ -243,8 +254,7 @@ def deliveries_page() -> str:
 
 @bp.get("/environments")
 def environments_page() -> str:
-    return render_template("environments.html", environments=environments_view(),
-                           can_rollback=True)
+    return render_template("environments.html", environments=environments_view(), can_rollback=True)
 
 
 # -- forms: the same actions as the API, for a signed-in person with a CSRF token -------------------
@@ -313,8 +323,14 @@ def login() -> Any:
         page = render_template("login.html", next=_safe_next(request.form.get("next")), error=exc.message)
         return page, 403
     resp = redirect(_safe_next(request.form.get("next")), code=303)
-    resp.set_cookie(auth.SESSION_COOKIE, auth.session_value(settings, token), max_age=auth.SESSION_MAX_AGE,
-                    httponly=True, samesite="Strict", secure=settings.public_url.startswith("https://"))
+    resp.set_cookie(
+        auth.SESSION_COOKIE,
+        auth.session_value(settings, token),
+        max_age=auth.SESSION_MAX_AGE,
+        httponly=True,
+        samesite="Strict",
+        secure=settings.public_url.startswith("https://"),
+    )
     return resp
 
 

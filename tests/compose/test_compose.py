@@ -28,15 +28,24 @@ def compose(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess
         from tests.conftest import unavailable
 
         unavailable("docker-compose is not installed: apt-get install -y docker-compose")
-    return subprocess.run([COMPOSE, "-f", str(REPO_ROOT / "docker-compose.yml"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO_ROOT)
+    return subprocess.run(
+        [COMPOSE, "-f", str(REPO_ROOT / "docker-compose.yml"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=REPO_ROOT,
+    )
 
 
 @pytest.fixture
 def compose_env(tmp_path, docker_daemon, base_image):
     secrets_env = tmp_path / "secrets.env"
-    secrets_env.write_text(f"GITHUB_WEBHOOK_SECRET={secrets.token_hex(16)}\nAPI_TOKEN={secrets.token_hex(16)}\n"
-                           f"CSRF_SECRET={secrets.token_hex(16)}\n")
+    secrets_env.write_text(
+        f"GITHUB_WEBHOOK_SECRET={secrets.token_hex(16)}\nAPI_TOKEN={secrets.token_hex(16)}\n"
+        f"CSRF_SECRET={secrets.token_hex(16)}\n"
+    )
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
     config = yaml.safe_load((REPO_ROOT / "deploy/config.example.yaml").read_text())
@@ -45,11 +54,19 @@ def compose_env(tmp_path, docker_daemon, base_image):
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("")
     socket_path = docker_daemon.host.removeprefix("unix://")
-    return {**os.environ, "DOCKER_HOST": docker_daemon.host, "COMPOSE_PROJECT_NAME": f"mlt{free_port()}",
-            "MLSHIP_SECRETS_ENV": str(secrets_env), "MLSHIP_SECRETS_DIR": str(secrets_dir),
-            "MLSHIP_CONFIG": str(config_path), "MLSHIP_KNOWN_HOSTS": str(known_hosts),
-            "MLSHIP_WEB_PORT": str(free_port()), "DOCKER_SOCKET": socket_path, "BASE_IMAGE": base_image,
-            "MLSHIP_IMAGE": "mlship/orchestrator:compose-test"}
+    return {
+        **os.environ,
+        "DOCKER_HOST": docker_daemon.host,
+        "COMPOSE_PROJECT_NAME": f"mlt{free_port()}",
+        "MLSHIP_SECRETS_ENV": str(secrets_env),
+        "MLSHIP_SECRETS_DIR": str(secrets_dir),
+        "MLSHIP_CONFIG": str(config_path),
+        "MLSHIP_KNOWN_HOSTS": str(known_hosts),
+        "MLSHIP_WEB_PORT": str(free_port()),
+        "DOCKER_SOCKET": socket_path,
+        "BASE_IMAGE": base_image,
+        "MLSHIP_IMAGE": "mlship/orchestrator:compose-test",
+    }
 
 
 def test_compose_file_is_valid(compose_env):
@@ -72,8 +89,10 @@ def _build_local_redis(docker_client, base_image: str) -> None:
         return
     except Exception:  # noqa: S110 - not there yet: build it below
         pass
-    dockerfile = (f"FROM {base_image}\nRUN apt-get update && apt-get install -y --no-install-recommends "
-                  "redis-server && rm -rf /var/lib/apt/lists/*\nEXPOSE 6379\n")
+    dockerfile = (
+        f"FROM {base_image}\nRUN apt-get update && apt-get install -y --no-install-recommends "
+        "redis-server && rm -rf /var/lib/apt/lists/*\nEXPOSE 6379\n"
+    )
     build_from_dockerfile(docker_client, dockerfile, "redis:7")
 
 
@@ -101,14 +120,23 @@ def test_compose_stack_comes_up_scales_and_goes_down(compose_env, docker_client,
         aof = compose(compose_env, "exec", "-T", "redis", "redis-cli", "config", "get", "appendonly")
         assert "yes" in aof.stdout, aof.stdout + aof.stderr
         # A webhook with a wrong signature is refused by the composed web app.
-        r = requests.post(f"{url}/webhooks/github", data=b"{}", timeout=5, headers={
-            "Content-Type": "application/json", "X-GitHub-Event": "ping", "X-GitHub-Delivery": "d1",
-            "X-Hub-Signature-256": "sha256=" + "0" * 64})
+        r = requests.post(
+            f"{url}/webhooks/github",
+            data=b"{}",
+            timeout=5,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "ping",
+                "X-GitHub-Delivery": "d1",
+                "X-Hub-Signature-256": "sha256=" + "0" * 64,
+            },
+        )
         assert r.status_code == 401
         # The worker can see the Docker daemon through the mounted socket.
         workers = compose(compose_env, "ps", "-q", "worker").stdout.split()
         info = docker_client.containers.get(workers[0]).exec_run(
-            ["python3", "-c", "import docker; print(docker.from_env().ping())"])
+            ["python3", "-c", "import docker; print(docker.from_env().ping())"]
+        )
         assert info.output.strip().endswith(b"True"), info.output
     finally:
         down = compose(compose_env, "down", "-v", "--remove-orphans")

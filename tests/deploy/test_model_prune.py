@@ -26,18 +26,21 @@ def _seed(docker_client: Any, base_image: str, volume: str) -> None:
         f"cd /models && mkdir {KEEP} {OLD} {FRESH} not-a-model && touch {KEEP}/model.skops {OLD}/model.skops "
         f"{FRESH}/model.skops && ln -s / {LINK} && touch -h -d @{old} {KEEP} {OLD} not-a-model {LINK}"
     )
-    docker_client.containers.run(base_image, ["sh", "-c", script], remove=True,
-                                 volumes={volume: {"bind": "/models", "mode": "rw"}})
+    docker_client.containers.run(
+        base_image, ["sh", "-c", script], remove=True, volumes={volume: {"bind": "/models", "mode": "rw"}}
+    )
 
 
 def _listing(docker_client: Any, base_image: str, volume: str) -> list[str]:
-    out = docker_client.containers.run(base_image, ["ls", "-A", "/models"], remove=True,
-                                       volumes={volume: {"bind": "/models", "mode": "ro"}})
+    out = docker_client.containers.run(
+        base_image, ["ls", "-A", "/models"], remove=True, volumes={volume: {"bind": "/models", "mode": "ro"}}
+    )
     return sorted(out.decode().split())
 
 
-def test_only_old_unrecorded_model_directories_go(docker_daemon: Any, docker_client: Any,
-                                                  base_image: str) -> None:
+def test_only_old_unrecorded_model_directories_go(
+    docker_daemon: Any, docker_client: Any, base_image: str
+) -> None:
     volume = f"mlship-test-models-{uuid.uuid4().hex[:8]}"
     docker_client.volumes.create(volume)
     try:
@@ -63,7 +66,18 @@ def test_keep_names_must_be_hash_prefixes(keep: set[str]) -> None:
 
 def test_prune_argv_is_data() -> None:
     argv = remote.prune_models("reg/app@sha256:" + "f" * 64, "ml_vol", "/models", ["b" * 16, "a" * 16], 60)
-    assert argv[:argv.index("--")] == ["docker", "run", "--rm", "--user", "0", "--network", "none", "--label",
-                                       "mlship.role=model-prune", "--volume", "ml_vol:/models"]
-    assert argv[argv.index("--") + 1:][:3] == ["reg/app@sha256:" + "f" * 64, "python3", "-c"]
+    assert argv[: argv.index("--")] == [
+        "docker",
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        "--network",
+        "none",
+        "--label",
+        "mlship.role=model-prune",
+        "--volume",
+        "ml_vol:/models",
+    ]
+    assert argv[argv.index("--") + 1 :][:3] == ["reg/app@sha256:" + "f" * 64, "python3", "-c"]
     assert argv[-4:] == ["/models", "60", "a" * 16, "b" * 16]

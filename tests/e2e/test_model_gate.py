@@ -44,8 +44,15 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
     # 0. The first gated build: nothing deployed yet, so the gate checks thresholds only.
     b0 = _merge_train(c, stack, "first-model", TRAIN, "Train the first model")
     assert b0["status"] == "success", b0
-    assert [s["name"] for s in b0["steps"]] == ["build", "test", "train", "push", "deploy-qa", "gate",
-                                                "deploy-prod"]
+    assert [s["name"] for s in b0["steps"]] == [
+        "build",
+        "test",
+        "train",
+        "push",
+        "deploy-qa",
+        "gate",
+        "deploy-prod",
+    ]
     g0 = b0["gate"]["gate"]
     assert g0["passed"] is True and g0["baseline"] is None
     assert _served_model(envs_port["prod"]) == g0["candidate_sha256"]
@@ -70,8 +77,9 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
     steps = {s["name"]: s for s in b2["steps"]}
     assert steps["deploy-qa"]["status"] == "success"
     assert steps["gate"]["status"] == "failed"
-    assert steps["gate"]["error"] == ("model gate failed: mae threshold, r2 threshold, mae vs deployed, "
-                                      "r2 vs deployed")
+    assert steps["gate"]["error"] == (
+        "model gate failed: mae threshold, r2 threshold, mae vs deployed, r2 vs deployed"
+    )
     assert steps["deploy-prod"]["status"] in ("pending", "skipped")
     g2 = b2["gate"]["gate"]
     assert g2["passed"] is False and g2["baseline"]["sha256"] == prod_model
@@ -80,7 +88,7 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
 
     log = c.api("GET", f"/builds/{b2['id']}/log").text
     start = next(i for i, line in enumerate(log.splitlines()) if "metric" in line and "candidate" in line)
-    excerpt = log.splitlines()[start - 3: start + 12]
+    excerpt = log.splitlines()[start - 3 : start + 12]
     print("\n--- gate log of the degraded build ---\n" + "\n".join(excerpt))
     assert any("FAIL  mae vs deployed: mae = " in line for line in excerpt), excerpt
     assert any("FAIL  r2 threshold" in line for line in excerpt)

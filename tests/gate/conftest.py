@@ -26,7 +26,12 @@ def github() -> Iterator[GitHubStandIn]:
 
 @pytest.fixture
 def gate_settings(
-    redis_url: str, tmp_path: Path, git_origin: GitOrigin, docker_daemon: Any, registry: Any, base_image: str,
+    redis_url: str,
+    tmp_path: Path,
+    git_origin: GitOrigin,
+    docker_daemon: Any,
+    registry: Any,
+    base_image: str,
     github: GitHubStandIn,
 ) -> Settings:
     return Settings(

@@ -22,15 +22,26 @@ def test_gate_section_screenshot(page, seed) -> None:  # noqa: F811
         StepRecord("push", "docker_push", StepStatus.SUCCESS, 127.4, 129.0),
         StepRecord("deploy-qa", "deploy", StepStatus.SUCCESS, 129.0, 141.3, details={"environment": "qa"}),
         StepRecord("gate", "model_check", StepStatus.FAILED, 141.3, 145.0, error=ERROR, details={"gate": g}),
-        StepRecord("deploy-prod", "deploy", StepStatus.SKIPPED, error="not run: an earlier step did not succeed"),
+        StepRecord(
+            "deploy-prod", "deploy", StepStatus.SKIPPED, error="not run: an earlier step did not succeed"
+        ),
     ]
-    log = [("gate", "stdout", line) for line in (
-        "metric         candidate        deployed",
-        "mae         133,083.2000     29,871.7000",
-        "FAIL  mae vs deployed: mae = 133,083.2000, required ≤ deployed 29,871.7000 * (1 + 0.05) = 31,365.2850",
-    )]
-    b = seed.build("failed", message="Retrain (shuffled labels)", steps=steps, gate={"gate": g},
-                   error=f"step 'gate' failed: {ERROR}", log=log)
+    log = [
+        ("gate", "stdout", line)
+        for line in (
+            "metric         candidate        deployed",
+            "mae         133,083.2000     29,871.7000",
+            "FAIL  mae vs deployed: mae = 133,083.2000, required ≤ deployed 29,871.7000 * (1 + 0.05) = 31,365.2850",
+        )
+    ]
+    b = seed.build(
+        "failed",
+        message="Retrain (shuffled labels)",
+        steps=steps,
+        gate={"gate": g},
+        error=f"step 'gate' failed: {ERROR}",
+        log=log,
+    )
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(f"/builds/{b.id}")
     card = page.locator(".card.gate")

@@ -10,32 +10,58 @@ from tests.web.conftest import app, client, rt, seed, settings  # noqa: F401  (f
 
 GOOD = {"mae": 29871.7, "rmse": 45768.1, "r2": 0.9277}
 BAD = {"mae": 133083.2, "rmse": 181289.4, "r2": -0.0171}
-RULES = GateRules(thresholds={"r2": Bound(min=0.8)}, no_worse_than_deployed={"mae": 0.05, "r2": 0.02},
-                  single_ms=100, batch_ms=3000)
+RULES = GateRules(
+    thresholds={"r2": Bound(min=0.8)},
+    no_worse_than_deployed={"mae": 0.05, "r2": 0.02},
+    single_ms=100,
+    batch_ms=3000,
+)
 
 
 def _model(metrics: dict[str, float], sha: str) -> dict:
-    return {"loaded": True, "finite": True, "rows": 1000, "sha256": sha, "metrics": metrics,
-            "latency_ms": {"single": 1.3, "batch": 6.0, "batch_rows": 1000}}
+    return {
+        "loaded": True,
+        "finite": True,
+        "rows": 1000,
+        "sha256": sha,
+        "metrics": metrics,
+        "latency_ms": {"single": 1.3, "batch": 6.0, "batch_rows": 1000},
+    }
 
 
 def gate_dict(candidate: dict[str, float], **extra: object) -> dict:
-    report = {"serving": {"sklearn": "1.9.1"},
-              "models": {"candidate": _model(candidate, "3f792c1ad4f09d7d" * 4),
-                         "baseline": _model(GOOD, "2d27c9d85b3822fd" * 4)}}
-    return {**judge(report, RULES).to_dict(), "compare_to": "prod", "baseline_build": 4,
-            "golden": "inference/golden.csv", **extra}
+    report = {
+        "serving": {"sklearn": "1.9.1"},
+        "models": {
+            "candidate": _model(candidate, "3f792c1ad4f09d7d" * 4),
+            "baseline": _model(GOOD, "2d27c9d85b3822fd" * 4),
+        },
+    }
+    return {
+        **judge(report, RULES).to_dict(),
+        "compare_to": "prod",
+        "baseline_build": 4,
+        "golden": "inference/golden.csv",
+        **extra,
+    }
 
 
 def test_failed_gate_on_the_page_and_in_the_api(client, seed) -> None:  # noqa: F811
     g = gate_dict(BAD)
-    steps = [StepRecord("gate", "model_check", StepStatus.FAILED, 1.0, 9.0,
-                        error="model gate failed: r2 threshold, mae vs deployed, r2 vs deployed",
-                        details={"gate": g, "container": "abc123"})]
-    b = seed.build("failed", steps=steps, gate={"gate": g},
-                   error="step 'gate' failed: " + steps[0].error)  # type: ignore[operator]
+    steps = [
+        StepRecord(
+            "gate",
+            "model_check",
+            StepStatus.FAILED,
+            1.0,
+            9.0,
+            error="model gate failed: r2 threshold, mae vs deployed, r2 vs deployed",
+            details={"gate": g, "container": "abc123"},
+        )
+    ]
+    b = seed.build("failed", steps=steps, gate={"gate": g}, error="step 'gate' failed: " + steps[0].error)  # type: ignore[operator]
     html = client.get(f"/builds/{b.id}").get_data(as_text=True)
-    card = html[html.index('class="card gate"'):]
+    card = html[html.index('class="card gate"') :]
     card = card[: card.index("</div>")]
     assert 'data-passed="no"' in card and "the candidate model was stopped" in card
     assert "build #4, deployed to <strong>prod</strong>" in card

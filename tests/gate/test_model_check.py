@@ -38,10 +38,13 @@ def pipeline(train_extra: str = "", model: str = "model/model.skops", tamper: st
     docker_run: {{command: {TRAIN.format(extra=train_extra)}, artifacts: /artifacts}}
 """
     if tamper:
-        steps += f"  - name: tamper\n    docker_run: {{command: [python3, -c, {json.dumps(tamper)}], " \
-                 "artifacts: /artifacts}\n"
+        steps += (
+            f"  - name: tamper\n    docker_run: {{command: [python3, -c, {json.dumps(tamper)}], "
+            "artifacts: /artifacts}\n"
+        )
     return (
-        'version: 1\nname: gate-test\nimage: "${REGISTRY}/gate-test"\nsteps:\n' + steps
+        'version: 1\nname: gate-test\nimage: "${REGISTRY}/gate-test"\nsteps:\n'
+        + steps
         + GATE.format(model=model)
         + "environments:\n  prod:\n    hosts: [{host: 127.0.0.1}]\n    container: {name: gate-prod}\n"
     )
@@ -50,9 +53,17 @@ def pipeline(train_extra: str = "", model: str = "model/model.skops", tamper: st
 def _deployed_to_prod(builds, build) -> None:
     """Record ``build`` as Prod's deployment (what the deploy step writes after a successful swap)."""
     gate = build.gate["gate"]
-    builds.store.set_deployment(Deployment(
-        repo=REPO, environment="prod", build_id=build.id, build_number=build.number, image=build.image,
-        sha=build.sha, model_sha256=gate["candidate_sha256"]))
+    builds.store.set_deployment(
+        Deployment(
+            repo=REPO,
+            environment="prod",
+            build_id=build.id,
+            build_number=build.number,
+            image=build.image,
+            sha=build.sha,
+            model_sha256=gate["candidate_sha256"],
+        )
+    )
 
 
 def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(gate_builds, github) -> None:
@@ -89,10 +100,13 @@ def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(g
     assert final["description"] == "model gate failed: r2 threshold, mae vs deployed, r2 vs deployed"
 
 
-@pytest.mark.parametrize(("name", "kw", "reason"), [
-    ("model.json does not match the model", {"tamper": TAMPER_JSON}, "sha256 mismatch"),
-    ("an unpinned pickle", {"train_extra": ", --format, pickle", "model": "model/model.pkl"}, "pickle"),
-])
+@pytest.mark.parametrize(
+    ("name", "kw", "reason"),
+    [
+        ("model.json does not match the model", {"tamper": TAMPER_JSON}, "sha256 mismatch"),
+        ("an unpinned pickle", {"train_extra": ", --format, pickle", "model": "model/model.pkl"}, "pickle"),
+    ],
+)
 def test_a_model_the_serving_image_cannot_load_is_stopped(gate_builds, name, kw, reason) -> None:
     build = gate_builds.commit_and_run(pipeline(**kw))
     log = gate_builds.store.log_text(build.id)

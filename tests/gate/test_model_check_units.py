@@ -32,8 +32,13 @@ ENVS = "environments:\n  prod:\n    hosts: [{host: h}]\n    container: {name: p}
 
 
 def gate(body: str, steps: str = STEPS) -> str:
-    return HEAD + steps + "  - name: gate\n    model_check:\n" + "".join(
-        f"      {line}\n" for line in body.strip().splitlines()) + ENVS
+    return (
+        HEAD
+        + steps
+        + "  - name: gate\n    model_check:\n"
+        + "".join(f"      {line}\n" for line in body.strip().splitlines())
+        + ENVS
+    )
 
 
 VALID = gate("""
@@ -99,7 +104,10 @@ INVALID = {
         "pipeline.yaml:12: steps[2].model_check.latency.single_ms: input should be greater than 0",
     ),
     "no build before": (
-        gate("golden: g.csv", steps="steps:\n  - name: train\n    docker_run: {command: [t], image: x, artifacts: /a}\n"),
+        gate(
+            "golden: g.csv",
+            steps="steps:\n  - name: train\n    docker_run: {command: [t], image: x, artifacts: /a}\n",
+        ),
         "pipeline.yaml:9: steps[1].model_check: step 'gate' evaluates the model in the image built by an earlier docker_build step, but none comes before it",
     ),
     "no artifacts before": (
@@ -107,11 +115,13 @@ INVALID = {
         "pipeline.yaml:9: steps[1].model_check: step 'gate' checks a model from the build's artifacts, but no earlier docker_run step has artifacts: (add one that writes model/model.skops under it)",
     ),
     "artifacts not absolute": (
-        HEAD + "steps:\n  - name: build\n    docker_build: {}\n  - name: t\n    docker_run: {command: [x], artifacts: out}\n",
+        HEAD
+        + "steps:\n  - name: build\n    docker_build: {}\n  - name: t\n    docker_run: {command: [x], artifacts: out}\n",
         "pipeline.yaml:8: steps[1].docker_run.artifacts: artifacts must be an absolute path inside the container (not '/', no '..' or ':'), e.g. /artifacts; got 'out'",
     ),
     "artifacts at the root": (
-        HEAD + "steps:\n  - name: build\n    docker_build: {}\n  - name: t\n    docker_run: {command: [x], artifacts: /}\n",
+        HEAD
+        + "steps:\n  - name: build\n    docker_build: {}\n  - name: t\n    docker_run: {command: [x], artifacts: /}\n",
         "pipeline.yaml:8: steps[1].docker_run.artifacts: artifacts must be an absolute path inside the container (not '/', no '..' or ':'), e.g. /artifacts; got '/'",
     ),
 }
@@ -129,9 +139,12 @@ def test_valid_model_check_and_its_rules() -> None:
     p = load_pipeline(VALID)
     spec = p.step("gate").model_check
     assert spec is not None and spec.compare_to == "prod" and spec.latency is not None
-    assert rules(spec) == GateRules(thresholds={"r2": Bound(min=0.8), "mae": Bound(max=80000)},
-                                    no_worse_than_deployed={"mae": 0.05, "r2": 0.02},
-                                    single_ms=100, batch_ms=3000)
+    assert rules(spec) == GateRules(
+        thresholds={"r2": Bound(min=0.8), "mae": Bound(max=80000)},
+        no_worse_than_deployed={"mae": 0.05, "r2": 0.02},
+        single_ms=100,
+        batch_ms=3000,
+    )
     assert p.step("train").docker_run.artifacts == "/artifacts"  # type: ignore[union-attr]
     assert model_path(p) == "model/model.skops"
 
@@ -157,30 +170,51 @@ def _artifact(tmp: Path, name: str = "model.skops") -> ModelArtifact:
 
 def test_eval_request_exact_container(tmp_path: Path) -> None:
     cand, base = _artifact(tmp_path / "c"), _artifact(tmp_path / "b")
-    req = EvalRequest(image="reg/app:3", golden=Path("/ws/inference/golden.csv"), candidate=cand, baseline=base,
-                      latency_rows=500, labels={"mlship.build": "3"})
+    req = EvalRequest(
+        image="reg/app:3",
+        golden=Path("/ws/inference/golden.csv"),
+        candidate=cand,
+        baseline=base,
+        latency_rows=500,
+        labels={"mlship.build": "3"},
+    )
     assert req.kwargs() == {
         "image": "reg/app:3",
-        "command": ["python3", "-m", "inference.evaluate", "--golden", "/gate/golden/golden.csv",
-                    "--model", "candidate=/gate/candidate/model.skops",
-                    "--model", "baseline=/gate/baseline/model.skops", "--latency-rows", "500"],
+        "command": [
+            "python3",
+            "-m",
+            "inference.evaluate",
+            "--golden",
+            "/gate/golden/golden.csv",
+            "--model",
+            "candidate=/gate/candidate/model.skops",
+            "--model",
+            "baseline=/gate/baseline/model.skops",
+            "--latency-rows",
+            "500",
+        ],
         "labels": {"mlship.build": "3"},
-        "volumes": {"/ws/inference/golden.csv": {"bind": "/gate/golden/golden.csv", "mode": "ro"},
-                    str(tmp_path / "c" / "model"): {"bind": "/gate/candidate", "mode": "ro"},
-                    str(tmp_path / "b" / "model"): {"bind": "/gate/baseline", "mode": "ro"}},
+        "volumes": {
+            "/ws/inference/golden.csv": {"bind": "/gate/golden/golden.csv", "mode": "ro"},
+            str(tmp_path / "c" / "model"): {"bind": "/gate/candidate", "mode": "ro"},
+            str(tmp_path / "b" / "model"): {"bind": "/gate/baseline", "mode": "ro"},
+        },
         "network_disabled": True,
         "detach": True,
     }
     assert "baseline=" not in " ".join(EvalRequest("i", Path("/g.csv"), cand).command())
 
 
-@pytest.mark.parametrize(("stdout", "ok"), [
-    ('{"models": {}}\n', True),
-    ('warning: something\n{"models": {}}\n', True),
-    ("", False),
-    ("Traceback ...\nModuleNotFoundError: No module named 'inference.evaluate'\n", False),
-    ("[1, 2]\n", False),
-])
+@pytest.mark.parametrize(
+    ("stdout", "ok"),
+    [
+        ('{"models": {}}\n', True),
+        ('warning: something\n{"models": {}}\n', True),
+        ("", False),
+        ("Traceback ...\nModuleNotFoundError: No module named 'inference.evaluate'\n", False),
+        ("[1, 2]\n", False),
+    ],
+)
 def test_parse_report(stdout: str, ok: bool) -> None:
     if ok:
         assert parse_report(stdout) == {"models": {}}
@@ -192,8 +226,10 @@ def test_parse_report(stdout: str, ok: bool) -> None:
 def test_failure_message_names_the_checks_and_why_a_model_did_not_load() -> None:
     from orchestrator.gate.rules import judge
 
-    bad = judge({"models": {"candidate": {"loaded": False, "error": "cannot load model x: sha256 mismatch"}}},
-                GateRules())
+    bad = judge(
+        {"models": {"candidate": {"loaded": False, "error": "cannot load model x: sha256 mismatch"}}},
+        GateRules(),
+    )
     assert failure_message(bad) == "model gate failed: loads (cannot load model x: sha256 mismatch)"
 
 
@@ -222,11 +258,14 @@ def test_find_model_and_refuse_symlinks_out_of_the_artifacts(tmp_path: Path) -> 
 # -- the model upload ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("volumes", "model", "expected"), [
-    (["ml_vol:/models:ro"], "/models/model.skops", ("ml_vol", "/models")),
-    (["cache:/cache", "ml:/srv/models/:ro"], "/srv/models/m.skops", ("ml", "/srv/models")),
-    (["/host/models:/models:ro", "named:/models"], "/models/model.skops", ("named", "/models")),
-])
+@pytest.mark.parametrize(
+    ("volumes", "model", "expected"),
+    [
+        (["ml_vol:/models:ro"], "/models/model.skops", ("ml_vol", "/models")),
+        (["cache:/cache", "ml:/srv/models/:ro"], "/srv/models/m.skops", ("ml", "/srv/models")),
+        (["/host/models:/models:ro", "named:/models"], "/models/model.skops", ("named", "/models")),
+    ],
+)
 def test_model_volume_rule(volumes: list[str], model: str, expected: tuple[str, str]) -> None:
     assert remote.model_volume(volumes, model) == expected
 
@@ -234,9 +273,11 @@ def test_model_volume_rule(volumes: list[str], model: str, expected: tuple[str, 
 def test_model_volume_missing_says_what_to_add() -> None:
     with pytest.raises(DeployError) as err:
         remote.model_volume(["/host:/models:ro", "other:/data"], "/models/model.skops")
-    assert str(err.value).startswith("the build has a model to ship, but no named volume in container.volumes "
-                                     "is mounted at /models (the directory of MODEL_PATH=/models/model.skops): "
-                                     'add one, e.g. "ml_vol:/models:ro"')
+    assert str(err.value).startswith(
+        "the build has a model to ship, but no named volume in container.volumes "
+        "is mounted at /models (the directory of MODEL_PATH=/models/model.skops): "
+        'add one, e.g. "ml_vol:/models:ro"'
+    )
 
 
 FILES = [remote.UploadFile("model.skops", 3, "a" * 64), remote.UploadFile("model.json", 2, "b" * 64)]
@@ -245,17 +286,43 @@ FILES = [remote.UploadFile("model.skops", 3, "a" * 64), remote.UploadFile("model
 def test_upload_model_exact_argv() -> None:
     argv = remote.upload_model("reg/app@sha256:abc", "ml_vol", "/models", "0123456789abcdef", FILES)
     assert argv == [
-        "docker", "run", "--interactive", "--rm", "--user", "0", "--network", "none",
-        "--label", "mlship.role=model-upload", "--volume", "ml_vol:/models",
-        "--", "reg/app@sha256:abc", "python3", "-c", remote.UPLOAD_SCRIPT, "/models/0123456789abcdef",
-        "model.skops", "3", "a" * 64, "model.json", "2", "b" * 64,
+        "docker",
+        "run",
+        "--interactive",
+        "--rm",
+        "--user",
+        "0",
+        "--network",
+        "none",
+        "--label",
+        "mlship.role=model-upload",
+        "--volume",
+        "ml_vol:/models",
+        "--",
+        "reg/app@sha256:abc",
+        "python3",
+        "-c",
+        remote.UPLOAD_SCRIPT,
+        "/models/0123456789abcdef",
+        "model.skops",
+        "3",
+        "a" * 64,
+        "model.json",
+        "2",
+        "b" * 64,
     ]
 
 
-@pytest.mark.parametrize("bad", [
-    remote.UploadFile("../x", 1, "a" * 64), remote.UploadFile("a/b", 1, "a" * 64),
-    remote.UploadFile("-rf", 1, "a" * 64), remote.UploadFile("m", 1, "$(id)"), remote.UploadFile("m", -1, "a" * 64),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        remote.UploadFile("../x", 1, "a" * 64),
+        remote.UploadFile("a/b", 1, "a" * 64),
+        remote.UploadFile("-rf", 1, "a" * 64),
+        remote.UploadFile("m", 1, "$(id)"),
+        remote.UploadFile("m", -1, "a" * 64),
+    ],
+)
 def test_upload_model_refuses_hostile_names(bad: remote.UploadFile) -> None:
     with pytest.raises(DeployError):
         remote.upload_model("img", "v", "/models", "0123456789abcdef", [bad])
@@ -263,12 +330,19 @@ def test_upload_model_refuses_hostile_names(bad: remote.UploadFile) -> None:
         remote.upload_model("img", "v", "/models", "../../etc", FILES[:1])
 
 
-def _run_script(target: Path, files: list[tuple[str, bytes]], lie: bool = False) -> subprocess.CompletedProcess[bytes]:
+def _run_script(
+    target: Path, files: list[tuple[str, bytes]], lie: bool = False
+) -> subprocess.CompletedProcess[bytes]:
     args: list[str] = []
     for name, data in files:
         args += [name, str(len(data)), hashlib.sha256(data + (b"x" if lie else b"")).hexdigest()]
-    return subprocess.run([sys.executable, "-c", remote.UPLOAD_SCRIPT, str(target), *args],
-                          input=b"".join(d for _, d in files), capture_output=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", remote.UPLOAD_SCRIPT, str(target), *args],
+        input=b"".join(d for _, d in files),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def test_upload_script_stores_exact_bytes_and_refuses_a_corrupt_stream(tmp_path: Path) -> None:
@@ -283,20 +357,35 @@ def test_upload_script_stores_exact_bytes_and_refuses_a_corrupt_stream(tmp_path:
     bad = _run_script(tmp_path / "bad", [("model.skops", model)], lie=True)
     assert bad.returncode != 0 and b"expected" in bad.stderr
     assert list((tmp_path / "bad").iterdir()) == [], "no partial or temp file is left behind"
-    short = subprocess.run([sys.executable, "-c", remote.UPLOAD_SCRIPT, str(tmp_path / "s"), "m", "10", "a" * 64],
-                           input=b"abc", capture_output=True, timeout=30, check=False)
+    short = subprocess.run(
+        [sys.executable, "-c", remote.UPLOAD_SCRIPT, str(tmp_path / "s"), "m", "10", "a" * 64],
+        input=b"abc",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert short.returncode != 0 and b"ended 7 bytes early" in short.stderr
 
 
 # -- commit status ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("status", "error", "expected"), [
-    ("failed", "step 'gate' failed: model gate failed: r2 threshold, mae vs deployed",
-     "model gate failed: r2 threshold, mae vs deployed"),
-    ("failed", "step 'test' failed: command exited with code 1", "build failed: step 'test' failed: command exited with code 1"),
-    ("success", "", "build success"),
-])
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (
+            "failed",
+            "step 'gate' failed: model gate failed: r2 threshold, mae vs deployed",
+            "model gate failed: r2 threshold, mae vs deployed",
+        ),
+        (
+            "failed",
+            "step 'test' failed: command exited with code 1",
+            "build failed: step 'test' failed: command exited with code 1",
+        ),
+        ("success", "", "build success"),
+    ],
+)
 def test_status_description_carries_the_gate_reason(status: str, error: str, expected: str) -> None:
     b = Build(id=1, number=1, repo="a/b", sha="0" * 40, ref="refs/heads/main", branch="main", trigger="push")
     assert statuses.describe(b, status, error) == expected

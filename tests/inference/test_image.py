@@ -75,15 +75,19 @@ def _wait_ready(base: str, container: Any, timeout: float = 90) -> None:
     pytest.fail(f"not ready after {timeout}s: {container.logs().decode()}")
 
 
-def test_image_serves_model_from_volume(docker_client: Any, image: str,
-                                        model_volume: tuple[Path, Any]) -> None:
+def test_image_serves_model_from_volume(
+    docker_client: Any, image: str, model_volume: tuple[Path, Any]
+) -> None:
     import numpy as np
 
     model_dir, model = model_volume
     port = _free_port()
     container = docker_client.containers.run(
-        image, detach=True, ports={"5000/tcp": ("127.0.0.1", port)},
-        volumes={str(model_dir): {"bind": "/models", "mode": "ro"}})
+        image,
+        detach=True,
+        ports={"5000/tcp": ("127.0.0.1", port)},
+        volumes={str(model_dir): {"bind": "/models", "mode": "ro"}},
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base, container)
@@ -113,6 +117,7 @@ def test_image_without_model_exits_nonzero_naming_path(docker_client: Any, image
 
 def test_image_runs_inference_tests(docker_client: Any, image: str) -> None:
     # Exactly the pipeline's test step: the whole suite, inside the image, as its user.
-    out = docker_client.containers.run(image, ["python", "-m", "pytest", "-q", "inference/tests"],
-                                       remove=True)
+    out = docker_client.containers.run(
+        image, ["python", "-m", "pytest", "-q", "inference/tests"], remove=True
+    )
     assert b" passed" in out and b"failed" not in out

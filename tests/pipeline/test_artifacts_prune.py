@@ -19,15 +19,18 @@ from orchestrator.store import Store
 MODEL = "model/model.skops"
 
 
-@pytest.mark.parametrize("ids, keep, protected, pruned", [
-    ([], 3, set(), []),
-    ([1, 2, 3], 3, set(), []),
-    ([1, 2, 3, 4, 5], 3, set(), [1, 2]),
-    ([5, 1, 4, 2, 3], 3, set(), [1, 2]),                 # order of the directory listing is irrelevant
-    ([1, 2, 3, 4, 5], 3, {1}, [2]),                      # a deployed build stays
-    ([1, 2, 3, 4, 5], 1, {3, 9}, [1, 2, 4]),
-    ([10, 200, 30], 0, set(), [10, 30, 200]),
-])
+@pytest.mark.parametrize(
+    "ids, keep, protected, pruned",
+    [
+        ([], 3, set(), []),
+        ([1, 2, 3], 3, set(), []),
+        ([1, 2, 3, 4, 5], 3, set(), [1, 2]),
+        ([5, 1, 4, 2, 3], 3, set(), [1, 2]),  # order of the directory listing is irrelevant
+        ([1, 2, 3, 4, 5], 3, {1}, [2]),  # a deployed build stays
+        ([1, 2, 3, 4, 5], 1, {3, 9}, [1, 2, 4]),
+        ([10, 200, 30], 0, set(), [10, 30, 200]),
+    ],
+)
 def test_prune_candidates(ids: list[int], keep: int, protected: set[int], pruned: list[int]) -> None:
     assert artifacts.prune_candidates(ids, keep, protected) == pruned
 
@@ -36,9 +39,14 @@ def _builds(store: Store, n: int) -> list[int]:
     ids = []
     for i in range(n):
         build, _ = store.create_build(
-            Trigger(repo="acme/house-price", sha=f"{i:040x}", ref="refs/heads/main", branch="main",
-                    kind="push"),
-            pipeline="pipeline.yaml", triggered_by="test", enqueue=lambda pipe, ticket: None, dedup=False)
+            Trigger(
+                repo="acme/house-price", sha=f"{i:040x}", ref="refs/heads/main", branch="main", kind="push"
+            ),
+            pipeline="pipeline.yaml",
+            triggered_by="test",
+            enqueue=lambda pipe, ticket: None,
+            dedup=False,
+        )
         store.update_build(build.id, status=str(BuildStatus.SUCCESS))
         ids.append(build.id)
     return ids
@@ -51,9 +59,17 @@ def _with_model(workspace: Path, build_id: int) -> None:
 
 
 def _deployed(store: Store, build_id: int, env: str) -> Deployment:
-    dep = Deployment(repo="acme/house-price", environment=env, build_id=build_id, build_number=build_id,
-                     image=f"registry/house-price:{build_id}", sha="0" * 40, container=f"hp-b{build_id}",
-                     hosts=["h"], action="deploy")
+    dep = Deployment(
+        repo="acme/house-price",
+        environment=env,
+        build_id=build_id,
+        build_number=build_id,
+        image=f"registry/house-price:{build_id}",
+        sha="0" * 40,
+        container=f"hp-b{build_id}",
+        hosts=["h"],
+        action="deploy",
+    )
     store.set_deployment(dep)
     return dep
 
@@ -63,7 +79,7 @@ def test_the_worker_keeps_newest_deployed_and_running_builds(redis_url: str, tmp
     ids = _builds(store, 30)
     for b in ids:
         _with_model(tmp_path, b)
-    _deployed(store, ids[2], "prod")     # then replaced in prod: still in its history (rollback)
+    _deployed(store, ids[2], "prod")  # then replaced in prod: still in its history (rollback)
     _deployed(store, ids[4], "prod")
     _deployed(store, ids[6], "qa")
     store.update_build(ids[8], status=str(BuildStatus.RUNNING))
@@ -82,16 +98,31 @@ def test_the_worker_keeps_newest_deployed_and_running_builds(redis_url: str, tmp
 
 def test_deploying_a_pruned_build_says_so_unless_a_host_has_its_model(tmp_path: Path) -> None:
     artifacts.prune(tmp_path, 7, "not among the newest 20 builds (keep_artifacts) and never deployed")
-    pipeline = load_pipeline('version: 1\nname: x\nimage: r/x\nsteps:\n  - name: s\n'
-                             '    docker_run: {image: alpine, command: ["true"]}\n')
+    pipeline = load_pipeline(
+        "version: 1\nname: x\nimage: r/x\nsteps:\n  - name: s\n"
+        '    docker_run: {image: alpine, command: ["true"]}\n'
+    )
     ctx = SimpleNamespace(pipeline=pipeline, settings=Settings(workspace=tmp_path))
     plan = SimpleNamespace(build_id=7, number=7, env_name="prod")
-    with pytest.raises(DeployError, match=r"cannot ship the model of build #7: the artifacts of build 7 were "
-                                          r"removed .*re-run that build"):
+    with pytest.raises(
+        DeployError,
+        match=r"cannot ship the model of build #7: the artifacts of build 7 were "
+        r"removed .*re-run that build",
+    ):
         _model(ctx, plan, [])  # type: ignore[arg-type]
-    earlier = Deployment(repo="r", environment="prod", build_id=7, build_number=7, image="r/x:7",
-                         sha="0" * 40, container="x-b7", hosts=["h"], action="deploy", model_sha256="ab" * 32,
-                         model_path="/models/abababababababab/model.skops")
+    earlier = Deployment(
+        repo="r",
+        environment="prod",
+        build_id=7,
+        build_number=7,
+        image="r/x:7",
+        sha="0" * 40,
+        container="x-b7",
+        hosts=["h"],
+        action="deploy",
+        model_sha256="ab" * 32,
+        model_path="/models/abababababababab/model.skops",
+    )
     ship = _model(ctx, plan, [earlier])  # type: ignore[arg-type]
     assert ship is not None and (ship.sha256, ship.path) == (earlier.model_sha256, earlier.model_path)
 
@@ -104,4 +135,3 @@ def test_keep_artifacts_from_the_environment(value: str, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="keep_artifacts"):
             load_settings(env)
-

@@ -135,8 +135,11 @@ EXPECTED = [
         "yaml_bomb",
         "pipeline.yaml:1: aliases expand the document to more than 20000 nodes; refused as a YAML bomb",
     ),
-    ("too_large", "pipeline.yaml: file is larger than the limit of 262144 bytes (300083 bytes read); a "
-                  "pipeline needs far less: keep data and scripts in other files"),
+    (
+        "too_large",
+        "pipeline.yaml: file is larger than the limit of 262144 bytes (300083 bytes read); a "
+        "pipeline needs far less: keep data and scripts in other files",
+    ),
     ("deep", "pipeline.yaml:7: nested deeper than 32 levels; a pipeline needs far fewer"),
     ("bad_version", "pipeline.yaml:1: version: unsupported version 2; this server reads version: 1"),
     (
@@ -340,22 +343,39 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     assert subprocess.run([*args, "--allow", "shell"], capture_output=True, check=False).returncode == 0
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("ten_megabytes", "version: 1\nname: x\n# " + "a" * 10_000_000 + "\n",
-     "file is larger than the limit of 262144 bytes"),
-    ("brackets_100k_deep", "version: 1\nname: " + "[" * 100_000 + "]" * 100_000 + "\n",
-     "nested deeper than 32 levels"),
-    ("set_tag", "version: 1\nname: !!set {a, b}\nsteps: []\n", "tag '!!set' is not allowed"),
-    ("custom_tag", "version: 1\nname: !mytag x\nsteps: []\n", "tag '!mytag' is not allowed"),
-    ("python_object", "version: 1\nname: !!python/object/apply:os.system ['touch /tmp/pwned']\n",
-     "is not allowed"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "ten_megabytes",
+            "version: 1\nname: x\n# " + "a" * 10_000_000 + "\n",
+            "file is larger than the limit of 262144 bytes",
+        ),
+        (
+            "brackets_100k_deep",
+            "version: 1\nname: " + "[" * 100_000 + "]" * 100_000 + "\n",
+            "nested deeper than 32 levels",
+        ),
+        ("set_tag", "version: 1\nname: !!set {a, b}\nsteps: []\n", "tag '!!set' is not allowed"),
+        ("custom_tag", "version: 1\nname: !mytag x\nsteps: []\n", "tag '!mytag' is not allowed"),
+        (
+            "python_object",
+            "version: 1\nname: !!python/object/apply:os.system ['touch /tmp/pwned']\n",
+            "is not allowed",
+        ),
+    ],
+)
 def test_hostile_files_are_refused_quickly_with_a_clear_message(name, text, message, tmp_path):
     """Through the CLI, as an operator would check a file: refused, never executed, never recursing."""
     f = tmp_path / "pipeline.yaml"
     f.write_text(text)
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(f)], capture_output=True,
-                         text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 1, out.stdout
     assert message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

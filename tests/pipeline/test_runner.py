@@ -171,8 +171,11 @@ def _slow_dockerfile():
 
 def _build_containers(docker_client, marker):
     """Containers the classic builder started for a RUN instruction containing ``marker``."""
-    return [c for c in docker_client.containers.list(all=True)
-            if marker in " ".join(c.attrs["Config"].get("Cmd") or [])]
+    return [
+        c
+        for c in docker_client.containers.list(all=True)
+        if marker in " ".join(c.attrs["Config"].get("Cmd") or [])
+    ]
 
 
 def test_cancel_during_docker_build_stops_the_build_within_5s(builds, docker_client):

@@ -28,12 +28,18 @@ class Workers:
 
     def env(self, name: str, extra_vars: dict[str, str], **server: Any) -> dict[str, str]:
         config = self.tmp / f"server-{name}.yaml"
-        config.write_text(yaml.safe_dump({
-            "repositories": {REPO: {"clone_url": self.clone_url}},
-            "vars": {**self.settings.vars, **extra_vars}, **server,
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "repositories": {REPO: {"clone_url": self.clone_url}},
+                    "vars": {**self.settings.vars, **extra_vars},
+                    **server,
+                }
+            )
+        )
         return {
-            **os.environ, "ORCHESTRATOR_CONFIG": str(config),
+            **os.environ,
+            "ORCHESTRATOR_CONFIG": str(config),
             "ORCHESTRATOR_REDIS_URL": self.settings.redis_url,
             "ORCHESTRATOR_WORKSPACE": str(self.tmp / f"ws-{name}"),
             "ORCHESTRATOR_DOCKER_HOST": self.settings.docker_host,
@@ -41,12 +47,21 @@ class Workers:
             "GITHUB_WEBHOOK_SECRET": "whsec",
         }
 
-    def start(self, name: str, extra_vars: dict[str, str] | None = None, env: dict[str, str] | None = None,
-              **server: Any) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        extra_vars: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        **server: Any,
+    ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker-{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker"],
-                                env={**self.env(name, extra_vars or {}, **server), **(env or {})},
-                                start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "worker"],
+            env={**self.env(name, extra_vars or {}, **server), **(env or {})},
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc
 

@@ -50,27 +50,43 @@ def _pipeline(env: DeployEnv) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _create(store: Store, settings: Any, sha: str, images: ExampleImages, image_of: int,
-            queued: bool = True, rerun_of: int | None = None) -> Build:
+def _create(
+    store: Store,
+    settings: Any,
+    sha: str,
+    images: ExampleImages,
+    image_of: int,
+    queued: bool = True,
+    rerun_of: int | None = None,
+) -> Build:
     """A push build of ``sha`` carrying the image build ``image_of`` pushed (as its push step records it)."""
     enqueue = enqueuer(build_queue(settings), settings.build_timeout) if queued else (lambda pipe, t: None)
     build, created = store.create_build(
         Trigger(repo=REPO, sha=sha, ref="refs/heads/main", branch="main", kind="push"),
-        pipeline="pipeline.yaml", triggered_by="test", enqueue=enqueue, dedup=False, rerun_of=rerun_of,
-        extra={"image": images.refs[image_of], "digest": images.digests[image_of]})
+        pipeline="pipeline.yaml",
+        triggered_by="test",
+        enqueue=enqueue,
+        dedup=False,
+        rerun_of=rerun_of,
+        extra={"image": images.refs[image_of], "digest": images.digests[image_of]},
+    )
     assert created
     return build
 
 
-def _setup(store: Store, settings: Any, deploy_hosts: Any, images: ExampleImages,
-           volume: str) -> tuple[DeployEnv, dict[str, str], str, Any]:
+def _setup(
+    store: Store, settings: Any, deploy_hosts: Any, images: ExampleImages, volume: str
+) -> tuple[DeployEnv, dict[str, str], str, Any]:
     """The QA environment, the SSH key secret, known_hosts, and settings to deploy in-process."""
     env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=images, volume=volume)
     ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
     known_hosts = str(deploy_hosts.known_hosts)
-    deploying = dataclasses.replace(settings, known_hosts=Path(known_hosts),
-                                    secrets=Secrets(env={**settings.secrets.env, **ssh}),
-                                    vars={**settings.vars, "HEALTH_PATH": "/ready"})
+    deploying = dataclasses.replace(
+        settings,
+        known_hosts=Path(known_hosts),
+        secrets=Secrets(env={**settings.secrets.env, **ssh}),
+        vars={**settings.vars, "HEALTH_PATH": "/ready"},
+    )
     return env, ssh, known_hosts, deploying
 
 
@@ -78,14 +94,19 @@ def _worker_lost(store: Store, settings: Any, build_id: int) -> Build:
     """The build, once a surviving worker's janitor has marked it ``error`` (worker lost)."""
     lost: Build = wait_until(
         lambda: store.get_build(build_id).status is BuildStatus.ERROR and store.get_build(build_id),
-        settings.lease_seconds + 30, f"build {build_id} to be marked worker lost")
+        settings.lease_seconds + 30,
+        f"build {build_id} to be marked worker lost",
+    )
     return lost
 
 
 def _next_deploy(store: Store, build: Build, env: DeployEnv) -> tuple[Build, str, str]:
     """Wait for ``build`` (the deploy after the kill) to finish: (build, its log, its container)."""
-    done: Build = wait_until(lambda: store.get_build(build.id).status.finished and store.get_build(build.id),
-                             120, "the next deploy")
+    done: Build = wait_until(
+        lambda: store.get_build(build.id).status.finished and store.get_build(build.id),
+        120,
+        "the next deploy",
+    )
     return done, store.log_text(build.id), f"{env.name}-b{done.number}"
 
 
@@ -101,8 +122,15 @@ def _apps(docker_client: Any, env: DeployEnv) -> list[str]:
 
 
 def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
-    settings, store, git_origin, workers: Workers, deploy_hosts, docker_client,
-    example_images: ExampleImages, model_volume: str, tmp_path: Path,  # noqa: F811
+    settings,
+    store,
+    git_origin,
+    workers: Workers,
+    deploy_hosts,
+    docker_client,
+    example_images: ExampleImages,  # noqa: F811
+    model_volume: str,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     env, ssh, known_hosts, deploying = _setup(store, settings, deploy_hosts, example_images, model_volume)
     load = Load(env.url, rate=50)
@@ -156,10 +184,12 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
         assert get(env.url + "/ready")[0] == 200
         assert result["failed"] == 0, result
         assert during_kill[1] == 0 and during_kill[0] > 100, during_kill
-        print(f"\nDEPLOY-KILL marked worker lost {marked:.1f}s after the kill (lease "
-              f"{settings.lease_seconds:g}s); requests {during_kill[0]} until then, {result['requests']} "
-              f"in all, failed {result['failed']}, p99 {result['p99_ms']} ms; re-run #{done.number} "
-              f"deployed in {done.finished_at - done.started_at:.1f}s")
+        print(
+            f"\nDEPLOY-KILL marked worker lost {marked:.1f}s after the kill (lease "
+            f"{settings.lease_seconds:g}s); requests {during_kill[0]} until then, {result['requests']} "
+            f"in all, failed {result['failed']}, p99 {result['p99_ms']} ms; re-run #{done.number} "
+            f"deployed in {done.finished_at - done.started_at:.1f}s"
+        )
     finally:
         if load.is_alive():
             load.stop()
@@ -167,8 +197,15 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
 
 
 def test_sigkill_after_the_switch_records_what_the_edge_serves(
-    settings, store, git_origin, workers: Workers, deploy_hosts, docker_client,
-    example_images: ExampleImages, model_volume: str, tmp_path: Path,  # noqa: F811
+    settings,
+    store,
+    git_origin,
+    workers: Workers,
+    deploy_hosts,
+    docker_client,
+    example_images: ExampleImages,  # noqa: F811
+    model_volume: str,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """The worker dies after the edge moved to build 2 but before build 1's container was retired
     (here: while the old container drains). Build 2 serves every request, the record says build 2
@@ -186,8 +223,9 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
         old, new = f"{env.name}-b1", f"{env.name}-b2"
 
         load.start()
-        slow = git_origin.commit("main", {"pipeline.yaml": yaml.safe_dump(slow_drain, sort_keys=False)},
-                                 "drain slowly")
+        slow = git_origin.commit(
+            "main", {"pipeline.yaml": yaml.safe_dump(slow_drain, sort_keys=False)}, "drain slowly"
+        )
         b2 = _create(store, settings, slow, example_images, 2)
         doomed = workers.start("doomed", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
         wait_until(lambda: "draining old containers" in store.log_text(b2.id), 120, "build 2 to drain")

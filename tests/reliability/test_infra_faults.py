@@ -31,8 +31,9 @@ def _with(settings: Settings, **kw: Any) -> Settings:
     return type(settings)(**{**settings.__dict__, **kw})
 
 
-def test_registry_down_during_push_is_an_error_after_bounded_retries(settings, store, git_origin,
-                                                                     tmp_path: Path) -> None:
+def test_registry_down_during_push_is_an_error_after_bounded_retries(
+    settings, store, git_origin, tmp_path: Path
+) -> None:
     reg = Registry(tmp_path / "registry").start()
     reg.stop()  # down by the time the push runs
     s = _with(settings, vars={**settings.vars, "REGISTRY": reg.addr})
@@ -75,20 +76,36 @@ def silent_host() -> Any:
 
 
 @pytest.mark.ssh
-def test_ssh_host_that_accepts_then_hangs_times_out_clearly(redis_url, store, deploy_hosts, silent_host,
-                                                            tmp_path: Path) -> None:
+def test_ssh_host_that_accepts_then_hangs_times_out_clearly(
+    redis_url, store, deploy_hosts, silent_host, tmp_path: Path
+) -> None:
     from tests.deploy.helpers import test_settings
 
     s = test_settings(redis_url, deploy_hosts, tmp_path / "ws")
-    doc = {"version": 1, "name": "hang", "image": "127.0.0.1:1/none",
-           "steps": [{"name": "deploy-qa", "deploy": {"environment": "qa"}}],
-           "environments": {"qa": {"hosts": [{"host": "127.0.0.1", "port": silent_host, "user": "root"}],
-                                   "container": {"name": "hang", "publish": 18999}}}}
+    doc = {
+        "version": 1,
+        "name": "hang",
+        "image": "127.0.0.1:1/none",
+        "steps": [{"name": "deploy-qa", "deploy": {"environment": "qa"}}],
+        "environments": {
+            "qa": {
+                "hosts": [{"host": "127.0.0.1", "port": silent_host, "user": "root"}],
+                "container": {"name": "hang", "publish": 18999},
+            }
+        },
+    }
     build, _ = store.create_build(
         Trigger(repo=REPO, sha="e" * 40, ref="refs/heads/main", branch="main", kind="promote"),
-        pipeline="pipeline.yaml", triggered_by="test", enqueue=lambda pipe, ticket: None, dedup=False,
-        extra={"pipeline_yaml": yaml.safe_dump(doc), "image": "127.0.0.1:1/none:1",
-               "deploys": {"environment": "qa"}})
+        pipeline="pipeline.yaml",
+        triggered_by="test",
+        enqueue=lambda pipe, ticket: None,
+        dedup=False,
+        extra={
+            "pipeline_yaml": yaml.safe_dump(doc),
+            "image": "127.0.0.1:1/none:1",
+            "deploys": {"environment": "qa"},
+        },
+    )
     t0 = time.monotonic()
     run_build(s, store, build.id)
     took = time.monotonic() - t0
@@ -105,8 +122,11 @@ def test_full_workspace_disk_is_a_clear_error(settings, store, git_origin, tmp_p
     ws.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(ws)], check=True)
     try:
-        big = {"pipeline.yaml": small_pipeline(BUILD_STEP), "small/Dockerfile": SMALL_DOCKERFILE,
-               "blob.bin": __import__("os").urandom(2 * 1024 * 1024).hex()}
+        big = {
+            "pipeline.yaml": small_pipeline(BUILD_STEP),
+            "small/Dockerfile": SMALL_DOCKERFILE,
+            "blob.bin": __import__("os").urandom(2 * 1024 * 1024).hex(),
+        }
         b = Builds(_with(settings, workspace=ws), store, git_origin)
         done = b.commit_and_run(small_pipeline(BUILD_STEP), files=big)
     finally:
@@ -129,8 +149,12 @@ def own_daemon() -> Any:
     daemon = DockerDaemon()
     try:
         daemon.start(work=work)
-        subprocess.run(["docker", "-H", daemon.host, "load", "-q", "-i", str(BASE_TARBALL)], check=True,
-                       capture_output=True, timeout=180)
+        subprocess.run(
+            ["docker", "-H", daemon.host, "load", "-q", "-i", str(BASE_TARBALL)],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
         yield daemon
     finally:
         daemon.stop()
@@ -141,11 +165,15 @@ def own_daemon() -> Any:
 NAP_DOCKERFILE = "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo napping && sleep 120\n"
 
 
-def test_docker_daemon_stopped_mid_build_is_an_error_not_a_failure(settings, store, git_origin,
-                                                                   own_daemon) -> None:
-    s = _with(settings, docker_host=own_daemon.host,
-              vars={**settings.vars, "BASE_IMAGE": "localbase/python:3.11"},
-              secrets=Secrets(env={"GITHUB_WEBHOOK_SECRET": "whsec"}))
+def test_docker_daemon_stopped_mid_build_is_an_error_not_a_failure(
+    settings, store, git_origin, own_daemon
+) -> None:
+    s = _with(
+        settings,
+        docker_host=own_daemon.host,
+        vars={**settings.vars, "BASE_IMAGE": "localbase/python:3.11"},
+        secrets=Secrets(env={"GITHUB_WEBHOOK_SECRET": "whsec"}),
+    )
     b = Builds(s, store, git_origin)
     build = b.create(b.commit(small_pipeline(BUILD_STEP), {"small/Dockerfile": NAP_DOCKERFILE}))
     runner = threading.Thread(target=run_build, args=(s, store, build.id), kwargs={"worker_name": "t"})

@@ -125,8 +125,10 @@ def test_deliveries_survive_a_redis_restart(tmp_path: Path, own_redis: RedisServ
         first = Counter(a[0][0] for a in out.answers.values())
 
         # Redeliver (as GitHub's button does) every delivery that was not answered 2xx or 401.
-        retry = sorted({i for i, (st, _) in ((i, a[-1]) for i, a in out.answers.items()) if st not in
-                        (200, 202, 401)} | {i for i, _ in out.errors})
+        retry = sorted(
+            {i for i, (st, _) in ((i, a[-1]) for i, a in out.answers.items()) if st not in (200, 202, 401)}
+            | {i for i, _ in out.errors}
+        )
         redelivered = Counter[int]()
         with requests.Session() as s:
             for i in retry:
@@ -176,8 +178,11 @@ def test_deliveries_survive_a_redis_restart(tmp_path: Path, own_redis: RedisServ
         verdicts[rec.verdict] += 1
     bad_shas = {deliveries[i].sha for i in bad}
     assert not bad_shas & set(by_sha)
-    assert all(store.get_delivery(deliveries[i].id) is None or
-               store.get_delivery(deliveries[i].id).verdict == "rejected" for i in bad)  # type: ignore[union-attr]
+    assert all(
+        store.get_delivery(deliveries[i].id) is None
+        or store.get_delivery(deliveries[i].id).verdict == "rejected"
+        for i in bad
+    )  # type: ignore[union-attr]
 
     # Builds: exactly one per genuine merge, numbers 1..N with no gap or repeat.
     assert len(builds) == sum(1 for d in genuine.values() if d.kind == "merge")
@@ -188,15 +193,22 @@ def test_deliveries_survive_a_redis_restart(tmp_path: Path, own_redis: RedisServ
     rq = store.r
     queue_key = "rq:queue:builds"
     job_ids = [j.decode() if isinstance(j, bytes) else j for j in rq.lrange(queue_key, 0, -1)]
-    resolved = Counter(store.resolve_ticket(j[len(JOB_PREFIX):]) for j in job_ids)
+    resolved = Counter(store.resolve_ticket(j[len(JOB_PREFIX) :]) for j in job_ids)
     noops = resolved.pop(None, 0)
     assert resolved == Counter({bid: 1 for bid in builds}), "a build without its job or with two"
 
     figures = {
-        "deliveries": len(deliveries), "sent": dict(sent), "seconds": round(took, 1),
-        "per_second": round(len(deliveries) / took), "first_answers": dict(first),
-        "transport_errors": len(out.errors), "redelivered": dict(redelivered),
-        "outage_s": round(outage["up"] - outage["down"], 2), "builds": len(builds),
-        "rq_jobs": len(job_ids), "rq_noop_jobs": noops, "records": dict(verdicts),
+        "deliveries": len(deliveries),
+        "sent": dict(sent),
+        "seconds": round(took, 1),
+        "per_second": round(len(deliveries) / took),
+        "first_answers": dict(first),
+        "transport_errors": len(out.errors),
+        "redelivered": dict(redelivered),
+        "outage_s": round(outage["up"] - outage["down"], 2),
+        "builds": len(builds),
+        "rq_jobs": len(job_ids),
+        "rq_noop_jobs": noops,
+        "records": dict(verdicts),
     }
     print("\nLOAD", figures)

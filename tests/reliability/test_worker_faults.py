@@ -47,39 +47,53 @@ def _running(store: Any, build_id: int, step: str) -> bool:
 
 
 @pytest.mark.parametrize("phase", ["docker_build", "docker_run"])
-def test_sigkill_mid_step_is_recovered_then_rerun_succeeds(settings, store, git_origin, workers: Workers,
-                                                           docker_client, phase: str) -> None:
+def test_sigkill_mid_step_is_recovered_then_rerun_succeeds(
+    settings, store, git_origin, workers: Workers, docker_client, phase: str
+) -> None:
     b = Builds(settings, store, git_origin)
-    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING,
-                                                "small/Dockerfile": NAPPING_DOCKERFILE}))
-    slow = {"BUILD_SLEEP": "300", "RUN_SLEEP": "0"} if phase == "docker_build" else {"BUILD_SLEEP": "0",
-                                                                                     "RUN_SLEEP": "300"}
+    build = b.create(
+        git_origin.commit("main", {"pipeline.yaml": NAPPING, "small/Dockerfile": NAPPING_DOCKERFILE})
+    )
+    slow = (
+        {"BUILD_SLEEP": "300", "RUN_SLEEP": "0"}
+        if phase == "docker_build"
+        else {"BUILD_SLEEP": "0", "RUN_SLEEP": "300"}
+    )
     doomed = workers.start("doomed", slow)
     step = "build" if phase == "docker_build" else "test"
     wait_until(lambda: _running(store, build.id, step), 120, f"step {step} to run")
     if phase == "docker_build":
         wait_until(lambda: "napping 300s" in store.log_text(build.id), 60, "the slow RUN")
     else:
-        wait_until(lambda: docker_client.containers.list(filters={"label": f"mlship.build={build.id}"}), 30,
-                   "the test container")
+        wait_until(
+            lambda: docker_client.containers.list(filters={"label": f"mlship.build={build.id}"}),
+            30,
+            "the test container",
+        )
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait(10)
     killed = time.monotonic()
     workers.start("survivor", QUICK)  # its janitor finds the lost build
     lost = wait_until(
         lambda: store.get_build(build.id).status is BuildStatus.ERROR and store.get_build(build.id),
-        settings.lease_seconds + 30, "the build to be marked worker lost")
+        settings.lease_seconds + 30,
+        "the build to be marked worker lost",
+    )
     assert time.monotonic() - killed < settings.lease_seconds + 30
     assert lost.error.startswith("worker lost"), lost.error
     assert {s.name: s.status for s in lost.steps}[step] is StepStatus.ERROR
     assert store.r.keys(store.k.lock("*")) == [] and not store.r.exists(store.k.build_locks(build.id))
     assert store.r.zscore(store.k.running(), str(build.id)) is None
     label = {"label": f"mlship.build={build.id}"}
-    wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 15,
-               "the lost build's containers to be removed")
+    wait_until(
+        lambda: not docker_client.containers.list(all=True, filters=label),
+        15,
+        "the lost build's containers to be removed",
+    )
     again = rerun_build(b, build.id, by="ops")
-    done = wait_until(lambda: store.get_build(again.id).status.finished and store.get_build(again.id), 180,
-                      "the re-run")
+    done = wait_until(
+        lambda: store.get_build(again.id).status.finished and store.get_build(again.id), 180, "the re-run"
+    )
     assert done.status is BuildStatus.SUCCESS, done.error
     assert store.log_text(again.id).count("ran-once") == 1
 
@@ -88,8 +102,9 @@ def test_sigterm_is_a_warm_shutdown_the_build_finishes_then_the_worker_exits(
     settings, store, git_origin, workers: Workers
 ) -> None:
     b = Builds(settings, store, git_origin)
-    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING,
-                                                "small/Dockerfile": NAPPING_DOCKERFILE}))
+    build = b.create(
+        git_origin.commit("main", {"pipeline.yaml": NAPPING, "small/Dockerfile": NAPPING_DOCKERFILE})
+    )
     proc = workers.start("warm", {"BUILD_SLEEP": "0", "RUN_SLEEP": "4"})
     wait_until(lambda: _running(store, build.id, "test"), 120, "the test step")
     proc.send_signal(signal.SIGTERM)
@@ -100,11 +115,13 @@ def test_sigterm_is_a_warm_shutdown_the_build_finishes_then_the_worker_exits(
     assert "ran-once" in store.log_text(build.id)
 
 
-def test_second_sigterm_is_a_cold_shutdown_recorded_at_once(settings, store, git_origin, workers: Workers,
-                                                             docker_client) -> None:
+def test_second_sigterm_is_a_cold_shutdown_recorded_at_once(
+    settings, store, git_origin, workers: Workers, docker_client
+) -> None:
     b = Builds(settings, store, git_origin)
-    build = b.create(git_origin.commit("main", {"pipeline.yaml": NAPPING,
-                                                "small/Dockerfile": NAPPING_DOCKERFILE}))
+    build = b.create(
+        git_origin.commit("main", {"pipeline.yaml": NAPPING, "small/Dockerfile": NAPPING_DOCKERFILE})
+    )
     proc = workers.start("cold", {"BUILD_SLEEP": "0", "RUN_SLEEP": "300"})
     label = {"label": f"mlship.build={build.id}"}
     wait_until(lambda: _running(store, build.id, "test"), 120, "the test step")
@@ -119,8 +136,11 @@ def test_second_sigterm_is_a_cold_shutdown_recorded_at_once(settings, store, git
     assert "cold shutdown" in done.error
     assert {s.name: s.status for s in done.steps}["test"] is StepStatus.ERROR
     assert store.r.zscore(store.k.running(), str(build.id)) is None
-    wait_until(lambda: not docker_client.containers.list(all=True, filters=label), 15,
-               "the step's container to be removed")
+    wait_until(
+        lambda: not docker_client.containers.list(all=True, filters=label),
+        15,
+        "the step's container to be removed",
+    )
 
 
 ONE_RUN = small_pipeline("""\

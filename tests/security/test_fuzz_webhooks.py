@@ -36,8 +36,9 @@ def examples(family: str) -> int:
 
 
 def fuzz(family: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    return settings(max_examples=examples(family), deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=examples(family), deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,13 @@ def post(hook: Any, family: str, body: bytes, headers: dict[str, str]) -> int:
 
 
 def signed(body: bytes, event: str, delivery: str, **extra: str) -> dict[str, str]:
-    return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json",
-            "X-Hub-Signature-256": sign(SECRET.encode(), body), **extra}
+    return {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": sign(SECRET.encode(), body),
+        **extra,
+    }
 
 
 def nothing_enqueued(hook: Any) -> Callable[[], None]:
@@ -85,28 +91,53 @@ header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_si
 delivery_ids = st.one_of(st.uuids().map(str), header_text)
 events = st.sampled_from(["pull_request", "push", "ping", "issues", "", "PUSH", "pull_request\x00"])
 events = events | header_text
-content_types = st.sampled_from([
-    "application/json", "application/json; charset=utf-8", "application/x-www-form-urlencoded",
-    "text/plain", "", "application/json; charset=utf-16", "multipart/form-data; boundary=x",
-]) | header_text
+content_types = (
+    st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "",
+            "application/json; charset=utf-16",
+            "multipart/form-data; boundary=x",
+        ]
+    )
+    | header_text
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda children: (st.lists(children, max_size=5)
-                      | st.dictionaries(st.text(max_size=10), children, max_size=5)),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 KEYS = ["action", "pull_request", "repository", "ref", "after", "deleted", "head_commit", "number", "zen"]
 junk_objects = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=10), json_values, max_size=8)
 
 # Required fields of a merged PR and the wrong-typed values put in their place.
-REQUIRED = [("action",), ("pull_request",), ("pull_request", "merged"), ("pull_request", "base"),
-            ("pull_request", "base", "ref"), ("pull_request", "merge_commit_sha"), ("repository",),
-            ("repository", "full_name")]
-wrong_values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.booleans(),
-                         st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
-                                                                              st.integers(), max_size=3),
-                         st.text(max_size=60).filter(lambda s: s not in ("closed", "main", REPO)),
-                         st.just("0" * 39), st.just("G" * 40), st.just("--upload-pack=touch /tmp/pwned"))
+REQUIRED = [
+    ("action",),
+    ("pull_request",),
+    ("pull_request", "merged"),
+    ("pull_request", "base"),
+    ("pull_request", "base", "ref"),
+    ("pull_request", "merge_commit_sha"),
+    ("repository",),
+    ("repository", "full_name"),
+]
+wrong_values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    st.text(max_size=60).filter(lambda s: s not in ("closed", "main", REPO)),
+    st.just("0" * 39),
+    st.just("G" * 40),
+    st.just("--upload-pack=touch /tmp/pwned"),
+)
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -118,13 +149,24 @@ def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 # -- the families -----------------------------------------------------------------------------------
 
 
-@given(body=st.binary(max_size=2048), delivery=delivery_ids, event=events, ctype=content_types,
-       sig=st.one_of(st.none(), header_text, st.just("sha256=" + "0" * 64)),
-       extra=st.dictionaries(st.sampled_from(["X-Hub-Signature", "Content-Encoding", "Transfer-Encoding",
-                                              "X-GitHub-Hook-ID", "User-Agent"]), header_text, max_size=3))
+@given(
+    body=st.binary(max_size=2048),
+    delivery=delivery_ids,
+    event=events,
+    ctype=content_types,
+    sig=st.one_of(st.none(), header_text, st.just("sha256=" + "0" * 64)),
+    extra=st.dictionaries(
+        st.sampled_from(
+            ["X-Hub-Signature", "Content-Encoding", "Transfer-Encoding", "X-GitHub-Hook-ID", "User-Agent"]
+        ),
+        header_text,
+        max_size=3,
+    ),
+)
 @fuzz("random")
-def test_random_requests(hook: Any, body: bytes, delivery: str, event: str, ctype: str, sig: str | None,
-                         extra: dict[str, str]) -> None:
+def test_random_requests(
+    hook: Any, body: bytes, delivery: str, event: str, ctype: str, sig: str | None, extra: dict[str, str]
+) -> None:
     check = nothing_enqueued(hook)
     headers = {"X-GitHub-Delivery": delivery, "X-GitHub-Event": event, "Content-Type": ctype, **extra}
     if sig is not None:
@@ -134,8 +176,11 @@ def test_random_requests(hook: Any, body: bytes, delivery: str, event: str, ctyp
     check()
 
 
-@given(doc=st.one_of(json_values, junk_objects), event=st.sampled_from(["pull_request", "push", "ping"]),
-       delivery=st.uuids().map(lambda u: f"junk-{u}"))
+@given(
+    doc=st.one_of(json_values, junk_objects),
+    event=st.sampled_from(["pull_request", "push", "ping"]),
+    delivery=st.uuids().map(lambda u: f"junk-{u}"),
+)
 @fuzz("junk_json")
 def test_valid_signature_over_junk_json(hook: Any, doc: Any, event: str, delivery: str) -> None:
     check = nothing_enqueued(hook)
@@ -144,11 +189,16 @@ def test_valid_signature_over_junk_json(hook: Any, doc: Any, event: str, deliver
     check()
 
 
-@given(path=st.sampled_from(REQUIRED), value=wrong_values, delivery=st.uuids().map(lambda u: f"near-{u}"),
-       sha=st.binary(min_size=20, max_size=20).map(bytes.hex))
+@given(
+    path=st.sampled_from(REQUIRED),
+    value=wrong_values,
+    delivery=st.uuids().map(lambda u: f"near-{u}"),
+    sha=st.binary(min_size=20, max_size=20).map(bytes.hex),
+)
 @fuzz("near_valid")
-def test_valid_signature_over_near_valid_payloads(hook: Any, path: tuple[str, ...], value: Any,
-                                                  delivery: str, sha: str) -> None:
+def test_valid_signature_over_near_valid_payloads(
+    hook: Any, path: tuple[str, ...], value: Any, delivery: str, sha: str
+) -> None:
     assume(not (path[-1] == "merged" and value is True))  # the one right value among the wrong ones
     check = nothing_enqueued(hook)
     doc = merged_pr(sha)
@@ -159,12 +209,17 @@ def test_valid_signature_over_near_valid_payloads(hook: Any, path: tuple[str, ..
     check()
 
 
-@given(encoding=st.sampled_from(["utf-8", "utf-16", "utf-32", "utf-8-sig", "latin-1"]),
-       pad=st.integers(0, 70_000), ascii_only=st.booleans(), delivery=st.uuids().map(lambda u: f"enc-{u}"),
-       sha=st.binary(min_size=20, max_size=20).map(bytes.hex))
+@given(
+    encoding=st.sampled_from(["utf-8", "utf-16", "utf-32", "utf-8-sig", "latin-1"]),
+    pad=st.integers(0, 70_000),
+    ascii_only=st.booleans(),
+    delivery=st.uuids().map(lambda u: f"enc-{u}"),
+    sha=st.binary(min_size=20, max_size=20).map(bytes.hex),
+)
 @fuzz("encodings")
-def test_encodings_and_sizes(hook: Any, encoding: str, pad: int, ascii_only: bool, delivery: str,
-                             sha: str) -> None:
+def test_encodings_and_sizes(
+    hook: Any, encoding: str, pad: int, ascii_only: bool, delivery: str, sha: str
+) -> None:
     """A real merge in another encoding (JSON's own: UTF-8/16/32, with or without BOM) or with a big
     title: one build within the size limit (64 KiB here), 413 and nothing over it."""
     _, store = hook
@@ -201,10 +256,20 @@ def test_fuzz_against_gunicorn(tmp_path: Path, redis_url: str) -> None:
     try:
         session = requests.Session()
 
-        @given(doc=st.one_of(json_values, junk_objects), raw=st.binary(max_size=512),
-               use_raw=st.booleans(), sign_it=st.booleans(), event=events, delivery=delivery_ids)
-        @settings(max_examples=int(os.environ.get("MLSHIP_FUZZ_HTTP_EXAMPLES", "400")), deadline=None,
-                  database=None, suppress_health_check=list(HealthCheck))
+        @given(
+            doc=st.one_of(json_values, junk_objects),
+            raw=st.binary(max_size=512),
+            use_raw=st.booleans(),
+            sign_it=st.booleans(),
+            event=events,
+            delivery=delivery_ids,
+        )
+        @settings(
+            max_examples=int(os.environ.get("MLSHIP_FUZZ_HTTP_EXAMPLES", "400")),
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(doc: Any, raw: bytes, use_raw: bool, sign_it: bool, event: str, delivery: str) -> None:
             body = raw if use_raw else json.dumps(doc).encode()
             h = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "Content-Type": "application/json"}

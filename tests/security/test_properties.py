@@ -72,8 +72,13 @@ def test_no_signature_oracle(hook: Any, redis_url: str, monkeypatch) -> None:
     real = github.hmac.compare_digest
     monkeypatch.setattr(github.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
     mac = next(iter(expected))
-    guesses = ["sha256=" + mac[:-1] + ("0" if mac[-1] != "0" else "1"), "sha256=" + mac[:32],
-               "sha256=" + mac.upper(), "sha1=" + mac, "sha256=" + "f" * 64]
+    guesses = [
+        "sha256=" + mac[:-1] + ("0" if mac[-1] != "0" else "1"),
+        "sha256=" + mac[:32],
+        "sha256=" + mac.upper(),
+        "sha1=" + mac,
+        "sha256=" + "f" * 64,
+    ]
     store = Store.from_url(redis_url)
     for guess in guesses:
         h = headers("pull_request", body, secret=None)
@@ -84,7 +89,7 @@ def test_no_signature_oracle(hook: Any, redis_url: str, monkeypatch) -> None:
         texts = [resp.get_data(as_text=True), json.dumps(record.to_dict() if record else {})]
         for text in texts:
             for exp in expected:
-                assert not any(exp[i:i + 8] in text for i in range(0, 57)), text
+                assert not any(exp[i : i + 8] in text for i in range(0, 57)), text
     # three distinct secrets configured (two of the repository, one of another): all three compared
     per_request = len(calls) / sum(1 for g in guesses if g.startswith("sha256="))
     assert per_request == 3
@@ -129,8 +134,9 @@ def test_one_build_per_delivery_id(redis_url: str) -> None:
 def _deliver_and_run(settings: Settings, payload: dict[str, Any], event: str = "push") -> Any:
     app = create_app(settings)
     body = json.dumps(payload).encode()
-    resp = app.test_client().post("/webhooks/github", data=body,
-                                  headers=headers(event, body, secret=WEBHOOK_SECRET))
+    resp = app.test_client().post(
+        "/webhooks/github", data=body, headers=headers(event, body, secret=WEBHOOK_SECRET)
+    )
     assert resp.status_code == 202, resp.get_json()
     store: Store = app.extensions["mlship"].store
     build_id = resp.get_json()["build"]
@@ -146,13 +152,18 @@ ECHO_STEP = """\
 
 @pytest.mark.docker
 def test_no_command_or_option_injection_from_payload_fields(
-    real_settings: Callable[..., Settings], git_origin: GitOrigin, docker_client: Any,
+    real_settings: Callable[..., Settings],
+    git_origin: GitOrigin,
+    docker_client: Any,
 ) -> None:
     """Hostile branch, message and author reach a real build (webhook → checkout → docker) as data."""
     tag = uuid.uuid4().hex[:8]
     markers = [Path(f"/tmp/pwned-{tag}-{i}") for i in range(4)]
-    sha = git_origin.commit("main", {"pipeline.yaml": small_pipeline(BUILD_STEP + ECHO_STEP),
-                                     "small/Dockerfile": SMALL_DOCKERFILE}, f"$(touch {markers[0]})")
+    sha = git_origin.commit(
+        "main",
+        {"pipeline.yaml": small_pipeline(BUILD_STEP + ECHO_STEP), "small/Dockerfile": SMALL_DOCKERFILE},
+        f"$(touch {markers[0]})",
+    )
     branch = f"--upload-pack=touch {markers[1]}"
     p = push_to(branch, sha, repo=REPO)
     p["head_commit"]["message"] = f"$(touch {markers[0]}) `touch {markers[2]}`; touch {markers[3]}"
@@ -168,21 +179,28 @@ def test_no_command_or_option_injection_from_payload_fields(
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize(("option", "allow_key"), [
-    ("privileged: true", "allow.privileged"),
-    ("volumes: ['/var/run/docker.sock:/var/run/docker.sock']", "allow.host_mounts"),
-    ("volumes: ['/:/host']", "allow.host_mounts"),
-    ("network: host", "allow.host_network"),
-])
+@pytest.mark.parametrize(
+    ("option", "allow_key"),
+    [
+        ("privileged: true", "allow.privileged"),
+        ("volumes: ['/var/run/docker.sock:/var/run/docker.sock']", "allow.host_mounts"),
+        ("volumes: ['/:/host']", "allow.host_mounts"),
+        ("network: host", "allow.host_network"),
+    ],
+)
 def test_pipeline_cannot_escalate_without_server_permission(
-    real_settings: Callable[..., Settings], git_origin: GitOrigin, docker_client: Any, option: str,
+    real_settings: Callable[..., Settings],
+    git_origin: GitOrigin,
+    docker_client: Any,
+    option: str,
     allow_key: str,
 ) -> None:
     """A real build whose pipeline asks for it fails before any step runs, naming the server setting
     (tests/pipeline/test_pipeline_parse.py has the exact messages)."""
     steps = BUILD_STEP + f"- name: escalate\n  docker_run: {{command: [id], {option}}}\n"
-    sha = git_origin.commit("main", {"pipeline.yaml": small_pipeline(steps),
-                                     "small/Dockerfile": SMALL_DOCKERFILE})
+    sha = git_origin.commit(
+        "main", {"pipeline.yaml": small_pipeline(steps), "small/Dockerfile": SMALL_DOCKERFILE}
+    )
     _, _, build = _deliver_and_run(real_settings(), push_to("main", sha, repo=REPO))
     assert build.status is BuildStatus.FAILED
     assert allow_key in build.error and "pipeline.yaml:" in build.error
@@ -191,20 +209,22 @@ def test_pipeline_cannot_escalate_without_server_permission(
 
 
 @pytest.mark.docker
-def test_secrets_never_appear_in_logs_pages_or_api(real_settings: Callable[..., Settings],
-                                                    git_origin: GitOrigin, redis_url: str) -> None:
+def test_secrets_never_appear_in_logs_pages_or_api(
+    real_settings: Callable[..., Settings], git_origin: GitOrigin, redis_url: str
+) -> None:
     """A real build echoes a secret its pipeline references; the Redis log stream, every Redis value,
     the build page, the API JSON and the text log show *** instead."""
     secret = "s3cr3t-" + uuid.uuid4().hex
     steps = BUILD_STEP + (
         "- name: leak\n"
         "  docker_run:\n"
-        "    command: [sh, -c, 'echo \"token=$TOKEN\"; echo \"x$${TOKEN}y\"; printf %s \"$TOKEN\" | base64; "
-        "echo \"$TOKEN\" >&2']\n"
+        '    command: [sh, -c, \'echo "token=$TOKEN"; echo "x$${TOKEN}y"; printf %s "$TOKEN" | base64; '
+        'echo "$TOKEN" >&2\']\n'
         "    env: {TOKEN: '${secrets.DEPLOY_TOKEN}'}\n"
     )
-    sha = git_origin.commit("main", {"pipeline.yaml": small_pipeline(steps),
-                                     "small/Dockerfile": SMALL_DOCKERFILE})
+    sha = git_origin.commit(
+        "main", {"pipeline.yaml": small_pipeline(steps), "small/Dockerfile": SMALL_DOCKERFILE}
+    )
     settings = real_settings(secrets={"DEPLOY_TOKEN": secret, "API_TOKEN": TOKEN})
     app, store, build = _deliver_and_run(settings, push_to("main", sha, repo=REPO))
     assert build.status is BuildStatus.SUCCESS, build.error
@@ -233,9 +253,14 @@ def _dump_redis(url: str) -> str:
     out: list[str] = []
     for key in r.scan_iter(count=1000):
         kind = r.type(key).decode()
-        value: Any = {"string": r.get, "hash": r.hgetall, "list": lambda k: r.lrange(k, 0, -1),
-                      "set": r.smembers, "zset": lambda k: r.zrange(k, 0, -1),
-                      "stream": lambda k: r.xrange(k)}[kind](key)
+        value: Any = {
+            "string": r.get,
+            "hash": r.hgetall,
+            "list": lambda k: r.lrange(k, 0, -1),
+            "set": r.smembers,
+            "zset": lambda k: r.zrange(k, 0, -1),
+            "stream": lambda k: r.xrange(k),
+        }[kind](key)
         out.append(repr(value))
     return "\n".join(out)
 
@@ -283,9 +308,12 @@ def test_untrusted_or_tampered_model_is_never_unpickled(tmp_path: Path) -> None:
     tampered = tmp_path / "tampered.pkl"
     tampered.write_bytes(pickle.dumps(_Touch(marker)) + b" ")
     (tmp_path / "tampered.json").write_text(json.dumps({"file": "tampered.pkl", "sha256": pinned}))
-    cases = [(path, LoadPolicy()), (path, LoadPolicy(expected_sha256="0" * 64)),
-             (tampered, LoadPolicy(expected_sha256=pinned)),
-             (tampered, LoadPolicy(allow_unpinned_pickle=True))]
+    cases = [
+        (path, LoadPolicy()),
+        (path, LoadPolicy(expected_sha256="0" * 64)),
+        (tampered, LoadPolicy(expected_sha256=pinned)),
+        (tampered, LoadPolicy(allow_unpinned_pickle=True)),
+    ]
     for p, policy in cases:
         with pytest.raises(ModelLoadError):
             load_model(p, policy)
@@ -299,8 +327,9 @@ def _posts(app: Any, prefix: str) -> list[str]:
     out = []
     for rule in app.url_map.iter_rules():
         if "POST" in rule.methods and rule.rule.startswith(prefix):
-            out.append(re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", lambda m: "qa" if m.group(1) == "env" else "1",
-                              rule.rule))
+            out.append(
+                re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", lambda m: "qa" if m.group(1) == "env" else "1", rule.rule)
+            )
     return out
 
 

@@ -63,8 +63,15 @@ def test_ssh_host_runs_docker_ps_with_pinned_host_key(deploy_hosts, name):
     client = paramiko.SSHClient()
     client.load_host_keys(str(deploy_hosts.known_hosts))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect("127.0.0.1", port=host.port, username=host.user, key_filename=str(deploy_hosts.client_key),
-                   allow_agent=False, look_for_keys=False, timeout=10)
+    client.connect(
+        "127.0.0.1",
+        port=host.port,
+        username=host.user,
+        key_filename=str(deploy_hosts.client_key),
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=10,
+    )
     try:
         _, stdout, stderr = client.exec_command("docker ps --format '{{.ID}}' && echo ok", timeout=30)
         assert stdout.channel.recv_exit_status() == 0, stderr.read()
@@ -81,8 +88,14 @@ def test_ssh_host_with_unknown_key_is_refused(deploy_hosts, tmp_path):
     client.load_host_keys(str(empty))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
     with pytest.raises(paramiko.SSHException):
-        client.connect("127.0.0.1", port=host.port, username=host.user,
-                       key_filename=str(deploy_hosts.client_key), allow_agent=False, look_for_keys=False)
+        client.connect(
+            "127.0.0.1",
+            port=host.port,
+            username=host.user,
+            key_filename=str(deploy_hosts.client_key),
+            allow_agent=False,
+            look_for_keys=False,
+        )
 
 
 def test_git_origin_clone_commit_and_merge(git_origin, tmp_path):

@@ -25,8 +25,12 @@ from orchestrator.models import Build, BuildStatus, StepRecord, StepStatus, Trig
 REPO = "acme/house-price"
 TOKEN = "tok-3f9a1c5e7b2d4a6c8e0f"
 OTHER_TOKEN = "tok-ops-99887766554433"
-SECRETS = {"API_TOKEN": TOKEN, "OPS_TOKEN": OTHER_TOKEN, "GITHUB_WEBHOOK_SECRET": "whsec",
-           "CSRF_SECRET": "csrf-secret-for-tests"}
+SECRETS = {
+    "API_TOKEN": TOKEN,
+    "OPS_TOKEN": OTHER_TOKEN,
+    "GITHUB_WEBHOOK_SECRET": "whsec",
+    "CSRF_SECRET": "csrf-secret-for-tests",
+}
 
 
 def make_settings(redis_url: str, clone_url: str = "file:///nonexistent/origin.git", **kw: Any) -> Settings:
@@ -51,17 +55,41 @@ class Seed:
     rt: Runtime
     counter: int = 0
 
-    def build(self, status: str = "success", *, message: str = "Improve the price model",
-              branch: str = "main", author: str = "alice", repo: str = REPO, sha: str | None = None,
-              trigger: str = "pull_request_merged", ago: float = 600.0, seconds: float = 95.0,
-              steps: list[StepRecord] | None = None, log: list[tuple[str, str, str]] | None = None,
-              **fields: Any) -> Build:
+    def build(
+        self,
+        status: str = "success",
+        *,
+        message: str = "Improve the price model",
+        branch: str = "main",
+        author: str = "alice",
+        repo: str = REPO,
+        sha: str | None = None,
+        trigger: str = "pull_request_merged",
+        ago: float = 600.0,
+        seconds: float = 95.0,
+        steps: list[StepRecord] | None = None,
+        log: list[tuple[str, str, str]] | None = None,
+        **fields: Any,
+    ) -> Build:
         self.counter += 1
-        sha = sha or f"{self.counter:02d}" + "c0ffee1234567890abcdef1234567890abcdef"[: 38]
-        t = Trigger(repo=repo, sha=sha, ref=f"refs/heads/{branch}", branch=branch, kind=trigger,
-                    author=author, message=message, url=f"https://github.com/{repo}/commit/{sha}")
-        build, _ = self.rt.store.create_build(t, pipeline="pipeline.yaml", triggered_by="delivery-1",
-                                              enqueue=enqueuer(self.rt.queue, 600), dedup=False)
+        sha = sha or f"{self.counter:02d}" + "c0ffee1234567890abcdef1234567890abcdef"[:38]
+        t = Trigger(
+            repo=repo,
+            sha=sha,
+            ref=f"refs/heads/{branch}",
+            branch=branch,
+            kind=trigger,
+            author=author,
+            message=message,
+            url=f"https://github.com/{repo}/commit/{sha}",
+        )
+        build, _ = self.rt.store.create_build(
+            t,
+            pipeline="pipeline.yaml",
+            triggered_by="delivery-1",
+            enqueue=enqueuer(self.rt.queue, 600),
+            dedup=False,
+        )
         start = time.time() - ago
         values: dict[str, Any] = {"status": status}
         if status != "queued":
@@ -79,8 +107,12 @@ class Seed:
 def default_steps(status: str, start: float) -> list[StepRecord]:
     if status == "queued":
         return []
-    names = [("build", "docker_build", 41.0), ("test", "docker_run", 12.5), ("push", "docker_push", 6.2),
-             ("deploy-qa", "deploy", 21.0)]
+    names = [
+        ("build", "docker_build", 41.0),
+        ("test", "docker_run", 12.5),
+        ("push", "docker_push", 6.2),
+        ("deploy-qa", "deploy", 21.0),
+    ]
     out = []
     t = start
     for i, (name, kind, d) in enumerate(names):
@@ -89,11 +121,15 @@ def default_steps(status: str, start: float) -> list[StepRecord]:
         elif status == "running" and i > 1:
             out.append(StepRecord(name, kind, StepStatus.PENDING))
         elif status == "failed" and i == 1:
-            out.append(StepRecord(name, kind, StepStatus.FAILED, t, t + d, exit_code=1,
-                                  error="tests failed: exit code 1"))
+            out.append(
+                StepRecord(
+                    name, kind, StepStatus.FAILED, t, t + d, exit_code=1, error="tests failed: exit code 1"
+                )
+            )
         elif status == "failed" and i > 1:
-            out.append(StepRecord(name, kind, StepStatus.SKIPPED,
-                                  error="not run: an earlier step did not succeed"))
+            out.append(
+                StepRecord(name, kind, StepStatus.SKIPPED, error="not run: an earlier step did not succeed")
+            )
         else:
             out.append(StepRecord(name, kind, StepStatus.SUCCESS, t, t + d))
         t += d

@@ -30,9 +30,15 @@ def test_list_builds_newest_first_with_filters_and_pages(client, seed):
     assert [x["id"] for x in page2["builds"]] == [a.id] and page2["total"] == 3
 
 
-@pytest.mark.parametrize("query, parameter", [
-    ("status=exploded", "status"), ("limit=0", "limit"), ("limit=abc", "limit"), ("offset=-1", "offset"),
-])
+@pytest.mark.parametrize(
+    "query, parameter",
+    [
+        ("status=exploded", "status"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("offset=-1", "offset"),
+    ],
+)
 def test_bad_query_parameters_are_400_with_a_message(client, query, parameter):
     resp = client.get(f"/api/v1/builds?{query}")
     assert resp.status_code == 400
@@ -92,8 +98,11 @@ def test_stream_resumes_after_last_event_id(client, seed):
     b = seed.build("success", log=[("build", "stdout", f"line {i}") for i in range(4)])
     first = events(client.get(f"/api/v1/builds/{b.id}/log/stream").get_data(as_text=True))
     second_id = first[1]["id"]
-    resumed = events(client.get(f"/api/v1/builds/{b.id}/log/stream",
-                                headers={"Last-Event-ID": second_id}).get_data(as_text=True))
+    resumed = events(
+        client.get(f"/api/v1/builds/{b.id}/log/stream", headers={"Last-Event-ID": second_id}).get_data(
+            as_text=True
+        )
+    )
     assert [e["data"]["text"] for e in resumed if e["event"] == "log"] == ["line 2", "line 3"]
     bad = client.get(f"/api/v1/builds/{b.id}/log/stream", headers={"Last-Event-ID": "x; DROP"})
     assert bad.status_code == 400
@@ -128,13 +137,16 @@ def test_stream_follows_a_running_build_live(client, seed, rt):
 # -- auth -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers, status, code", [
-    ({}, 401, "unauthorized"),
-    ({"Authorization": "Bearer wrong-token"}, 403, "forbidden"),
-    ({"Authorization": f"Basic {TOKEN}"}, 401, "unauthorized"),
-    ({"Authorization": f"Bearer {TOKEN}"}, 201, None),
-    ({"Authorization": f"Bearer {OTHER_TOKEN}"}, 201, None),
-])
+@pytest.mark.parametrize(
+    "headers, status, code",
+    [
+        ({}, 401, "unauthorized"),
+        ({"Authorization": "Bearer wrong-token"}, 403, "forbidden"),
+        ({"Authorization": f"Basic {TOKEN}"}, 401, "unauthorized"),
+        ({"Authorization": f"Bearer {TOKEN}"}, 201, None),
+        ({"Authorization": f"Bearer {OTHER_TOKEN}"}, 201, None),
+    ],
+)
 def test_writes_need_a_valid_bearer_token(client, seed, rt, headers, status, code):
     b = seed.build("failed")
     resp = client.post(f"/api/v1/builds/{b.id}/rerun", headers=headers)
@@ -147,8 +159,9 @@ def test_writes_need_a_valid_bearer_token(client, seed, rt, headers, status, cod
         new = resp.get_json()
         assert new["rerun_of"] == b.id and new["status"] == "queued" and new["number"] == b.number + 1
         assert resp.headers["Location"] == f"/api/v1/builds/{new['id']}"
-        assert new["triggered_by"].endswith("by API_TOKEN" if headers["Authorization"].endswith(TOKEN)
-                                            else "by OPS_TOKEN")
+        assert new["triggered_by"].endswith(
+            "by API_TOKEN" if headers["Authorization"].endswith(TOKEN) else "by OPS_TOKEN"
+        )
     if status == 401:
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
@@ -207,8 +220,12 @@ def test_trigger_a_branch_resolves_its_head_at_the_origin(origin_app, git_origin
     resp = c.post("/api/v1/builds", json={"repo": REPO, "ref": "feature/speedup"}, headers=auth())
     assert resp.status_code == 201, resp.get_json()
     b = resp.get_json()
-    assert (b["sha"], b["branch"], b["ref"], b["trigger"]) == (sha, "feature/speedup",
-                                                               "refs/heads/feature/speedup", "manual")
+    assert (b["sha"], b["branch"], b["ref"], b["trigger"]) == (
+        sha,
+        "feature/speedup",
+        "refs/heads/feature/speedup",
+        "manual",
+    )
     assert b["triggered_by"] == "API_TOKEN"
     assert origin_app.extensions["mlship"].queue.count == 1
 
@@ -219,15 +236,18 @@ def test_trigger_an_exact_sha(origin_app, git_origin):
     assert resp.status_code == 201 and resp.get_json()["sha"] == sha
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"repo": REPO, "ref": "no-such-branch"}, 404, "does not exist"),
-    ({"repo": REPO, "ref": "--upload-pack=touch /tmp/pwned"}, 400, "not a valid branch"),
-    ({"repo": REPO, "ref": "a..b"}, 400, "not a valid branch"),
-    ({"repo": REPO, "sha": "HEAD"}, 400, "40-character"),
-    ({"repo": REPO}, 400, "give a ref"),
-    ({"repo": "evil/repo", "ref": "main"}, 404, "not allow-listed"),
-    ({"ref": "main"}, 400, "repo is required"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"repo": REPO, "ref": "no-such-branch"}, 404, "does not exist"),
+        ({"repo": REPO, "ref": "--upload-pack=touch /tmp/pwned"}, 400, "not a valid branch"),
+        ({"repo": REPO, "ref": "a..b"}, 400, "not a valid branch"),
+        ({"repo": REPO, "sha": "HEAD"}, 400, "40-character"),
+        ({"repo": REPO}, 400, "give a ref"),
+        ({"repo": "evil/repo", "ref": "main"}, 404, "not allow-listed"),
+        ({"ref": "main"}, 400, "repo is required"),
+    ],
+)
 def test_trigger_rejects_bad_requests(origin_app, body, status, fragment):
     resp = origin_app.test_client().post("/api/v1/builds", json=body, headers=auth())
     assert resp.status_code == status, resp.get_json()
@@ -259,8 +279,9 @@ environments:
 
 
 def test_promote_validates_then_queues_a_promote_build(client, seed):
-    b = seed.build("success", pipeline_yaml=PIPELINE, image="registry.local/house-price:1",
-                   digest="sha256:" + "1" * 64)
+    b = seed.build(
+        "success", pipeline_yaml=PIPELINE, image="registry.local/house-price:1", digest="sha256:" + "1" * 64
+    )
     bad = client.post(f"/api/v1/builds/{b.id}/promote", json={"environment": "../prod"}, headers=auth())
     assert bad.status_code == 400
     missing = client.post("/api/v1/builds/999999/promote", json={"environment": "prod"}, headers=auth())
@@ -272,10 +293,14 @@ def test_promote_validates_then_queues_a_promote_build(client, seed):
     assert resp.status_code == 201, resp.get_json()
     new = resp.get_json()
     assert (new["trigger"], new["deploys"]["environment"], new["image"]) == (
-        "promote", "prod", "registry.local/house-price:1")
+        "promote",
+        "prod",
+        "registry.local/house-price:1",
+    )
     failed = seed.build("failed", pipeline_yaml=PIPELINE)
-    conflict = client.post(f"/api/v1/builds/{failed.id}/promote", json={"environment": "prod"},
-                           headers=auth())
+    conflict = client.post(
+        f"/api/v1/builds/{failed.id}/promote", json={"environment": "prod"}, headers=auth()
+    )
     assert conflict.status_code == 409
 
 
@@ -287,10 +312,15 @@ def test_rollback_queues_a_build_of_the_previous_deployment(client, seed, rt):
     nothing = client.post("/api/v1/environments/qa/rollback", json={"repo": REPO}, headers=auth())
     assert nothing.status_code == 404
     for b in (old, new):
-        rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=b.id, build_number=b.number,
-                                           image=b.image, sha=b.sha))
-    assert client.post("/api/v1/environments/qa/rollback", json={"repo": "evil/x"},
-                       headers=auth()).status_code == 404
+        rt.store.set_deployment(
+            Deployment(
+                repo=REPO, environment="qa", build_id=b.id, build_number=b.number, image=b.image, sha=b.sha
+            )
+        )
+    assert (
+        client.post("/api/v1/environments/qa/rollback", json={"repo": "evil/x"}, headers=auth()).status_code
+        == 404
+    )
     assert client.post("/api/v1/environments/qa/rollback", json={"repo": REPO}).status_code == 401
     resp = client.post("/api/v1/environments/qa/rollback", json={"repo": REPO}, headers=auth())
     assert resp.status_code == 201, resp.get_json()
@@ -301,12 +331,38 @@ def test_rollback_queues_a_build_of_the_previous_deployment(client, seed, rt):
 def test_deliveries_and_environments(client, rt):
     from orchestrator.models import Delivery, Deployment
 
-    rt.store.record_delivery(Delivery(id="d-1", event="push", repo=REPO, verdict="ignored",
-                                      reason="branch dev is not tracked", status_code=200))
-    rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=1, build_number=1,
-                                       image="reg/house-price:1", sha="a" * 40, hosts=["qa:22"]))
-    rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=2, build_number=2,
-                                       image="reg/house-price:2", sha="b" * 40, hosts=["qa:22"]))
+    rt.store.record_delivery(
+        Delivery(
+            id="d-1",
+            event="push",
+            repo=REPO,
+            verdict="ignored",
+            reason="branch dev is not tracked",
+            status_code=200,
+        )
+    )
+    rt.store.set_deployment(
+        Deployment(
+            repo=REPO,
+            environment="qa",
+            build_id=1,
+            build_number=1,
+            image="reg/house-price:1",
+            sha="a" * 40,
+            hosts=["qa:22"],
+        )
+    )
+    rt.store.set_deployment(
+        Deployment(
+            repo=REPO,
+            environment="qa",
+            build_id=2,
+            build_number=2,
+            image="reg/house-price:2",
+            sha="b" * 40,
+            hosts=["qa:22"],
+        )
+    )
     d = client.get("/api/v1/deliveries").get_json()
     assert d["total"] == 1 and d["deliveries"][0]["reason"] == "branch dev is not tracked"
     envs = client.get("/api/v1/environments").get_json()["environments"]
@@ -323,5 +379,3 @@ def test_redis_down_is_503_json(redis_url, own_redis):
     assert c.get("/healthz").status_code == 503
     own_redis.start()
     assert c.get("/healthz").status_code == 200
-
-

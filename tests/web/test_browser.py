@@ -22,8 +22,15 @@ from .conftest import TOKEN, unavailable_browser
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 SHOTS = DOCS_SHOTS if os.environ.get("MLSHIP_SCREENSHOTS") == "1" else Path(tempfile.mkdtemp(prefix="shots-"))
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 
 
@@ -74,23 +81,73 @@ LOG = [
 
 
 def seed_realistic(seed):
-    seed.build("success", message="Retrain on Q3 sales data", branch="main", author="alice", ago=86400 * 2,
-               seconds=312, image="registry.local:5000/house-price:1", digest="sha256:" + "4e" * 32)
-    seed.build("failed", message="Add garage_area feature", branch="feature/garage-area", author="bob",
-               ago=7200, seconds=58, trigger="push", error="step test failed: exit code 1")
-    seed.build("success", message="Pin scikit-learn to 1.5.2", branch="main", author="carol", ago=3600,
-               seconds=287, image="registry.local:5000/house-price:3", digest="sha256:" + "a1" * 32)
-    seed.build("cancelled", message="Try a deeper forest", branch="exp/depth-12", author="dave", ago=2400,
-               seconds=12, trigger="manual", error="cancelled by API_TOKEN")
-    seed.build("success", message="Validate input ranges in /predict", branch="main", author="alice",
-               ago=1500, seconds=301, trigger="rerun", rerun_of=3)
+    seed.build(
+        "success",
+        message="Retrain on Q3 sales data",
+        branch="main",
+        author="alice",
+        ago=86400 * 2,
+        seconds=312,
+        image="registry.local:5000/house-price:1",
+        digest="sha256:" + "4e" * 32,
+    )
+    seed.build(
+        "failed",
+        message="Add garage_area feature",
+        branch="feature/garage-area",
+        author="bob",
+        ago=7200,
+        seconds=58,
+        trigger="push",
+        error="step test failed: exit code 1",
+    )
+    seed.build(
+        "success",
+        message="Pin scikit-learn to 1.5.2",
+        branch="main",
+        author="carol",
+        ago=3600,
+        seconds=287,
+        image="registry.local:5000/house-price:3",
+        digest="sha256:" + "a1" * 32,
+    )
+    seed.build(
+        "cancelled",
+        message="Try a deeper forest",
+        branch="exp/depth-12",
+        author="dave",
+        ago=2400,
+        seconds=12,
+        trigger="manual",
+        error="cancelled by API_TOKEN",
+    )
+    seed.build(
+        "success",
+        message="Validate input ranges in /predict",
+        branch="main",
+        author="alice",
+        ago=1500,
+        seconds=301,
+        trigger="rerun",
+        rerun_of=3,
+    )
     now = time.time()
-    steps = [StepRecord("build", "docker_build", StepStatus.SUCCESS, now - 65, now - 24),
-             StepRecord("test", "docker_run", StepStatus.RUNNING, now - 23),
-             StepRecord("push", "docker_push"), StepRecord("deploy-qa", "deploy"),
-             StepRecord("deploy-prod", "deploy")]
-    return seed.build("running", message="Merge pull request #42 from acme/faster-predict\n\nVectorise it",
-                      branch="main", author="erin", ago=70, log=LOG, steps=steps)
+    steps = [
+        StepRecord("build", "docker_build", StepStatus.SUCCESS, now - 65, now - 24),
+        StepRecord("test", "docker_run", StepStatus.RUNNING, now - 23),
+        StepRecord("push", "docker_push"),
+        StepRecord("deploy-qa", "deploy"),
+        StepRecord("deploy-prod", "deploy"),
+    ]
+    return seed.build(
+        "running",
+        message="Merge pull request #42 from acme/faster-predict\n\nVectorise it",
+        branch="main",
+        author="erin",
+        ago=70,
+        log=LOG,
+        steps=steps,
+    )
 
 
 def test_list_live_log_rerun_and_screenshots(page, seed, rt):
@@ -112,9 +169,11 @@ def test_list_live_log_rerun_and_screenshots(page, seed, rt):
     assert page.locator("#log .ln").count() == len(LOG)
     assert page.locator("#cancel-btn").is_visible() and page.locator("#rerun-btn").count() == 0
 
-    later = ["inference/tests/test_model.py ..............                  [ 62%]",
-             "inference/tests/test_validation.py ..................          [100%]",
-             "=" * 30 + " 48 passed in 3.12s " + "=" * 30]
+    later = [
+        "inference/tests/test_model.py ..............                  [ 62%]",
+        "inference/tests/test_validation.py ..................          [100%]",
+        "=" * 30 + " 48 passed in 3.12s " + "=" * 30,
+    ]
 
     def more_output() -> None:
         for text in later:
@@ -134,8 +193,13 @@ def test_list_live_log_rerun_and_screenshots(page, seed, rt):
     steps[1].exit_code, steps[1].error = 1, "exit code 1"
     for s in steps[2:]:
         s.status = StepStatus.SKIPPED
-    rt.store.update_build(running.id, status="failed", finished_at=time.time(), steps=steps,
-                          error="step test failed: exit code 1")
+    rt.store.update_build(
+        running.id,
+        status="failed",
+        finished_at=time.time(),
+        steps=steps,
+        error="step test failed: exit code 1",
+    )
     page.locator("#live-badge").wait_for(state="detached", timeout=10000)  # the stream's `end` event
     page.locator("#rerun-btn").wait_for(timeout=10000)
     assert page.locator("#summary .status").first.inner_text().strip().lower() == "failed"
@@ -159,14 +223,15 @@ def test_list_refreshes_itself_when_a_build_appears(page, seed):
 
 
 def test_xss_in_a_commit_message_renders_as_text(page, seed):
-    b = seed.build("running", message=XSS, branch="<b>evil</b>", author="<i>mallory</i>",
-                   log=[("build", "stdout", XSS)])
+    b = seed.build(
+        "running", message=XSS, branch="<b>evil</b>", author="<i>mallory</i>", log=[("build", "stdout", XSS)]
+    )
     page.goto("/")
     assert page.locator("td.commit .msg").first.inner_text() == XSS
     page.goto(f"/builds/{b.id}")
     assert XSS in page.locator("h1").inner_text()
     assert page.locator("#log .ln .text").first.inner_text() == XSS
-    seed.rt.store.append_log(b.id, [("build", "stderr", "<img src=y onerror=\"window.__xss=3\">")])
+    seed.rt.store.append_log(b.id, [("build", "stderr", '<img src=y onerror="window.__xss=3">')])
     page.locator("#log .ln", has_text="onerror").nth(1).wait_for(timeout=10000)  # arrived live, as text
     page.wait_for_timeout(300)
     assert page.evaluate("window.__xss") is None
@@ -175,8 +240,9 @@ def test_xss_in_a_commit_message_renders_as_text(page, seed):
 
 def test_phone_layout_is_readable(browser, live_server, seed):
     seed_realistic(seed)
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                  base_url=live_server.url)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, base_url=live_server.url
+    )
     page = context.new_page()
     page.goto("/")
     width = page.evaluate("document.documentElement.scrollWidth")

@@ -33,8 +33,12 @@ def test_metrics_from_the_store(client, seed, rt):
     assert m["mlship_webhook_deliveries_total"][(("verdict", "queued"),)] == 4
     assert m["mlship_queue_depth"][()] == 2  # both seeded builds enqueued a job
     assert m["mlship_step_duration_seconds_gcount"][(("kind", "docker_build"),)] == 1
-    assert m["mlship_http_requests_total"][(("endpoint", "api.list_builds"), ("method", "GET"),
-                                            ("status", "200"))] == 1
+    assert (
+        m["mlship_http_requests_total"][
+            (("endpoint", "api.list_builds"), ("method", "GET"), ("status", "200"))
+        ]
+        == 1
+    )
     assert m["mlship_http_request_duration_seconds_count"][(("endpoint", "api.list_builds"),)] == 1
 
 

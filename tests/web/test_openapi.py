@@ -85,10 +85,14 @@ def test_generated_requests_never_get_a_5xx(fuzz_app, label, mode):
         seen.append(response.status_code)
         case.validate_response(response, checks=[checks.not_a_server_error])
         if mode is GenerationMode.POSITIVE:
-            case.validate_response(response, checks=[
-                checks.status_code_conformance, checks.content_type_conformance,
-                checks.response_schema_conformance,
-            ])
+            case.validate_response(
+                response,
+                checks=[
+                    checks.status_code_conformance,
+                    checks.content_type_conformance,
+                    checks.response_schema_conformance,
+                ],
+            )
 
     run()
     assert seen

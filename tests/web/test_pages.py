@@ -26,8 +26,9 @@ def csrf_of(html: str) -> str:
 
 
 def test_builds_list_shows_what_a_person_needs(client, seed):
-    seed.build("success", message="Retrain with 2024 data\n\nlong body", branch="main", author="alice",
-               seconds=95)
+    seed.build(
+        "success", message="Retrain with 2024 data\n\nlong body", branch="main", author="alice", seconds=95
+    )
     seed.build("running", message="Tune depth", branch="feature/depth", author="bob")
     html = client.get("/").get_data(as_text=True)
     assert "Retrain with 2024 data" in html and "long body" not in html  # first line only
@@ -56,9 +57,14 @@ def test_builds_list_filters_and_pages(redis_url):
 
 
 def test_webhook_data_is_escaped_everywhere(client, seed):
-    b = seed.build("running", message=XSS, branch="x<b>y</b>", author='"><svg onload=alert(1)>',
-                   url="javascript:alert(document.cookie)",
-                   log=[("build", "stdout", "<script>window.__xss=3</script>")])
+    b = seed.build(
+        "running",
+        message=XSS,
+        branch="x<b>y</b>",
+        author='"><svg onload=alert(1)>',
+        url="javascript:alert(document.cookie)",
+        log=[("build", "stdout", "<script>window.__xss=3</script>")],
+    )
     for path in ("/", f"/builds/{b.id}", f"/builds/{b.id}?fragment=summary"):
         html = client.get(path).get_data(as_text=True)
         assert "<script>window.__xss" not in html
@@ -74,12 +80,25 @@ def test_build_page_shows_steps_artifacts_deploys_and_log(client, seed):
 
     steps = [
         StepRecord("build", "docker_build", StepStatus.SUCCESS, 100.0, 141.0),
-        StepRecord("deploy-qa", "deploy", StepStatus.SUCCESS, 141.0, 160.0, details={
-            "environment": "qa",
-            "hosts": [{"host": "qa-1:22", "status": "healthy", "container": "house-price-qa"}]}),
+        StepRecord(
+            "deploy-qa",
+            "deploy",
+            StepStatus.SUCCESS,
+            141.0,
+            160.0,
+            details={
+                "environment": "qa",
+                "hosts": [{"host": "qa-1:22", "status": "healthy", "container": "house-price-qa"}],
+            },
+        ),
     ]
-    b = seed.build("success", steps=steps, image="127.0.0.1:5000/house-price:7",
-                   digest="sha256:" + "ab" * 32, log=[("build", "stdout", "Successfully built 1234")])
+    b = seed.build(
+        "success",
+        steps=steps,
+        image="127.0.0.1:5000/house-price:7",
+        digest="sha256:" + "ab" * 32,
+        log=[("build", "stdout", "Successfully built 1234")],
+    )
     html = client.get(f"/builds/{b.id}").get_data(as_text=True)
     assert "deploy-qa" in html and "41s" in html
     assert "127.0.0.1:5000/house-price:7" in html and "sha256:abab" in html
@@ -178,10 +197,27 @@ def test_read_auth_redirects_pages_to_sign_in(redis_url):
 def test_deliveries_and_environments_pages(client, rt):
     from orchestrator.models import Delivery, Deployment
 
-    rt.store.record_delivery(Delivery(id="abc-123", event="pull_request", repo=REPO, verdict="rejected",
-                                      reason="signature does not match", status_code=401))
-    rt.store.set_deployment(Deployment(repo=REPO, environment="prod", build_id=3, build_number=3,
-                                       image="reg/house-price:3", sha="c" * 40, hosts=["prod-1:22"]))
+    rt.store.record_delivery(
+        Delivery(
+            id="abc-123",
+            event="pull_request",
+            repo=REPO,
+            verdict="rejected",
+            reason="signature does not match",
+            status_code=401,
+        )
+    )
+    rt.store.set_deployment(
+        Deployment(
+            repo=REPO,
+            environment="prod",
+            build_id=3,
+            build_number=3,
+            image="reg/house-price:3",
+            sha="c" * 40,
+            hosts=["prod-1:22"],
+        )
+    )
     d = client.get("/deliveries").get_data(as_text=True)
     assert "abc-123" in d and "signature does not match" in d and "v-rejected" in d
     e = client.get("/environments").get_data(as_text=True)
@@ -193,21 +229,31 @@ def test_unknown_build_page_is_a_404_page(client):
     assert resp.status_code == 404 and "build 424242 does not exist" in resp.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "\u2013"), (1.234, "1.2s"), (42, "42s"), (185, "3m 05s"),
-                                           (3725, "1h 02m")])
+@pytest.mark.parametrize(
+    "seconds, text", [(None, "\u2013"), (1.234, "1.2s"), (42, "42s"), (185, "3m 05s"), (3725, "1h 02m")]
+)
 def test_duration(seconds, text):
     assert duration(seconds) == text
 
 
-@pytest.mark.parametrize("delta, text", [(5, "just now"), (300, "5 min ago"), (7200, "2 h ago"),
-                                         (3 * 86400, "3 days ago")])
+@pytest.mark.parametrize(
+    "delta, text", [(5, "just now"), (300, "5 min ago"), (7200, "2 h ago"), (3 * 86400, "3 days ago")]
+)
 def test_ago(delta, text):
     assert ago(1000000.0 - delta, now=1000000.0) == text
 
 
-@pytest.mark.parametrize("url, ok", [("https://github.com/a/b", True), ("http://x", True),
-                                     ("javascript:alert(1)", False), ("JaVaScRiPt:x", False),
-                                     ("data:text/html,x", False), ("//evil", False)])
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("https://github.com/a/b", True),
+        ("http://x", True),
+        ("javascript:alert(1)", False),
+        ("JaVaScRiPt:x", False),
+        ("data:text/html,x", False),
+        ("//evil", False),
+    ],
+)
 def test_only_http_links(url, ok):
     assert (http_url(url) == url) is ok
     assert http_url("") == ""
@@ -218,11 +264,17 @@ def test_rollback_buttons_where_a_previous_deployment_exists(client, seed, rt):
 
     old, new = seed.build("success"), seed.build("success")
     sign_in(client)
-    rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=old.id, build_number=old.number,
-                                       image="r/x:1", sha=old.sha))
+    rt.store.set_deployment(
+        Deployment(
+            repo=REPO, environment="qa", build_id=old.id, build_number=old.number, image="r/x:1", sha=old.sha
+        )
+    )
     assert "Roll back" not in client.get("/environments").get_data(as_text=True)  # nothing earlier
-    rt.store.set_deployment(Deployment(repo=REPO, environment="qa", build_id=new.id, build_number=new.number,
-                                       image="r/x:2", sha=new.sha))
+    rt.store.set_deployment(
+        Deployment(
+            repo=REPO, environment="qa", build_id=new.id, build_number=new.number, image="r/x:2", sha=new.sha
+        )
+    )
     envs = client.get("/environments").get_data(as_text=True)
     assert "Roll back" in envs and 'action="/environments/qa/rollback"' in envs
     assert "Roll back qa" in client.get(f"/builds/{new.id}").get_data(as_text=True)

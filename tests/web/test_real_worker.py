@@ -35,36 +35,62 @@ steps:
 
 def cli(url: str, *args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ORCHESTRATOR_URL": url, "ORCHESTRATOR_TOKEN": token or ""}
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-def test_trigger_run_follow_and_report(redis_url, git_origin, docker_daemon, registry, base_image,
-                                       github_api, tmp_path: Path):
-    sha = git_origin.commit("main", {"small/Dockerfile": DOCKERFILE, "pipeline.yaml": PIPELINE},
-                            "Tiny pipeline for the API test")
-    common = {"github_api_url": github_api.url, "docker_host": docker_daemon.host,
-              "vars": {"REGISTRY": registry.addr, "BASE_IMAGE": base_image}}
-    app = create_app(make_settings(redis_url, clone_url=git_origin.url, workspace=tmp_path / "ws",
-                                   public_url="http://ci.test", secrets={"GITHUB_TOKEN": "ghp_stand_in"},
-                                   **common))
+def test_trigger_run_follow_and_report(
+    redis_url, git_origin, docker_daemon, registry, base_image, github_api, tmp_path: Path
+):
+    sha = git_origin.commit(
+        "main", {"small/Dockerfile": DOCKERFILE, "pipeline.yaml": PIPELINE}, "Tiny pipeline for the API test"
+    )
+    common = {
+        "github_api_url": github_api.url,
+        "docker_host": docker_daemon.host,
+        "vars": {"REGISTRY": registry.addr, "BASE_IMAGE": base_image},
+    }
+    app = create_app(
+        make_settings(
+            redis_url,
+            clone_url=git_origin.url,
+            workspace=tmp_path / "ws",
+            public_url="http://ci.test",
+            secrets={"GITHUB_TOKEN": "ghp_stand_in"},
+            **common,
+        )
+    )
     with LiveServer(app) as server:
-        resp = requests.post(f"{server.url}/api/v1/builds", json={"repo": REPO, "ref": "main"},
-                             headers=auth(), timeout=30)
+        resp = requests.post(
+            f"{server.url}/api/v1/builds", json={"repo": REPO, "ref": "main"}, headers=auth(), timeout=30
+        )
         assert resp.status_code == 201, resp.text
         build = resp.json()
         assert build["sha"] == sha
 
         config = tmp_path / "server.yaml"
-        config.write_text(yaml.safe_dump({"repositories": {REPO: {"clone_url": git_origin.url}},
-                                          "vars": common["vars"]}))
-        env = {**os.environ, "ORCHESTRATOR_CONFIG": str(config), "ORCHESTRATOR_REDIS_URL": redis_url,
-               "ORCHESTRATOR_WORKSPACE": str(tmp_path / "worker-ws"),
-               "ORCHESTRATOR_DOCKER_HOST": docker_daemon.host, "ORCHESTRATOR_PUBLIC_URL": "http://ci.test",
-               "ORCHESTRATOR_GITHUB_API_URL": github_api.url, "GITHUB_TOKEN": "ghp_stand_in",
-               "GITHUB_WEBHOOK_SECRET": "whsec"}
-        worker = subprocess.Popen([sys.executable, "-m", "orchestrator", "worker", "--burst"], env=env,
-                                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        config.write_text(
+            yaml.safe_dump({"repositories": {REPO: {"clone_url": git_origin.url}}, "vars": common["vars"]})
+        )
+        env = {
+            **os.environ,
+            "ORCHESTRATOR_CONFIG": str(config),
+            "ORCHESTRATOR_REDIS_URL": redis_url,
+            "ORCHESTRATOR_WORKSPACE": str(tmp_path / "worker-ws"),
+            "ORCHESTRATOR_DOCKER_HOST": docker_daemon.host,
+            "ORCHESTRATOR_PUBLIC_URL": "http://ci.test",
+            "ORCHESTRATOR_GITHUB_API_URL": github_api.url,
+            "GITHUB_TOKEN": "ghp_stand_in",
+            "GITHUB_WEBHOOK_SECRET": "whsec",
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "worker", "--burst"],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             # Follow the live log over SSE while the worker runs (the CLI's client).
             lines, end = [], None

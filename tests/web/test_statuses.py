@@ -20,8 +20,16 @@ def settings_for(api_url: str, token: str | None = "ghp_testtoken") -> Settings:
 
 
 def a_build(**kw) -> Build:
-    return Build(id=42, number=7, repo="acme/house-price", sha=SHA, ref="refs/heads/main", branch="main",
-                 trigger="push", **kw)
+    return Build(
+        id=42,
+        number=7,
+        repo="acme/house-price",
+        sha=SHA,
+        ref="refs/heads/main",
+        branch="main",
+        trigger="push",
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("state", ["pending", "success", "failure", "error"])
@@ -30,8 +38,12 @@ def test_report_posts_the_status_github_expects(github_api, state):
     assert len(github_api.calls) == 1
     call = github_api.calls[0]
     assert call.path == f"/repos/acme/house-price/statuses/{SHA}"
-    assert call.body == {"state": state, "target_url": "https://ci.example.com/builds/42",
-                         "description": "build finished", "context": "mlship"}
+    assert call.body == {
+        "state": state,
+        "target_url": "https://ci.example.com/builds/42",
+        "description": "build finished",
+        "context": "mlship",
+    }
     assert call.headers["Authorization"] == "Bearer ghp_testtoken"
     assert call.headers["Accept"] == "application/vnd.github+json"
 
@@ -68,8 +80,9 @@ def test_statuses_from_a_cancel_through_the_api(redis_url, github_api):
 
     from .conftest import Seed, auth, make_settings
 
-    app = create_app(make_settings(redis_url, github_api_url=github_api.url,
-                                   secrets={"GITHUB_TOKEN": "ghp_x"}))
+    app = create_app(
+        make_settings(redis_url, github_api_url=github_api.url, secrets={"GITHUB_TOKEN": "ghp_x"})
+    )
     b = Seed(app.extensions["mlship"]).build("queued")
     assert app.test_client().post(f"/api/v1/builds/{b.id}/cancel", headers=auth()).status_code == 202
     assert [c.body["state"] for c in github_api.calls] == ["error"]

@@ -10,19 +10,40 @@ from orchestrator.errors import Forbidden, PayloadError, Unauthorized
 from orchestrator.web import auth
 
 
-@pytest.mark.parametrize("ref, full, branch", [
-    ("main", "refs/heads/main", "main"),
-    ("refs/heads/main", "refs/heads/main", "main"),
-    ("feature/x-1.2_b+c", "refs/heads/feature/x-1.2_b+c", "feature/x-1.2_b+c"),
-])
+@pytest.mark.parametrize(
+    "ref, full, branch",
+    [
+        ("main", "refs/heads/main", "main"),
+        ("refs/heads/main", "refs/heads/main", "main"),
+        ("feature/x-1.2_b+c", "refs/heads/feature/x-1.2_b+c", "feature/x-1.2_b+c"),
+    ],
+)
 def test_valid_refs(ref, full, branch):
     assert normalize_ref(ref) == (full, branch)
 
 
-@pytest.mark.parametrize("ref", [
-    "", "-x", "--upload-pack=sh", "a..b", "a//b", "a/", "a.", "a.lock", "a@{1}", "a b", "a;rm -rf /",
-    "$(id)", "a\nb", "x" * 256, "refs/heads/", "a/.b", "ü",
-])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "",
+        "-x",
+        "--upload-pack=sh",
+        "a..b",
+        "a//b",
+        "a/",
+        "a.",
+        "a.lock",
+        "a@{1}",
+        "a b",
+        "a;rm -rf /",
+        "$(id)",
+        "a\nb",
+        "x" * 256,
+        "refs/heads/",
+        "a/.b",
+        "ü",
+    ],
+)
 def test_invalid_refs(ref):
     with pytest.raises(PayloadError):
         normalize_ref(ref)
@@ -30,13 +51,26 @@ def test_invalid_refs(ref):
 
 def test_ls_remote_argv_puts_the_ref_after_double_dash():
     assert ls_remote_argv("file:///srv/o.git", "refs/heads/main") == [
-        "git", "ls-remote", "file:///srv/o.git", "--", "refs/heads/main"]
+        "git",
+        "ls-remote",
+        "file:///srv/o.git",
+        "--",
+        "refs/heads/main",
+    ]
 
 
-@pytest.mark.parametrize("header, token", [
-    (None, None), ("", None), ("Bearer", None), ("Bearer ", None), ("Basic abc", None),
-    ("Bearer abc", "abc"), ("bearer  abc ", "abc"),
-])
+@pytest.mark.parametrize(
+    "header, token",
+    [
+        (None, None),
+        ("", None),
+        ("Bearer", None),
+        ("Bearer ", None),
+        ("Basic abc", None),
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+    ],
+)
 def test_bearer(header, token):
     assert auth.bearer(header) == token
 
@@ -69,7 +103,11 @@ def test_sessions_and_csrf():
     token = auth.csrf_token(s, cookie)
     auth.check_csrf(s, cookie, token)
     flipped = token[:-1] + ("1" if token[-1] == "0" else "0")
-    for bad_cookie, bad_token in [(cookie, None), (cookie, flipped), (None, token),
-                                  (auth.session_value(s, "tok"), token)]:
+    for bad_cookie, bad_token in [
+        (cookie, None),
+        (cookie, flipped),
+        (None, token),
+        (auth.session_value(s, "tok"), token),
+    ]:
         with pytest.raises(Forbidden):
             auth.check_csrf(s, bad_cookie, bad_token)

@@ -30,8 +30,16 @@ class GitHub:
     def __init__(self, client: Any) -> None:
         self.client = client
 
-    def send(self, event: str, p: dict[str, Any] | bytes, *, secret: str | None = SECRET,
-             delivery: str | None = None, path: str = "/webhooks/github", **hkw: Any) -> Reply:
+    def send(
+        self,
+        event: str,
+        p: dict[str, Any] | bytes,
+        *,
+        secret: str | None = SECRET,
+        delivery: str | None = None,
+        path: str = "/webhooks/github",
+        **hkw: Any,
+    ) -> Reply:
         body = encode(p)
         h = headers(event, body, secret=secret, delivery=delivery, **hkw)
         resp = self.client.post(path, data=body, headers=h)

@@ -35,20 +35,39 @@ def payload(name: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads(_load(name)))
 
 
-def settings(redis_url: str, *, push: tuple[str, ...] = (), merged: tuple[str, ...] = ("main", "master"),
-             max_body_bytes: int = 64 * 1024, **kw: Any) -> Settings:
+def settings(
+    redis_url: str,
+    *,
+    push: tuple[str, ...] = (),
+    merged: tuple[str, ...] = ("main", "master"),
+    max_body_bytes: int = 64 * 1024,
+    **kw: Any,
+) -> Settings:
     """Two allow-listed repositories; REPO accepts two secrets (rotation)."""
     repos = {
-        REPO: RepoConfig(full_name=REPO, clone_url="git@github.com:acme/house-price.git",
-                         webhook_secrets=("GITHUB_WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET_OLD"),
-                         triggers=Triggers(pull_request_merged=merged, push=push)),
-        OTHER_REPO: RepoConfig(full_name=OTHER_REPO, clone_url="git@github.com:acme/other.git",
-                               webhook_secrets=("OTHER_SECRET",)),
+        REPO: RepoConfig(
+            full_name=REPO,
+            clone_url="git@github.com:acme/house-price.git",
+            webhook_secrets=("GITHUB_WEBHOOK_SECRET", "GITHUB_WEBHOOK_SECRET_OLD"),
+            triggers=Triggers(pull_request_merged=merged, push=push),
+        ),
+        OTHER_REPO: RepoConfig(
+            full_name=OTHER_REPO, clone_url="git@github.com:acme/other.git", webhook_secrets=("OTHER_SECRET",)
+        ),
     }
-    env = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_WEBHOOK_SECRET_OLD": OLD_SECRET,
-           "OTHER_SECRET": OTHER_SECRET}
-    return Settings(redis_url=redis_url, repositories=repos, secrets=Secrets(env=env),
-                    public_url="http://ci.example.com", max_body_bytes=max_body_bytes, **kw)
+    env = {
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_WEBHOOK_SECRET_OLD": OLD_SECRET,
+        "OTHER_SECRET": OTHER_SECRET,
+    }
+    return Settings(
+        redis_url=redis_url,
+        repositories=repos,
+        secrets=Secrets(env=env),
+        public_url="http://ci.example.com",
+        max_body_bytes=max_body_bytes,
+        **kw,
+    )
 
 
 def merged_pr(sha: str, number: int = 42, base: str = "main", repo: str = REPO) -> dict[str, Any]:
@@ -68,12 +87,21 @@ def push_to(branch: str, sha: str, repo: str = REPO) -> dict[str, Any]:
     return p
 
 
-def headers(event: str, body: bytes, secret: str | None = SECRET, delivery: str | None = None,
-            content_type: str = "application/json") -> dict[str, str]:
+def headers(
+    event: str,
+    body: bytes,
+    secret: str | None = SECRET,
+    delivery: str | None = None,
+    content_type: str = "application/json",
+) -> dict[str, str]:
     """The headers GitHub sends with a delivery (signature omitted when ``secret`` is None)."""
-    h = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
-         "X-GitHub-Hook-ID": "109948940", "User-Agent": "GitHub-Hookshot/044aadd",
-         "Content-Type": content_type}
+    h = {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "X-GitHub-Hook-ID": "109948940",
+        "User-Agent": "GitHub-Hookshot/044aadd",
+        "Content-Type": content_type,
+    }
     if secret is not None:
         h["X-Hub-Signature-256"] = sign(secret.encode(), body)
     return h

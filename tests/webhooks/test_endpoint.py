@@ -52,7 +52,12 @@ def test_merged_pull_request_queues_one_build_with_its_job(github: GitHub, store
     assert r.body["url"] == f"http://ci.example.com/builds/{r.body['build']}"
     build = store.get_build(r.body["build"])
     assert (build.repo, build.sha, build.branch, build.ref, build.trigger) == (
-        REPO, MERGE_SHA, "main", "refs/heads/main", "pull_request_merged")
+        REPO,
+        MERGE_SHA,
+        "main",
+        "refs/heads/main",
+        "pull_request_merged",
+    )
     assert build.status is BuildStatus.QUEUED and build.triggered_by == r.delivery
     assert build.author == "octocat" and build.message == "Retrain with the 2024 listings"
     (job,) = jobs_in_queue(redis_url)
@@ -60,7 +65,15 @@ def test_merged_pull_request_queues_one_build_with_its_job(github: GitHub, store
     d = store.get_delivery(r.delivery)
     assert d is not None
     assert (d.verdict, d.status_code, d.build_id, d.event, d.action, d.repo, d.sha, d.ref) == (
-        "queued", 202, build.id, "pull_request", "closed", REPO, MERGE_SHA, "refs/heads/main")
+        "queued",
+        202,
+        build.id,
+        "pull_request",
+        "closed",
+        REPO,
+        MERGE_SHA,
+        "refs/heads/main",
+    )
     assert d.duration_ms > 0 and "queued as build #1" in d.reason
     assert store.counters("deliveries") == {"queued": 1}
 
@@ -317,8 +330,13 @@ def test_body_just_under_and_over_the_limit(make_app, store) -> None:
 
 # -- hostile data -----------------------------------------------------------------------------------
 
-HOSTILE = ["$(touch /tmp/mlship-pwned)", "--upload-pack=touch /tmp/mlship-pwned", "ветка/功能/🚀", "b" * 300,
-           "x\n{\"verdict\": \"forged\"}"]
+HOSTILE = [
+    "$(touch /tmp/mlship-pwned)",
+    "--upload-pack=touch /tmp/mlship-pwned",
+    "ветка/功能/🚀",
+    "b" * 300,
+    'x\n{"verdict": "forged"}',
+]
 
 
 @pytest.mark.parametrize("branch", HOSTILE)
@@ -351,7 +369,10 @@ def test_one_log_line_per_delivery_and_never_a_secret(make_app, service_log) -> 
     text = service_log.getvalue()
     lines = [line for line in lines_of(service_log) if line["event"] == "delivery"]
     assert [(x["delivery"], x["verdict"], x["status"]) for x in lines] == [
-        (ok.delivery, "queued", 202), (bad.delivery, "rejected", 401), (ignored.delivery, "ignored", 200)]
+        (ok.delivery, "queued", 202),
+        (bad.delivery, "rejected", 401),
+        (ignored.delivery, "ignored", 200),
+    ]
     assert lines[0]["build"] == ok.body["build"] and lines[0]["duration_ms"] > 0
     for secret in (SECRET, OLD_SECRET, OTHER_SECRET):
         assert secret not in text
@@ -369,8 +390,12 @@ def test_per_repository_url(make_app, store) -> None:
     gh = GitHub(make_app().test_client())
     r = gh.send("pull_request", payload("pull_request.closed.merged"), path=f"/webhooks/github/{REPO}")
     assert r.status == 202
-    wrong = gh.send("pull_request", merged_pr("1" * 40, repo=OTHER_REPO), secret=OTHER_SECRET,
-                    path=f"/webhooks/github/{REPO}")
+    wrong = gh.send(
+        "pull_request",
+        merged_pr("1" * 40, repo=OTHER_REPO),
+        secret=OTHER_SECRET,
+        path=f"/webhooks/github/{REPO}",
+    )
     assert wrong.status == 401  # only acme/house-price's secrets are tried at its URL
     unknown = gh.send("ping", payload("ping"), path="/webhooks/github/mallory/evil")
     assert unknown.status == 404 and "not allow-listed" in unknown.body["reason"]
@@ -384,17 +409,24 @@ def test_empty_webhook_secret_fails_at_start(redis_url, tmp_path, value: str) ->
         create_app(Settings(redis_url=redis_url, repositories={REPO: repo}, secrets=Secrets(env=env)))
     (tmp_path / "GITHUB_WEBHOOK_SECRET").write_text(value)
     with pytest.raises(ConfigError, match="GITHUB_WEBHOOK_SECRET"):
-        create_app(Settings(redis_url=redis_url, repositories={REPO: repo},
-                            secrets=Secrets(env={}, directory=tmp_path)))
+        create_app(
+            Settings(
+                redis_url=redis_url, repositories={REPO: repo}, secrets=Secrets(env={}, directory=tmp_path)
+            )
+        )
 
 
 def test_blank_secret_fails_at_start(redis_url) -> None:
     repo = RepoConfig(full_name=REPO, clone_url="x")
     with pytest.raises(ConfigError, match="blank"):
-        create_app(Settings(redis_url=redis_url, repositories={REPO: repo},
-                            secrets=Secrets(env={"GITHUB_WEBHOOK_SECRET": "   "})))
+        create_app(
+            Settings(
+                redis_url=redis_url,
+                repositories={REPO: repo},
+                secrets=Secrets(env={"GITHUB_WEBHOOK_SECRET": "   "}),
+            )
+        )
 
 
 def test_get_is_not_allowed(github: GitHub) -> None:
     assert github.client.get("/webhooks/github").status_code == 405
-

@@ -32,20 +32,40 @@ LIMIT = 16384
 
 def server_env(tmp_path: Path, redis_url: str, secret: str = SECRET) -> dict[str, str]:
     config = tmp_path / "server.yaml"
-    config.write_text(yaml.safe_dump({
-        "redis_url": redis_url, "public_url": "http://ci.example.com", "max_body_bytes": LIMIT,
-        "repositories": {REPO: {"clone_url": "git@github.com:acme/house-price.git",
-                                "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
-                                "triggers": {"pull_request_merged": ["main"], "push": ["main"]}}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "redis_url": redis_url,
+                "public_url": "http://ci.example.com",
+                "max_body_bytes": LIMIT,
+                "repositories": {
+                    REPO: {
+                        "clone_url": "git@github.com:acme/house-price.git",
+                        "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
+                        "triggers": {"pull_request_merged": ["main"], "push": ["main"]},
+                    }
+                },
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env.update(ORCHESTRATOR_CONFIG=str(config), GITHUB_WEBHOOK_SECRET=secret)
     return env
 
 
 def web_command(port: int, workers: int = 2, threads: int = 4) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "web", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--threads", str(threads)]
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "web",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+    ]
 
 
 @dataclass
@@ -54,12 +74,17 @@ class Web:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def send(self, event: str, p: dict[str, Any] | bytes, delivery: str | None = None,
-             timeout: float = 10) -> tuple[int, dict[str, Any], float]:
+    def send(
+        self, event: str, p: dict[str, Any] | bytes, delivery: str | None = None, timeout: float = 10
+    ) -> tuple[int, dict[str, Any], float]:
         body = encode(p)
         t0 = time.monotonic()
-        resp = requests.post(self.url + "/webhooks/github", data=body, timeout=timeout,
-                             headers=headers(event, body, delivery=delivery))
+        resp = requests.post(
+            self.url + "/webhooks/github",
+            data=body,
+            timeout=timeout,
+            headers=headers(event, body, delivery=delivery),
+        )
         return resp.status_code, resp.json(), time.monotonic() - t0
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -76,8 +101,9 @@ def start_web(tmp_path: Path, redis_url: str) -> Web:
     port = free_port()
     log = tmp_path / "web.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen(web_command(port), env=server_env(tmp_path, redis_url), stdout=f,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            web_command(port), env=server_env(tmp_path, redis_url), stdout=f, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(lambda: port_open(port), 30, "orchestrator web")
     except Exception:
@@ -128,8 +154,13 @@ def _chunked(url: str, body: bytes, chunk: int = 1000) -> tuple[int, dict[str, A
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     h = headers("pull_request", body)
-    conn.request("POST", "/webhooks/github", body=(body[i:i + chunk] for i in range(0, len(body), chunk)),
-                 headers=h, encode_chunked=True)
+    conn.request(
+        "POST",
+        "/webhooks/github",
+        body=(body[i : i + chunk] for i in range(0, len(body), chunk)),
+        headers=h,
+        encode_chunked=True,
+    )
     resp = conn.getresponse()
     out = resp.status, json.loads(resp.read())
     conn.close()
@@ -165,15 +196,20 @@ def test_log_has_one_json_line_per_delivery_without_secrets(web: Web) -> None:
     time.sleep(0.2)
     lines = [x for x in web.log_lines() if x.get("event") == "delivery"]
     assert [(x["delivery"], x["verdict"]) for x in lines] == [
-        (ids[0], "queued"), (ids[1], "ignored"), (ids[2], "ignored")]
+        (ids[0], "queued"),
+        (ids[1], "ignored"),
+        (ids[2], "ignored"),
+    ]
     text = web.log.read_text()
     assert SECRET not in text
     # gunicorn's own lines share the stream and still format (applog trims what records collect)
     assert "Logging error" not in text and re.search(r"\[\d+\] \[INFO\] Booting worker", text)
 
 
-def test_redis_down_is_503_fast_and_the_redelivery_is_accepted(tmp_path: Path, own_redis: RedisServer,
-                                                                ) -> None:
+def test_redis_down_is_503_fast_and_the_redelivery_is_accepted(
+    tmp_path: Path,
+    own_redis: RedisServer,
+) -> None:
     web = start_web(tmp_path, own_redis.url)
     try:
         delivery = str(uuid.uuid4())
@@ -204,13 +240,24 @@ def test_web_refuses_to_start_with_an_empty_secret(tmp_path: Path, redis_url: st
 
 
 @pytest.mark.parametrize(
-    ("workers", "threads", "worker_class"), [(2, 1, "sync"), (4, 8, "gthread")],
+    ("workers", "threads", "worker_class"),
+    [(2, 1, "sync"), (4, 8, "gthread")],
 )
 def test_gunicorn_options(workers: int, threads: int, worker_class: str) -> None:
-    args = argparse.Namespace(bind="127.0.0.1:9000", workers=workers, threads=threads, timeout=60,
-                              access_log=False)
+    args = argparse.Namespace(
+        bind="127.0.0.1:9000", workers=workers, threads=threads, timeout=60, access_log=False
+    )
     assert gunicorn_options(args) == {
-        "bind": ["127.0.0.1:9000"], "workers": workers, "threads": threads, "worker_class": worker_class,
-        "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "accesslog": None, "errorlog": "-",
-        "loglevel": "info", "proc_name": "orchestrator-web", "limit_request_field_size": 16384,
+        "bind": ["127.0.0.1:9000"],
+        "workers": workers,
+        "threads": threads,
+        "worker_class": worker_class,
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "orchestrator-web",
+        "limit_request_field_size": 16384,
     }

@@ -21,7 +21,8 @@ from .test_gunicorn import start_web, stop_web
 
 
 def test_frozen_redis_is_503_within_2_seconds_and_the_redelivery_is_accepted(
-        tmp_path: Path, own_redis: RedisServer) -> None:
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
     web = start_web(tmp_path, own_redis.url)
     assert own_redis.proc is not None
     try:

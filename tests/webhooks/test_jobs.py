@@ -63,11 +63,17 @@ def _nonce_per_call() -> Any:
     return lambda ticket: [["HSET", "rq:job:" + ticket, "nonce", str(next(calls))]]
 
 
-@pytest.mark.parametrize("record, message", [
-    (_nonce_per_call(), "argument 3 varies in a way the intake cannot template"),
-    (lambda t: [["HSET", "k", "a"]] if t.endswith("a") else [["HSET", "k", "a", "b"]], "differently shaped"),
-    (lambda t: [["HSET", "k", "data", zlib.compress(t.upper().encode())]], "cannot template"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (_nonce_per_call(), "argument 3 varies in a way the intake cannot template"),
+        (
+            lambda t: [["HSET", "k", "a"]] if t.endswith("a") else [["HSET", "k", "a", "b"]],
+            "differently shaped",
+        ),
+        (lambda t: [["HSET", "k", "data", zlib.compress(t.upper().encode())]], "cannot template"),
+    ],
+)
 def test_a_job_rq_writes_differently_stops_the_app_at_start(record: Any, message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         JobTemplate(record)
@@ -82,7 +88,7 @@ def test_the_job_a_delivery_queues_is_the_one_rq_would_queue(redis_url: str) -> 
     conn = redis.Redis.from_url(redis_url)
     queued = [j.decode() for j in conn.lrange("rq:queue:builds", 0, -1)]
     job_id = next(j for j in queued if j.startswith(JOB_PREFIX))
-    ticket = job_id[len(JOB_PREFIX):]
+    ticket = job_id[len(JOB_PREFIX) :]
     job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
     assert (job.func_name, list(job.args), job.origin) == (RUN_BUILD, [ticket], "builds")
     assert job.get_status() == "queued"

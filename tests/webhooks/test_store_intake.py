@@ -29,7 +29,11 @@ def test_create_build_is_one_round_trip(redis_url: str, store: Store) -> None:
     trig = Trigger(repo="acme/x", sha="a" * 40, ref="refs/heads/main", branch="main", kind="push")
     store.create_build(trig, pipeline="p", triggered_by="warm", enqueue=enqueuer(queue, 60))
     with counting_sends() as sends:
-        build, created = store.create_build(dataclasses.replace(trig, sha="b" * 40), pipeline="p",
-                                            triggered_by="d2", enqueue=enqueuer(queue, 60))
+        build, created = store.create_build(
+            dataclasses.replace(trig, sha="b" * 40),
+            pipeline="p",
+            triggered_by="d2",
+            enqueue=enqueuer(queue, 60),
+        )
     assert created and build.number == 2 and build.sha == "b" * 40 and build.triggered_by == "d2"
     assert len(sends) == 1  # MULTI ... EXEC only: no SCRIPT EXISTS before, no read-back after
