@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import sklearn
-from flask import Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from inference import fastpath, metrics
@@ -48,6 +48,7 @@ class ServiceState:
     fast: fastpath.FastPredictor | None = None
     warmed_up: bool = False
     _pool: ThreadPoolExecutor | None = None
+    _suffix: str | None = None
 
     def _predict_large(self, x: np.ndarray) -> np.ndarray:
         threads = self.settings.batch_threads
@@ -76,6 +77,15 @@ class ServiceState:
         if not np.isfinite(y).all():
             raise RuntimeError("warm-up prediction is not finite")
         self.warmed_up = True
+
+    def model_info(self) -> dict[str, Any]:
+        return {"name": self.model.name, "version": self.model.version, "sha256": self.model.sha256}
+
+    def answer_suffix(self) -> str:
+        """What follows the predictions in every answer (the model's identity), serialised once."""
+        if self._suffix is None:
+            self._suffix = ',"model":' + json.dumps(self.model_info(), separators=(",", ":")) + "}"
+        return self._suffix
 
     def metadata(self) -> dict[str, Any]:
         m = self.model
@@ -129,88 +139,102 @@ def create_app(model_path: str | None = None, settings: Settings | None = None) 
         state.fast = fastpath.build(model.estimator, len(model.features))
     if settings.warm_up:
         state.warm_up()
-
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions[EXTENSION] = state
-    model_info = {"name": model.name, "version": model.version, "sha256": model.sha256}
-    prefix = '{"predictions":'
-    suffix = ',"model":' + json.dumps(model_info, separators=(",", ":")) + "}"
-
-    @app.before_request
-    def _start_timer() -> None:
-        g.start = time.perf_counter()
-
-    @app.after_request
-    def _observe(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        labels = (rule, request.method, str(response.status_code))
-        metrics.REQUESTS.labels(*labels).inc()
-        metrics.LATENCY.labels(*labels).observe(time.perf_counter() - g.get("start", time.perf_counter()))
-        return response
-
-    @app.errorhandler(RequestError)
-    def _request_error(exc: RequestError) -> Response:
-        return _json(exc.as_dict(), exc.status)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        code = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.code or 500, "http_error"
-        )
-        message = (
-            f"request body exceeds {settings.max_body_bytes} bytes"
-            if exc.code == 413
-            else exc.description or exc.name
-        )
-        return _error(exc.code or 500, code, message)
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "internal_error", "internal error; see the service log")
-
-    @app.get("/")
-    def index() -> Response:
-        return Response(INDEX_TEXT, mimetype="text/plain")
-
-    @app.get("/health")
-    def health() -> Response:
-        return _json({"status": "ok"})
-
-    @app.get("/ready")
-    def ready() -> Response:
-        if not state.warmed_up:
-            return _json({"status": "warming_up", "model": model_info}, 503)
-        return _json({"status": "ready", "model": model_info})
-
-    @app.get("/metadata")
-    def metadata() -> Response:
-        return _json(state.metadata())
-
-    @app.get("/metrics")
-    def prometheus() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, content_type=content_type)
-
-    @app.post("/predict")
-    def predict() -> Response:
-        mimetype = request.mimetype
-        if mimetype != "application/json" and not mimetype.endswith("+json"):
-            raise RequestError(
-                415,
-                "unsupported_media_type",
-                f"Content-Type must be application/json, got {mimetype or 'none'}",
-            )
-        if request.content_length is not None and request.content_length > settings.max_body_bytes:
-            raise RequestError(413, "body_too_large", f"request body exceeds {settings.max_body_bytes} bytes")
-        try:
-            payload = json.loads(request.get_data(cache=False))
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-        x = parse_payload(payload, model.features, settings.max_rows)
-        y = state.predict(x)
-        body = prefix + json.dumps(y.tolist(), separators=(",", ":")) + suffix
-        return Response(body, mimetype="application/json")
-
+    app.register_blueprint(bp)
     return app
+
+
+bp = Blueprint("inference", __name__)
+
+
+def _state() -> ServiceState:
+    state: ServiceState = current_app.extensions[EXTENSION]
+    return state
+
+
+@bp.before_app_request
+def _start_timer() -> None:
+    g.start = time.perf_counter()
+
+
+@bp.after_app_request
+def _observe(response: Response) -> Response:
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    labels = (rule, request.method, str(response.status_code))
+    metrics.REQUESTS.labels(*labels).inc()
+    metrics.LATENCY.labels(*labels).observe(time.perf_counter() - g.get("start", time.perf_counter()))
+    return response
+
+
+@bp.app_errorhandler(RequestError)
+def _request_error(exc: RequestError) -> Response:
+    return _json(exc.as_dict(), exc.status)
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    codes = {413: "body_too_large", 404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.code or 500, "http_error")
+    limit = _state().settings.max_body_bytes
+    message = f"request body exceeds {limit} bytes" if exc.code == 413 else exc.description or exc.name
+    return _error(exc.code or 500, code, message)
+
+
+@bp.app_errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _error(500, "internal_error", "internal error; see the service log")
+
+
+@bp.get("/")
+def index() -> Response:
+    return Response(INDEX_TEXT, mimetype="text/plain")
+
+
+@bp.get("/health")
+def health() -> Response:
+    return _json({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Response:
+    state = _state()
+    if not state.warmed_up:
+        return _json({"status": "warming_up", "model": state.model_info()}, 503)
+    return _json({"status": "ready", "model": state.model_info()})
+
+
+@bp.get("/metadata")
+def metadata() -> Response:
+    return _json(_state().metadata())
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    state = _state()
+    limit = state.settings.max_body_bytes
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise RequestError(
+            415, "unsupported_media_type", f"Content-Type must be application/json, got {mimetype or 'none'}"
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError(413, "body_too_large", f"request body exceeds {limit} bytes")
+    try:
+        payload = json.loads(request.get_data(cache=False))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # deeply nested arrays/objects: the client's fault, not a 500
+        raise RequestError(400, "invalid_json", "body is nested too deeply") from None
+    x = parse_payload(payload, state.model.features, state.settings.max_rows)
+    y = state.predict(x)
+    body = '{"predictions":' + json.dumps(y.tolist(), separators=(",", ":")) + state.answer_suffix()
+    return Response(body, mimetype="application/json")

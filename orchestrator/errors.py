@@ -6,11 +6,16 @@ from __future__ import annotations
 class OrchestratorError(Exception):
     """Base of every error this package raises on purpose.
 
-    ``code`` is a stable machine-readable name (used in API error bodies);
-    ``context`` holds the facts that explain the error (file, key, build, host...).
+    Each class carries its outcome, so no caller keeps a table of its own: ``code`` is a stable
+    machine-readable name (API error bodies), ``http_status`` what the API and the webhook answer,
+    ``step_status`` what a step that raised it ends as, ``commit_state`` the forge commit state a
+    build ended by it reports. ``context`` holds the facts that explain the error (file, key, host...).
     """
 
     code = "error"
+    http_status = 500
+    step_status = "error"
+    commit_state = "error"
 
     def __init__(self, message: str, **context: object) -> None:
         super().__init__(message)
@@ -31,48 +36,59 @@ class SignatureError(OrchestratorError):
     """A webhook delivery's signature is missing or wrong (never includes the expected MAC)."""
 
     code = "bad_signature"
+    http_status = 401
 
 
 class PayloadError(OrchestratorError):
     """A webhook or API payload is malformed or lacks required fields."""
 
     code = "bad_payload"
+    http_status = 400
 
 
 class StoreUnavailable(OrchestratorError):
     """Redis cannot be reached; callers answer 503 so the sender retries."""
 
     code = "store_unavailable"
+    http_status = 503
 
 
 class NotFound(OrchestratorError):
     """A build, delivery or environment that does not exist."""
 
     code = "not_found"
+    http_status = 404
 
 
 class Conflict(OrchestratorError):
     """An action that does not apply to the current state (cancel a finished build...)."""
 
     code = "conflict"
+    http_status = 409
 
 
 class PipelineError(OrchestratorError):
     """pipeline.yaml is invalid; context has file, line and key."""
 
     code = "pipeline_error"
+    http_status = 409
+    step_status = "failed"
+    commit_state = "failure"
 
 
 class StepFailed(OrchestratorError):
     """A step ran and failed on its own terms (non-zero exit, failed health check, failed gate)."""
 
     code = "step_failed"
+    step_status = "failed"
+    commit_state = "failure"
 
 
 class InfrastructureError(OrchestratorError):
     """Something the build depends on broke (daemon down, clone failed, host unreachable)."""
 
     code = "infrastructure_error"
+    http_status = 502
 
 
 class DeployError(StepFailed):
@@ -91,6 +107,8 @@ class Cancelled(OrchestratorError):
     """The build was cancelled while this step ran."""
 
     code = "cancelled"
+    http_status = 409
+    step_status = "cancelled"
 
 
 class StepTimeout(StepFailed):
@@ -99,34 +117,38 @@ class StepTimeout(StepFailed):
     code = "timeout"
 
 
-# -- webhook intake (issue 4): the HTTP status each maps to is in orchestrator/webhooks.py --------
+# -- webhook intake ----------------------------------------------------------------------------------
 
 
 class PayloadTooLarge(PayloadError):
     """A request body over the configured size limit (max_body_bytes)."""
 
     code = "payload_too_large"
+    http_status = 413
 
 
 class UnsupportedContentType(PayloadError):
     """A request body that is not application/json."""
 
     code = "unsupported_content_type"
+    http_status = 415
 
 
-# -- REST API and web forms (issue 7): the HTTP status each maps to is in orchestrator/api.py ------
+# -- REST API and web forms ---------------------------------------------------------------------------
 
 
 class Unauthorized(OrchestratorError):
     """No credentials were presented (no bearer token, not signed in)."""
 
     code = "unauthorized"
+    http_status = 401
 
 
 class Forbidden(OrchestratorError):
     """Credentials were presented but are not valid (wrong token, bad CSRF token)."""
 
     code = "forbidden"
+    http_status = 403
 
 
 class Superseded(OrchestratorError):
@@ -136,3 +158,4 @@ class Superseded(OrchestratorError):
     """
 
     code = "superseded"
+    step_status = "superseded"

@@ -215,3 +215,10 @@ def test_settings_from_env() -> None:
         ("a.B", "c.D"),
     )
     assert Settings.from_env({}).model_path == "/models/model.skops"
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(client: FlaskClient) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    r = client.post("/predict", data=body, content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json()["error"] == {"code": "invalid_json", "message": "body is nested too deeply"}

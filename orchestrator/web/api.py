@@ -20,17 +20,9 @@ from werkzeug.exceptions import HTTPException
 from orchestrator import actions
 from orchestrator import runtime as get_runtime
 from orchestrator.errors import (
-    Conflict,
-    Forbidden,
-    InfrastructureError,
-    NotFound,
     OrchestratorError,
     PayloadError,
-    PayloadTooLarge,
-    PipelineError,
     StoreUnavailable,
-    Unauthorized,
-    UnsupportedContentType,
 )
 from orchestrator.models import Build, BuildStatus
 from orchestrator.web import auth
@@ -44,26 +36,11 @@ STREAM_SECONDS = 25.0  # then the stream closes and EventSource resumes with Las
 BLOCK_MS = 1000  # the store client's socket timeout is 5 s: block well below it
 RETRY_MS = 500
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-_STATUS: list[tuple[type[OrchestratorError], int]] = [
-    (Unauthorized, 401),
-    (Forbidden, 403),
-    (NotFound, 404),
-    (Conflict, 409),
-    (PayloadTooLarge, 413),
-    (UnsupportedContentType, 415),
-    (PayloadError, 400),
-    (PipelineError, 409),
-    (InfrastructureError, 502),
-    (StoreUnavailable, 503),
-]
 
 
 def status_of(exc: OrchestratorError) -> int:
-    """The HTTP status for an orchestrator error (500 for anything unexpected)."""
-    for cls, status in _STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    """The HTTP status for an orchestrator error (its class says; 500 for anything unexpected)."""
+    return exc.http_status
 
 
 def error_response(code: str, message: str, status: int) -> Response:

@@ -227,20 +227,6 @@ def test_cancel_queued_build_removes_job(builds):
     assert builds.run(build).status is BuildStatus.CANCELLED  # a stray job would not run it
 
 
-def test_deploy_step_not_available_is_clear(builds, monkeypatch):
-    import orchestrator.steps as steps
-
-    monkeypatch.setattr(steps, "_load_optional", lambda module: None)
-    monkeypatch.delitem(steps.STEP_KINDS, "deploy", raising=False)
-    pipeline = small_pipeline(
-        BUILD_STEP + "- name: deploy-qa\n  deploy: {environment: qa}\n",
-        extra=("environments:\n  qa:\n    hosts: [{host: 127.0.0.1}]\n    container: {name: small-qa}\n"),
-    )
-    build = builds.commit_and_run(pipeline)
-    assert build.status is BuildStatus.ERROR
-    assert "deploy steps are not available on this server" in steps_of(build)["deploy-qa"].error
-
-
 def test_when_branch_skips_step(builds):
     pipeline = small_pipeline(
         BUILD_STEP + '- name: only-main\n  docker_run: {command: ["true"]}\n  when: {branch: [main]}\n'
