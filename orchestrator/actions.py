@@ -15,9 +15,8 @@ from orchestrator.build import cancel as cancel_builds
 from orchestrator.config import RepoConfig
 from orchestrator.deploy import policy
 from orchestrator.errors import InfrastructureError, NotFound, PayloadError
-from orchestrator.models import Build, Trigger
+from orchestrator.models import Build, Trigger, is_sha
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
 _REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]*$")
 ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -58,7 +57,7 @@ def resolve_branch(repo: RepoConfig, full_ref: str) -> str:
     out = run_git(ls_remote_argv(repo.clone_url, full_ref), timeout=LS_REMOTE_TIMEOUT)
     for line in out.splitlines():
         sha, _, name = line.partition("\t")
-        if name.strip() == full_ref and SHA_RE.match(sha.strip()):
+        if name.strip() == full_ref and is_sha(sha.strip()):
             return sha.strip()
     raise NotFound(f"branch {full_ref} does not exist in {repo.full_name}", repo=repo.full_name, ref=full_ref)
 
@@ -82,7 +81,7 @@ def trigger_build(rt: Runtime, repo_name: Any, ref: Any = None, sha: Any = None,
         raise PayloadError("give a ref (branch) or a sha (40 hex digits) to build")
     full_ref, branch = normalize_ref(ref) if ref is not None else ("", "")
     if sha is not None:
-        if not isinstance(sha, str) or not SHA_RE.match(sha):
+        if not is_sha(sha):
             raise PayloadError("sha must be a full 40-character lowercase hex commit id", sha=str(sha)[:80])
     else:
         try:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
+
+SHA_PATTERN = "^[0-9a-f]{40}$"  # a full git commit id, lowercase hex (also the OpenAPI pattern)
+_SHA = re.compile(SHA_PATTERN)
+
+
+def is_sha(value: object) -> bool:
+    """Whether ``value`` is a full 40-hex git commit id: the one check every boundary uses."""
+    return isinstance(value, str) and _SHA.fullmatch(value) is not None
 
 
 class BuildStatus(StrEnum):

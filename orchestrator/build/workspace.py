@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.errors import Cancelled, InfrastructureError, PayloadError
+from orchestrator.models import is_sha
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT = 600.0
 
 
 def validate_sha(sha: str) -> str:
     """Return ``sha`` if it is a full lowercase commit id, else raise PayloadError."""
-    if not isinstance(sha, str) or not SHA_RE.fullmatch(sha):
+    if not is_sha(sha):
         raise PayloadError(f"refusing to check out {sha!r}: a commit sha is exactly 40 hex digits", sha=sha)
     return sha
 

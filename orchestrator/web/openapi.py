@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.models import BuildStatus
+from orchestrator.models import SHA_PATTERN, BuildStatus
 
 VERSION = "1.0.0"
 
@@ -212,7 +212,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "repo": {"type": "string", "description": "allow-listed repository, e.g. acme/house-price"},
             "ref": {"type": "string", "description": "branch name or refs/heads/<branch>"},
-            "sha": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
+            "sha": {"type": "string", "pattern": SHA_PATTERN},
         },
     },
     "PromoteRequest": {
