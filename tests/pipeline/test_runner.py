@@ -141,8 +141,10 @@ def test_cancel_running_docker_run_within_5s(builds, docker_client):
         if b.steps and steps_of(b)["slow"].status is StepStatus.RUNNING:
             break
         time.sleep(0.1)
-    time.sleep(1.0)
-    assert docker_client.containers.list(filters={"label": f"mlship.build={build.id}"})
+    label = {"label": f"mlship.build={build.id}", "status": "running"}
+    while time.monotonic() < deadline and not docker_client.containers.list(filters=label):
+        time.sleep(0.1)
+    assert docker_client.containers.list(filters=label)
     t0 = time.monotonic()
     cancel_build(builds, build.id, by="alice")
     done.join(30)

@@ -125,7 +125,8 @@ def test_second_sigterm_is_a_cold_shutdown_recorded_at_once(
     proc = workers.start("cold", {"BUILD_SLEEP": "0", "RUN_SLEEP": "300"})
     label = {"label": f"mlship.build={build.id}"}
     wait_until(lambda: _running(store, build.id, "test"), 120, "the test step")
-    time.sleep(3)  # the container is up and sleeping
+    running = {**label, "status": "running"}
+    wait_until(lambda: docker_client.containers.list(filters=running), 60, "the step's container to run")
     proc.send_signal(signal.SIGTERM)
     time.sleep(1.5)  # RQ ignores a second signal within 1 s (a pool and the OS may both send one)
     proc.send_signal(signal.SIGTERM)
