@@ -11,10 +11,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError
 
@@ -53,6 +53,28 @@ class RepoConfig(_Strict):
     pipeline: str = "pipeline.yaml"
     allow: Allow = Allow()
     vars: dict[str, str] = Field(default_factory=dict)
+    # Where the repository lives (docs/forge-*.md); for gitlab/gitea, the status API and its token's
+    # secret name (GitHub repositories use the server-wide github_api_url and github_token).
+    forge: Literal["github", "gitlab", "gitea"] = "github"
+    api_url: str | None = None
+    status_token: str | None = None
+
+    @model_validator(mode="after")
+    def _status_api(self) -> RepoConfig:
+        if self.forge == "github" and (self.api_url or self.status_token):
+            raise ValueError(
+                "api_url and status_token are for gitlab/gitea; GitHub uses github_api_url/github_token"
+            )
+        if self.forge == "gitea" and not self.api_url:
+            raise ValueError(
+                "forge gitea needs api_url, the instance's API base, e.g. https://gitea.example.com/api/v1"
+            )
+        return self
+
+    @property
+    def status_token_name(self) -> str | None:
+        """The secret naming the gitlab/gitea status token (GITLAB_TOKEN / GITEA_TOKEN unless set)."""
+        return self.status_token or {"gitlab": "GITLAB_TOKEN", "gitea": "GITEA_TOKEN"}.get(self.forge)
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -160,6 +182,7 @@ class Settings:
         names = {self.ssh_key_secret, self.github_token_secret, self.csrf_secret_name, *self.api_token_names}
         for repo in self.repositories.values():
             names.update(repo.webhook_secrets)
+            names.update([repo.status_token_name] if repo.status_token_name else [])
         return [v for v in (self.secrets.get(n) for n in sorted(names)) if v]
 
     def validate(self) -> None:

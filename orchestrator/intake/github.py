@@ -1,8 +1,9 @@
 """GitHub deliveries, pure: signature check, header and payload parsing, trigger matching.
 
-No Flask, no Redis: ``webhooks.py`` feeds raw headers and bytes in and acts on the ``Decision``.
-Everything that comes from a payload is data: it is type-checked and stored verbatim, never
-interpreted (branch names reach git only after ``--``, never a shell).
+This module is the GitHub ``Forge`` (see ``forge.py``). No Flask, no Redis: ``webhooks.py`` feeds raw
+headers and bytes in and acts on the ``Decision``. Everything that comes from a payload is data: it
+is type-checked and stored verbatim, never interpreted (branch names reach git only after ``--``,
+never a shell).
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 import orjson
 
 from orchestrator.config import RepoConfig
-from orchestrator.errors import ConfigError, PayloadError, SignatureError
-from orchestrator.models import Trigger
+from orchestrator.errors import PayloadError, SignatureError
+from orchestrator.intake import forge
+from orchestrator.intake.forge import ZERO_SHA as ZERO_SHA  # re-exported for current callers
+from orchestrator.intake.forge import Decision as Decision
+from orchestrator.intake.forge import Merge, Push
+from orchestrator.intake.forge import Meta as Meta
+from orchestrator.intake.forge import branch_matches as branch_matches
 
+NAME = "github"
+TITLE = "GitHub"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
 DELIVERY_HEADER = "X-GitHub-Delivery"
-ZERO_SHA = "0" * 40
+REPOSITORY_FIELD = "repository.full_name"
 _PREFIX = "sha256="
-_SHA = re.compile(r"[0-9a-f]{40}\Z")
-# GitHub sends GUIDs; anything key-safe and short is accepted so other senders (tests, a relay) work.
-_DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 _EVENT = re.compile(r"[a-z_]{1,64}\Z")
 
 
@@ -47,22 +50,16 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) 
     Every secret is compared (constant time, no early exit), so timing does not tell how close a
     guess came. Error messages describe the header, never the expected MAC.
     """
-    if not secrets:
-        raise ConfigError("no webhook secret is configured: list secret names under webhook_secrets")
-    if any(not s for s in secrets):
-        raise ConfigError("an empty webhook secret would accept anything: set a non-empty value")
+    forge.require_secrets(secrets)
     if not header:
         raise SignatureError(
             f"missing {SIGNATURE_HEADER} header: set a secret on the GitHub webhook (Settings → Webhooks)"
         )
     if not header.startswith(_PREFIX):
         raise SignatureError(f"{SIGNATURE_HEADER} must look like 'sha256=<64 hex digits>'")
-    given = header[len(_PREFIX) :].strip().encode("latin-1", "replace")
-    matched = -1
-    for i, secret in enumerate(secrets):
-        expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
-        if hmac.compare_digest(expected, given) and matched < 0:
-            matched = i
+    given = forge.header_bytes(header[len(_PREFIX) :])
+    expected = [hmac.new(s, body, hashlib.sha256).hexdigest().encode() for s in secrets]
+    matched = forge.matching_secret(given, expected)
     if matched < 0:
         raise SignatureError(
             f"{SIGNATURE_HEADER} does not match any configured secret: the secret in the GitHub "
@@ -71,25 +68,18 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[bytes]) 
     return matched
 
 
+def verify(body: bytes, headers: Any, secrets: Sequence[bytes]) -> int:
+    """``Forge.verify``: the ``X-Hub-Signature-256`` HMAC of the raw body."""
+    return verify_signature(body, headers.get(SIGNATURE_HEADER), secrets)
+
+
 # -- headers and body -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Meta:
-    """What the headers say about a delivery."""
-
-    delivery_id: str
-    event: str
 
 
 def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
     """Delivery id and event name from the headers (case-insensitive mapping)."""
-    delivery_id = (headers.get(DELIVERY_HEADER) or "").strip()
+    delivery_id = forge.delivery_id((headers.get(DELIVERY_HEADER) or "").strip(), DELIVERY_HEADER, TITLE)
     event = (headers.get(EVENT_HEADER) or "").strip()
-    if not delivery_id:
-        raise PayloadError(f"missing {DELIVERY_HEADER} header: is this a GitHub webhook delivery?")
-    if not _DELIVERY_ID.match(delivery_id):
-        raise PayloadError(f"{DELIVERY_HEADER} must be 1-100 characters of [A-Za-z0-9._:-]")
     if not event:
         raise PayloadError(f"missing {EVENT_HEADER} header: is this a GitHub webhook delivery?")
     if not _EVENT.match(event):
@@ -100,7 +90,7 @@ def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
 def parse_body(body: bytes) -> dict[str, Any]:
     """The JSON object of a delivery (call only after the signature is verified)."""
     try:
-        payload = orjson.loads(body)  # UTF-8, as GitHub sends: about 3x faster than json
+        payload = orjson.loads(body)  # UTF-8, as forges send: about 3x faster than json
     except orjson.JSONDecodeError:
         try:  # JSON's other encodings (UTF-16/32, BOMs) and what orjson is stricter about
             payload = json.loads(body)
@@ -116,26 +106,10 @@ def repository_of(payload: Mapping[str, Any]) -> str | None:
     repo = payload.get("repository")
     if repo is None:
         return None
-    return _str(_obj(repo, "repository"), "full_name", "repository.full_name", required=True)
+    return forge.string(forge.obj(repo, "repository"), "full_name", REPOSITORY_FIELD, required=True)
 
 
 # -- decisions --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with a verified delivery: build ``trigger``, or nothing and why."""
-
-    reason: str
-    trigger: Trigger | None = None
-    action: str = ""
-    ref: str = ""
-    sha: str = ""
-    zen: str | None = None
-
-    @property
-    def build(self) -> bool:
-        return self.trigger is not None
 
 
 def decide(event: str, payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
@@ -143,17 +117,12 @@ def decide(event: str, payload: Mapping[str, Any], repo: RepoConfig) -> Decision
     if event == "ping":
         return ping(payload)
     if event == "pull_request":
-        return _pull_request(payload, repo)
+        return pull_request(payload, repo)
     if event == "push":
         return _push(payload, repo)
     return Decision(
         f"event '{event}' does not start builds; send only pull requests and pushes to this webhook"
     )
-
-
-def branch_matches(branch: str, patterns: Sequence[str]) -> bool:
-    """True if ``branch`` equals a pattern or matches it as a glob (``release/*``; ``*`` spans ``/``)."""
-    return any(branch == p or fnmatchcase(branch, p) for p in patterns)
 
 
 def ping(payload: Mapping[str, Any]) -> Decision:
@@ -166,112 +135,48 @@ def ping(payload: Mapping[str, Any]) -> Decision:
     )
 
 
-def _pull_request(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
-    action = _str(payload, "action", "action", required=True)
-    pr = _obj(payload.get("pull_request"), "pull_request")
+def pull_request(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
+    """A ``pull_request`` event: builds when it was closed by merging (Gitea sends the same shape)."""
+    action = forge.string(payload, "action", "action", required=True)
+    pr = forge.obj(payload.get("pull_request"), "pull_request")
     number = pr.get("number", payload.get("number"))
     label = f"pull request #{number}" if isinstance(number, int) else "pull request"
-    base = _str(_obj(pr.get("base"), "pull_request.base"), "ref", "pull_request.base.ref", required=True)
+    base_obj = forge.obj(pr.get("base"), "pull_request.base")
+    base = forge.string(base_obj, "ref", "pull_request.base.ref", required=True)
     ref = "refs/heads/" + base
     if action != "closed":
         return Decision(f"{label} {action}: only merged pull requests start builds", action=action, ref=ref)
     if pr.get("merged") is not True:
         return Decision(f"{label} was closed without merging", action=action, ref=ref)
-    tracked = repo.triggers.pull_request_merged
-    if not branch_matches(base, tracked):
-        return Decision(
-            f"{label} was merged into '{base}', which is not tracked (tracked: {_names(tracked)})",
-            action=action,
-            ref=ref,
-        )
-    sha = _sha(pr.get("merge_commit_sha"), "pull_request.merge_commit_sha")
-    user = _login(pr.get("merged_by")) or _login(pr.get("user"))
-    title = pr.get("title")
-    url = pr.get("html_url")
-    trigger = Trigger(
-        repo=repo.full_name,
-        sha=sha,
-        ref=ref,
-        branch=base,
-        kind="pull_request_merged",
-        author=user,
-        message=title if isinstance(title, str) else "",
-        url=url if isinstance(url, str) else "",
-        pr_number=number if isinstance(number, int) else None,
+    merge = Merge(
+        label=label,
+        action=action,
+        base=base,
+        sha=pr.get("merge_commit_sha"),
+        sha_field="pull_request.merge_commit_sha",
+        author=login(pr.get("merged_by")) or login(pr.get("user")),
+        title=forge.text(pr.get("title")),
+        url=forge.text(pr.get("html_url")),
+        number=number if isinstance(number, int) else None,
     )
-    return Decision(f"{label} merged into '{base}'", trigger, action=action, ref=ref, sha=sha)
+    return forge.merged(repo, merge)
 
 
 def _push(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
-    ref = _str(payload, "ref", "ref", required=True)
-    after = _str(payload, "after", "after", required=True)
-    if ref.startswith("refs/tags/"):
-        return Decision(f"tag push ({ref}) does not start builds", ref=ref)
-    if payload.get("deleted") is True or after == ZERO_SHA:
-        return Decision(f"branch deletion ({ref}) does not start builds", ref=ref)
-    if not ref.startswith("refs/heads/"):
-        return Decision(f"push to {ref}, which is not a branch", ref=ref)
-    branch = ref[len("refs/heads/") :]
-    tracked = repo.triggers.push
-    if not tracked:
-        return Decision(
-            f"push to '{branch}': push triggers are not configured for {repo.full_name} "
-            "(merged pull requests start builds; add branches under triggers.push to build pushes)",
-            ref=ref,
-        )
-    if not branch_matches(branch, tracked):
-        return Decision(
-            f"push to '{branch}', which is not tracked for pushes (tracked: {_names(tracked)})", ref=ref
-        )
-    sha = _sha(after, "after")
-    head_value = payload.get("head_commit")
-    head: Mapping[str, Any] = head_value if isinstance(head_value, dict) else {}
-    author_value = head.get("author")
-    author: Mapping[str, Any] = author_value if isinstance(author_value, dict) else {}
-    who = author.get("username") or author.get("name") or _login(payload.get("sender"))
-    message = head.get("message")
-    url = head.get("url") or payload.get("compare")
-    trigger = Trigger(
-        repo=repo.full_name,
-        sha=sha,
-        ref=ref,
-        branch=branch,
-        kind="push",
-        author=who if isinstance(who, str) else "",
-        message=message if isinstance(message, str) else "",
-        url=url if isinstance(url, str) else "",
+    head = forge.mapping(payload.get("head_commit"))
+    author = forge.mapping(head.get("author"))
+    who = author.get("username") or author.get("name") or login(payload.get("sender"))
+    push = Push(
+        ref=forge.string(payload, "ref", "ref", required=True),
+        after=forge.string(payload, "after", "after", required=True),
+        deleted=payload.get("deleted") is True,
+        author=forge.text(who),
+        message=forge.text(head.get("message")),
+        url=forge.text(head.get("url") or payload.get("compare")),
     )
-    return Decision(f"push to '{branch}'", trigger, ref=ref, sha=sha)
+    return forge.pushed(repo, push)
 
 
-# -- field access: every payload value is checked for its type before use --------------------------
-
-
-def _obj(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise PayloadError(f"'{where}' must be a JSON object", field=where)
-    return value
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str, required: bool = False) -> str:
-    value = obj.get(key)
-    if isinstance(value, str) and (value or not required):
-        return value
-    if value is None and not required:
-        return ""
-    raise PayloadError(f"'{where}' must be a non-empty string", field=where)
-
-
-def _sha(value: Any, where: str) -> str:
-    if isinstance(value, str) and _SHA.match(value.lower()):
-        return value.lower()
-    raise PayloadError(f"'{where}' must be a commit sha of 40 hex characters", field=where)
-
-
-def _login(user: Any) -> str:
-    login = user.get("login") if isinstance(user, dict) else None
-    return login if isinstance(login, str) else ""
-
-
-def _names(patterns: Sequence[str]) -> str:
-    return ", ".join(patterns) if patterns else "none"
+def login(user: Any) -> str:
+    """A user object's ``login`` (GitHub and Gitea), or ''."""
+    return forge.text(forge.mapping(user).get("login"))

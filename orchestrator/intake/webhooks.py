@@ -1,4 +1,4 @@
-"""POST /webhooks/github: verify → record → match → dedup → build + job in one transaction → 202.
+"""POST /webhooks/<forge>: verify → record → match → dedup → build + job in one transaction → 202.
 
 Every delivery gets a verdict (queued, duplicate, ignored, rejected, failed), a record in the store
 (kept ``delivery_ttl_days``), a counter for /metrics and one JSON log line. A redelivery of a
@@ -6,7 +6,8 @@ delivery that succeeded (queued, duplicate, ignored) gets the same status and bo
 build; one that failed (503, or received but never finished) is processed again.
 
 ``/webhooks/github/<owner>/<name>`` is the same endpoint scoped to one repository: only that
-repository's secrets are tried and the payload must be about it.
+repository's secrets are tried and the payload must be about it. The same flow serves every forge
+(``intake/forge.py``): the URL names the forge, whose module authenticates and reads the delivery.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from orchestrator.errors import (
     StoreUnavailable,
     UnsupportedContentType,
 )
-from orchestrator.intake import github
+from orchestrator.intake import gitea, github, gitlab
+from orchestrator.intake.forge import Decision, Forge
 from orchestrator.models import Build, Delivery
 from orchestrator.store import BuildRef, Replay
 from orchestrator.web import metrics
@@ -103,6 +105,7 @@ class Incoming:
     stream: Any
     scope: str | None  # owner/name of a per-repository URL
     start: float = field(default_factory=time.perf_counter)
+    forge: Forge = github  # the forge the URL names
 
 
 @bp.record_once
@@ -147,6 +150,26 @@ def receive(owner: str | None = None, name: str | None = None) -> Response:
     return Response(body, status, mimetype="application/json")
 
 
+@bp.post("/webhooks/gitlab")
+@bp.post("/webhooks/gitlab/<path:project>")  # nested groups: group/subgroup/project
+def receive_gitlab(project: str | None = None) -> Response:
+    return _receive(gitlab, project)
+
+
+@bp.post("/webhooks/gitea")
+@bp.post("/webhooks/gitea/<owner>/<name>")
+def receive_gitea(owner: str | None = None, name: str | None = None) -> Response:
+    return _receive(gitea, f"{owner}/{name}" if owner else None)
+
+
+def _receive(forge: Forge, scope: str | None) -> Response:
+    inc = Incoming(
+        request.headers, request.mimetype, request.content_length, request.stream, scope, forge=forge
+    )
+    status, body = handle(current_app.extensions[EXTENSION], inc)
+    return Response(body, status, mimetype="application/json")
+
+
 def handle(intake: Intake, inc: Incoming) -> tuple[int, bytes]:
     """Process one delivery: (HTTP status, JSON body). Logs one line; never raises."""
     d = Delivery(id="", event="")
@@ -165,9 +188,9 @@ def handle(intake: Intake, inc: Incoming) -> tuple[int, bytes]:
 
 
 def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
-    settings, scope, store = intake.settings, inc.scope, intake.store
+    settings, scope, store, forge = intake.settings, inc.scope, intake.store, inc.forge
     try:
-        meta = github.parse_meta(inc.headers)
+        meta = forge.parse_meta(inc.headers)
     except PayloadError as exc:
         return _reject(d, exc)  # no usable id: logged, not recorded
     d.id, d.event = meta.delivery_id, meta.event
@@ -189,23 +212,25 @@ def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
     try:
         _check_content_type(inc.mimetype)
         body = _read_body(inc, settings.max_body_bytes)
-        secret = github.verify_signature(body, inc.headers.get(github.SIGNATURE_HEADER), keyring.secrets)
+        secret = forge.verify(body, inc.headers, keyring.secrets)
     except (PayloadError, SignatureError) as exc:
         return _recorded(store, _reject(d, exc), d)
     except ConfigError as exc:  # no secret configured at all: nothing can be verified
         return _recorded(store, _verdict(d, 401, "rejected", str(exc)), d)
 
     try:
-        payload = github.parse_body(body)
-        repo_name = github.repository_of(payload)
+        payload = forge.parse_body(body)
+        repo_name = forge.repository_of(payload)
     except PayloadError as exc:
         return _finish(intake, inc, _reject(d, exc), d)
     d.repo = repo_name or ""
     if repo_name is None:
         if d.event == "ping":  # organization and app hooks ping without a repository
-            decision = github.ping(payload)
+            decision = forge.ping(payload)
             return _finish(intake, inc, _ignored(d, decision), d)
-        return _finish(intake, inc, _reject(d, PayloadError("the payload has no repository.full_name")), d)
+        return _finish(
+            intake, inc, _reject(d, PayloadError(f"the payload has no {forge.REPOSITORY_FIELD}")), d
+        )
     if scope is not None and repo_name != scope:
         return _finish(
             intake,
@@ -227,22 +252,15 @@ def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
             ),
             d,
         )
-    if repo_name not in keyring.owners[secret]:
-        return _finish(
-            intake,
-            inc,
-            _reject(
-                d, SignatureError(f"{github.SIGNATURE_HEADER} does not match a webhook secret of {repo_name}")
-            ),
-            d,
-        )
+    if (wrong := _not_for(forge, repo, keyring, secret)) is not None:
+        return _finish(intake, inc, _reject(d, wrong), d)
 
     # From here on, one round trip settles the delivery: if this id already succeeded, its record
     # answers (no new build); otherwise the verdict is recorded — for a build, in the same atomic
     # script as the build and its job, so no crash can leave one without the others. Deciding is
     # pure, so it comes first. Pings are stateless and simply answered again.
     try:
-        decision = github.decide(d.event, payload, repo)
+        decision = forge.decide(d.event, payload, repo)
     except PayloadError as exc:
         return _finish(intake, inc, _reject(d, exc), d, SUCCESS)
     d.action, d.ref, d.sha = decision.action, decision.ref, decision.sha
@@ -251,7 +269,7 @@ def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
     return _build(intake, inc, repo, decision, d)
 
 
-def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: github.Decision, d: Delivery) -> Answer:
+def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: Decision, d: Delivery) -> Answer:
     assert decision.trigger is not None
     why = decision.reason
     if len(why) > _MAX_REASON - 200:  # leaves room for the number and the first delivery's id
@@ -269,6 +287,22 @@ def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: github.Dec
     if prior is not None:
         return _replay(intake.settings, prior, d)
     return _with_build(Answer(d.status_code, _body(d)), build, intake.settings)
+
+
+def _not_for(
+    forge: Forge, repo: RepoConfig, keyring: Keyring, secret: int
+) -> PayloadError | SignatureError | None:
+    """Why an authenticated delivery may not act on ``repo``: it was signed with another repository's
+    secret, or it came to another forge's URL than the one ``repo`` is configured on."""
+    if repo.full_name not in keyring.owners[secret]:
+        return SignatureError(f"{forge.SIGNATURE_HEADER} does not match a webhook secret of {repo.full_name}")
+    if repo.forge != forge.NAME:
+        return PayloadError(
+            f"{repo.full_name} is configured with forge: {repo.forge}, but this delivery came to "
+            f"/webhooks/{forge.NAME}: send it to /webhooks/{repo.forge} or correct forge: in the server "
+            "configuration"
+        )
+    return None
 
 
 # -- verdicts and answers ---------------------------------------------------------------------------
@@ -292,7 +326,7 @@ def _reject(d: Delivery, exc: PayloadError | SignatureError) -> Answer:
     return answer
 
 
-def _ignored(d: Delivery, decision: github.Decision) -> Answer:
+def _ignored(d: Delivery, decision: Decision) -> Answer:
     answer = _verdict(d, 200, "ignored", decision.reason)
     if decision.zen is not None:
         answer.body["zen"] = decision.zen
