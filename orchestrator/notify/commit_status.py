@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from orchestrator.config import Settings
 from orchestrator.models import Build
+from orchestrator.notify import forge_status
 
 log = logging.getLogger("orchestrator.notify.commit_status")
 CONTEXT = "mlship"
@@ -65,7 +66,12 @@ def describe(build: Build, status: str, error: str) -> str:
 
 
 def report(settings: Settings, build: Build, state: str, description: str) -> None:
-    """Report ``state`` (pending|success|failure|error) for the build's commit, if a token is set."""
+    """Report ``state`` (pending|success|failure|error) for the build's commit, if a token is set.
+    Repositories on GitLab or Gitea report through their forge's status API (``forge_status``)."""
+    repo = settings.repo(build.repo)
+    if repo is not None and repo.forge != "github":
+        forge_status.report(settings, repo, build, state, description)
+        return
     token = settings.github_token()
     if not token:
         return
