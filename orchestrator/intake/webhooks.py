@@ -210,7 +210,7 @@ def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
             )
         keyring = keyring.only(scope)
     try:
-        _check_content_type(inc.mimetype)
+        _check_content_type(inc.mimetype, forge.TITLE)
         body = _read_body(inc, settings.max_body_bytes)
         secret = forge.verify(body, inc.headers, keyring.secrets)
     except (PayloadError, SignatureError) as exc:
@@ -397,12 +397,12 @@ def _log(d: Delivery, answer: Answer) -> None:
 # -- request checks ---------------------------------------------------------------------------------
 
 
-def _check_content_type(mimetype: str) -> None:
+def _check_content_type(mimetype: str, forge: str = "GitHub") -> None:
     if mimetype == "application/json":
         return
     if mimetype == "application/x-www-form-urlencoded":
         raise UnsupportedContentType(
-            "this webhook sends application/x-www-form-urlencoded: in the GitHub webhook settings, "
+            f"this webhook sends application/x-www-form-urlencoded: in the {forge} webhook settings, "
             "set Content type to application/json"
         )
     raise UnsupportedContentType(f"Content-Type must be application/json, not '{mimetype or 'none'}'")

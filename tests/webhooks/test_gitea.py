@@ -437,3 +437,15 @@ def test_a_gitea_delivery_to_the_github_url_is_refused(ge: Forge, store) -> None
     reply = json.loads(resp.data)
     assert (resp.status_code, reply["verdict"]) == (400, "rejected")
     assert "send it to /webhooks/gitea" in reply["reason"] and store.latest_build_id() == 0
+
+
+def test_form_encoded_webhook_is_told_to_switch_to_json(ge: Forge, store) -> None:
+    """Gitea can POST application/x-www-form-urlencoded; the answer says where to change it."""
+    body = b"payload=%7B%7D"
+    h = {**gitea_headers("push", body), "Content-Type": "application/x-www-form-urlencoded"}
+    resp = ge.client.post("/webhooks/gitea", data=body, headers=h)
+    assert resp.status_code == 415
+    assert (
+        "in the Gitea webhook settings, set Content type to application/json"
+        in json.loads(resp.data)["reason"]
+    )
