@@ -440,18 +440,23 @@ def test_documented_push_builds_when_configured(redis_url, store) -> None:
         (MR, "merge_request.close", "merge request !1 close: only merged merge requests start builds"),
         (PUSH, "push", "push to 'master': push triggers are not configured for mike/diaspora"),
         ("Tag Push Hook", "tag_push", "repository jsmith/example is not allow-listed"),
+        ("Tag Push Hook", "tag_push@mike/diaspora", "tag push (refs/tags/v1.0.0) does not start builds"),
         ("Note Hook", "merge_request.open", "event 'Note Hook' does not start builds"),
     ],
 )
 def test_ignored_deliveries_answer_200_with_the_reason(
     gl: Forge, store, redis_url, event, name, reason
 ) -> None:
-    r = gl.send(event, payload(f"gitlab/{name}"))
+    name, _, project = name.partition("@")  # "@group/project": the example re-addressed to that project
+    p = payload(f"gitlab/{name}")
+    if project:
+        p["project"]["path_with_namespace"] = project
+    r = gl.send(event, p)
     assert (r.status, r.body["verdict"]) == (200, "ignored") and reason in r.body["reason"], r.body
     d = store.get_delivery(r.delivery)
     assert d is not None and (d.verdict, d.status_code) == ("ignored", 200) and reason in d.reason
     assert store.latest_build_id() == 0 and jobs_in_queue(redis_url) == []
-    again = gl.send(event, payload(f"gitlab/{name}"), delivery=r.delivery)
+    again = gl.send(event, p, delivery=r.delivery)
     assert (again.status, again.body) == (r.status, r.body)
 
 
