@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
+
+import orjson
 
 from orchestrator.config import RepoConfig
 from orchestrator.errors import ConfigError, PayloadError
@@ -130,6 +133,20 @@ def delivery_id(value: str, header: str, forge: str) -> str:
     if not DELIVERY_ID.match(value):
         raise PayloadError(f"{header} must be 1-100 characters of [A-Za-z0-9._:-]")
     return value
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The JSON object of a delivery, for every forge (call only after the delivery is verified)."""
+    try:
+        payload = orjson.loads(body)  # UTF-8, as forges send: about 3x faster than json
+    except orjson.JSONDecodeError:
+        try:  # JSON's other encodings (UTF-16/32, BOMs) and what orjson is stricter about
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise PayloadError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise PayloadError("the body must be a JSON object")
+    return payload
 
 
 def ping(payload: Mapping[str, Any]) -> Decision:

@@ -20,7 +20,6 @@ from orchestrator.errors import PayloadError, SignatureError
 from orchestrator.intake import forge, github
 from orchestrator.intake.forge import Decision, Meta, Push
 from orchestrator.intake.forge import ping as ping
-from orchestrator.intake.github import parse_body as parse_body
 from orchestrator.intake.github import repository_of as repository_of
 
 NAME = "gitea"
@@ -33,6 +32,8 @@ SIGNATURE_HEADER = SIGNATURE_HEADERS[1]
 REPOSITORY_FIELD = github.REPOSITORY_FIELD
 _HEX = re.compile(r"[0-9a-fA-F]{64}\Z")
 _EVENT = re.compile(r"[a-z_]{1,64}\Z")
+
+parse_body = forge.parse_json  # JSON is JSON on every forge
 
 
 # -- authentication ---------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from orchestrator.errors import PayloadError, SignatureError
 from orchestrator.intake import forge
 from orchestrator.intake.forge import Decision, Merge, Meta, Push
 from orchestrator.intake.forge import ping as ping
-from orchestrator.intake.github import parse_body as parse_body  # JSON is JSON
 
 NAME = "gitlab"
 TITLE = "GitLab"
@@ -72,6 +71,9 @@ def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
     if not _EVENT.match(event):
         raise PayloadError(f"{EVENT_HEADER} must be a GitLab event name such as 'Merge Request Hook'")
     return Meta(delivery_id, event)
+
+
+parse_body = forge.parse_json  # JSON is JSON on every forge
 
 
 def repository_of(payload: Mapping[str, Any]) -> str | None:
