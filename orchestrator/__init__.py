@@ -33,7 +33,7 @@ class Runtime:
 def create_app(settings: Settings | None = None, **config: Any) -> Flask:
     """App factory: one blueprint per surface; the Runtime lives in app.extensions['mlship']."""
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the pages blueprint serves /static from web/static
     app.config.update(config)
     app.extensions["mlship"] = Runtime.from_settings(settings)
     from orchestrator.intake import webhooks
