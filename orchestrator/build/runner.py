@@ -25,6 +25,7 @@ import docker.errors
 import requests
 
 from orchestrator.notify import commit_status as statuses
+from orchestrator.notify.dispatch import notify_finished
 from orchestrator.build.cancel import cancel_build, rerun_build
 from orchestrator.config import Settings
 from orchestrator.errors import (
@@ -421,6 +422,7 @@ class BuildRunner:
         state = {BuildStatus.SUCCESS: "success", BuildStatus.SUPERSEDED: "success",
                  BuildStatus.FAILED: "failure"}.get(status, "error")
         self._report(build, state, statuses.describe(build, str(status), error))
+        notify_finished(self.settings, self.store, build)
 
     def _report(self, build: Build, state: str, description: str) -> None:
         try:

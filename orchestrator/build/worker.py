@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator.build import artifacts
 from orchestrator.notify import commit_status as statuses
+from orchestrator.notify import dispatch as notifications
 from orchestrator.config import Settings, load_settings
 from orchestrator.errors import InfrastructureError, NotFound, StoreUnavailable
 from orchestrator.build.queue import build_queue, rq_connection
@@ -135,6 +136,7 @@ def janitor_once(
             with contextlib.suppress(Exception):
                 build.status, build.error = BuildStatus.ERROR, error
                 statuses.report(settings, build, "error", WORKER_LOST)
+            notifications.notify_finished(settings, store, build)
         log.warning("build %s: %s", build_id, error)
     return lost
 
@@ -171,6 +173,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     connection = rq_connection(settings.redis_url)
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
+    stop_notify = notifications.start(settings, store)
     try:
         with contextlib.suppress(Exception):
             janitor_once(store, None, settings=settings)
@@ -178,3 +181,4 @@ def work(settings: Settings, burst: bool = False) -> bool:
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         stop.set()
+        stop_notify.set()
