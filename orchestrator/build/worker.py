@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.build import artifacts
+from orchestrator.build import artifacts, schedules
 from orchestrator.notify import commit_status as statuses
 from orchestrator.notify import dispatch as notifications
 from orchestrator.config import Settings, load_settings
@@ -174,6 +174,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
     stop_notify = notifications.start(settings, store)
+    stop_schedules = schedules.start(settings, store, queue, owner=worker_name())
     try:
         with contextlib.suppress(Exception):
             janitor_once(store, None, settings=settings)
@@ -182,3 +183,4 @@ def work(settings: Settings, burst: bool = False) -> bool:
     finally:
         stop.set()
         stop_notify.set()
+        stop_schedules.set()

@@ -88,8 +88,9 @@ class Notification:
         return cls(**json.loads(raw))
 
 
-class NotificationStore:
-    """Typed access to the notification records (part of ``Store``, as ``store.notifications``)."""
+class StorePart:
+    """A part of ``Store`` in a module of its own: the client, the key prefix (ending in ':') and
+    ``available`` (Redis connection errors → StoreUnavailable), shared with the Store."""
 
     def __init__(
         self, client: Any, prefix: str, available: Callable[[], AbstractContextManager[None]]
@@ -97,6 +98,13 @@ class NotificationStore:
         self.r = client
         self.p = prefix
         self.available = available
+
+
+class NotificationStore(StorePart):
+    """Typed access to the notification records (part of ``Store``, as ``store.notifications``)."""
+
+    def __init__(self, client: Any, *args: Any) -> None:
+        super().__init__(client, *args)
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
 
