@@ -8,6 +8,7 @@ the environment wins. Secrets are never values in the file, only names resolved 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,14 @@ class Schedule(_Strict):
     repo: str
     branch: str = "main"
     cron: str
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str) -> str:
+        name = v.removeprefix("refs/heads/")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+/-]*", name) or ".." in name or name.endswith("/"):
+            raise ValueError(f"{v!r} is not a branch name like 'main' or 'release/1.2'")
+        return name
 
     @field_validator("cron")
     @classmethod

@@ -106,6 +106,13 @@ class Dispatcher:
             self._failed(n, target, self.mask(exc.reason), exc.permanent)
         except ConfigError as exc:  # a secret is not set: the operator must act, retrying cannot help
             self._failed(n, target, self.mask(str(exc)), permanent=True)
+        except Exception as exc:  # a bug must not keep the claim forever: count it as an attempt
+            log.exception(
+                "build %s: sending the %s notification to %s crashed", n.build_id, n.event, n.target
+            )
+            self._failed(
+                n, target, self.mask(f"internal error: {type(exc).__name__}: {exc}"), permanent=False
+            )
         else:
             n.status, n.last_error, n.next_attempt_at = "sent", "", None
             log.info("build %s: %s notification sent to %s", n.build_id, n.event, n.target)

@@ -140,6 +140,11 @@ def test_schedules_in_the_server_configuration(tmp_path: Path) -> None:
             "key 'schedules.s.cron': Value error, '61 * * * *' is not a cron",
         ),
         (f"{{repo: {REPO}}}", "key 'schedules.s.cron': Field required"),
+        (
+            f"{{repo: {REPO}, branch: '-x', cron: '* * * * *'}}",
+            "key 'schedules.s.branch': Value error, '-x' is not",
+        ),
+        (f"{{repo: {REPO}, branch: 'a..b', cron: '* * * * *'}}", "'a..b' is not a branch name like 'main'"),
     ],
 )
 def test_bad_schedules_are_refused(tmp_path: Path, spec: str, error: str) -> None:
