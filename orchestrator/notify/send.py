@@ -69,7 +69,8 @@ def send_email(
             refused = smtp.send_message(mail)
     except smtplib.SMTPRecipientsRefused as exc:
         raise SendFailed(
-            f"{where} refused every recipient: {_refusals(exc.recipients)}", permanent=True
+            f"{where} refused every recipient: {_refusals(exc.recipients)}",
+            permanent=all(code >= 500 for code, _ in exc.recipients.values()),  # 4xx: try later (greylisting)
         ) from None
     except smtplib.SMTPNotSupportedError:
         raise SendFailed(

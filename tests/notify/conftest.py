@@ -97,11 +97,12 @@ class MailBox:
     """The aiosmtpd handler: keeps every message; refuses recipients in ``refuse``."""
 
     refuse: set[str] = field(default_factory=set)
+    refusal: str = "550 5.1.1 no such mailbox here"
     messages: list[Message] = field(default_factory=list)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if address in self.refuse:
-            return "550 5.1.1 no such mailbox here"
+            return self.refusal
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

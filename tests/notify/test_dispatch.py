@@ -241,6 +241,40 @@ def test_smtp_server_that_refuses_is_reported(
     assert smtp_server.box.messages == []
 
 
+def test_smtp_temporary_refusal_is_retried(
+    redis_url: str, tmp_path: Path, smtp_server: SmtpServer, store: Store
+) -> None:
+    smtp_server.box.refuse.add("oncall@example.com")
+    smtp_server.box.refusal = "450 4.2.0 greylisted, try again later"
+    targets = {
+        "mail": NotifyTarget(
+            kind="email",
+            smtp_host="127.0.0.1",
+            smtp_port=smtp_server.port,
+            sender="mlship@example.com",
+            to=("oncall@example.com",),
+        )
+    }
+    settings = make_settings(redis_url, tmp_path, targets, {})
+    build_id = new_build(store)
+    store.update_build(build_id, status="failed", error="x", finished_at=time.time())
+    notify_finished(settings, store, store.get_build(build_id))
+    clock = Clock()
+    dispatcher = Dispatcher(settings, store, clock=clock)
+    dispatcher.run_once()
+    (n,) = store.notifications.for_build(build_id)
+    assert (n.status, n.last_error) == (
+        "retrying",
+        f"SMTP server 127.0.0.1:{smtp_server.port} refused every "
+        "recipient: oncall@example.com (450 4.2.0 greylisted, try again later)",
+    )
+    smtp_server.box.refuse.clear()
+    clock.now = n.next_attempt_at
+    dispatcher.run_once()
+    assert store.notifications.for_build(build_id)[0].status == "sent"
+    assert [m["To"] for m in smtp_server.box.messages] == ["oncall@example.com"]
+
+
 def test_smtp_server_down_is_retried(redis_url: str, tmp_path: Path, store: Store) -> None:
     port = free_port()
     targets = {
