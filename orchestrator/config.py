@@ -8,12 +8,14 @@ the environment wins. Secrets are never values in the file, only names resolved 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError
@@ -84,6 +86,91 @@ class RepoConfig(_Strict):
         return v
 
 
+NOTIFY_EVENTS = (
+    "build.success",
+    "build.failed",
+    "build.error",
+    "build.cancelled",
+    "deploy",
+    "gate.stopped",
+    "rollback",
+)
+_EVENT_GROUPS = {"all": NOTIFY_EVENTS, "build.finished": NOTIFY_EVENTS[:4]}
+
+
+class NotifyTarget(_Strict):
+    """Where notifications go (docs/notifications.md). Secrets are NAMES resolved by ``Secrets``."""
+
+    kind: Literal["slack", "webhook", "email"]
+    events: tuple[str, ...] = ("build.failed", "build.error", "deploy", "gate.stopped", "rollback")
+    repositories: tuple[str, ...] = ()  # empty: every repository
+    url: str = ""  # webhook: the receiver's URL (a Slack URL is a credential: use url_secret)
+    url_secret: str = ""  # slack, webhook: name of the secret holding the URL
+    secret: str = ""  # webhook: name of the HMAC-SHA256 signing key
+    smtp_host: str = ""
+    smtp_port: int = Field(25, gt=0, lt=65536)
+    starttls: bool = False
+    username: str = ""
+    password_secret: str = ""
+    sender: str = ""
+    to: tuple[str, ...] = ()
+    attempts: int = Field(5, ge=1, le=20)  # tries in all, the first included
+    backoff: float = Field(2.0, gt=0)  # seconds before the 2nd try; doubles per try, at most 300
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [e for e in v if e not in NOTIFY_EVENTS and e not in _EVENT_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown events {unknown}: use {', '.join((*NOTIFY_EVENTS, *_EVENT_GROUPS))}")
+        return tuple(dict.fromkeys(x for e in v for x in _EVENT_GROUPS.get(e, (e,))))
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotifyTarget:
+        need = {"slack": ("url_secret",), "webhook": ("secret",), "email": ("smtp_host", "sender", "to")}
+        missing = [f for f in need[self.kind] if not getattr(self, f)]
+        if self.kind == "webhook" and not (self.url or self.url_secret):
+            missing.append("url (or url_secret)")
+        if missing:
+            article = "an" if self.kind == "email" else "a"
+            raise ValueError(
+                f"{article} {self.kind} target needs {', '.join(missing)} (see docs/notifications.md)"
+            )
+        return self
+
+    def wants(self, event: str, repo: str) -> bool:
+        return event in self.events and (not self.repositories or repo in self.repositories)
+
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.url_secret, self.secret, self.password_secret) if n)
+
+
+class Schedule(_Strict):
+    """A cron schedule (UTC) that builds the head of a repository's branch (docs/schedules.md)."""
+
+    repo: str
+    branch: str = "main"
+    cron: str
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str) -> str:
+        name = v.removeprefix("refs/heads/")
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._+/-]*", name) or ".." in name or name.endswith("/"):
+            raise ValueError(f"{v!r} is not a branch name like 'main' or 'release/1.2'")
+        return name
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if not croniter.is_valid(v):
+            raise ValueError(
+                f"{v!r} is not a cron expression: five fields, minute hour day month weekday, "
+                "e.g. '0 3 * * *' for 03:00 UTC every day"
+            )
+        return v
+
+
 class _FileModel(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = "builds"
@@ -106,6 +193,8 @@ class _FileModel(_Strict):
     csrf_secret: str = "CSRF_SECRET"
     vars: dict[str, str] = Field(default_factory=dict)
     repositories: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    notifications: dict[str, NotifyTarget] = Field(default_factory=dict)
+    schedules: dict[str, Schedule] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,6 +245,8 @@ class Settings:
     github_token_secret: str = "GITHUB_TOKEN"
     csrf_secret_name: str = "CSRF_SECRET"
     vars: Mapping[str, str] = field(default_factory=dict)
+    notifications: Mapping[str, NotifyTarget] = field(default_factory=dict)
+    schedules: Mapping[str, Schedule] = field(default_factory=dict)
 
     def pipeline_vars(self, repo: RepoConfig | None) -> dict[str, str]:
         """Server-provided ${VARS} for a repository's pipeline.yaml (server vars, then the repo's)."""
@@ -183,6 +274,8 @@ class Settings:
         for repo in self.repositories.values():
             names.update(repo.webhook_secrets)
             names.update([repo.status_token_name] if repo.status_token_name else [])
+        for target in self.notifications.values():
+            names.update(target.secret_names())
         return [v for v in (self.secrets.get(n) for n in sorted(names)) if v]
 
     def validate(self) -> None:
@@ -202,7 +295,7 @@ def _describe(err: ValidationError, source: str) -> str:
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in _FileModel.model_fields:
-        if name in ("repositories", "vars"):
+        if name in ("repositories", "vars", "notifications", "schedules"):
             continue
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is None:
@@ -244,6 +337,13 @@ def load_settings(env: Mapping[str, str] | None = None, validate: bool = True) -
             repos[full_name] = RepoConfig.model_validate({"full_name": full_name, **(spec or {})})
         except ValidationError as exc:
             raise ConfigError(_describe(exc, f"{source}: repositories.{full_name}"), file=source) from exc
+    for name, sched in model.schedules.items():
+        if sched.repo not in repos:
+            raise ConfigError(
+                f"{source}: schedules.{name}: repository {sched.repo!r} is not in repositories: "
+                "allow-list it there first",
+                file=source,
+            )
     secrets_dir = Path(model.secrets_dir) if model.secrets_dir else None
     settings = Settings(
         redis_url=model.redis_url,
@@ -267,6 +367,8 @@ def load_settings(env: Mapping[str, str] | None = None, validate: bool = True) -
         github_token_secret=model.github_token,
         csrf_secret_name=model.csrf_secret,
         vars=dict(model.vars),
+        notifications=dict(model.notifications),
+        schedules=dict(model.schedules),
     )
     if validate:
         settings.validate()

@@ -96,8 +96,11 @@ def find_model(workspace: Path, build_id: int, rel: str) -> ModelArtifact | None
     """The model ``rel`` of build ``build_id``, or None if that build wrote none."""
     root = artifacts_dir(workspace, build_id)
     if (root / PRUNED).exists():
-        raise ArtifactsPruned(f"the artifacts of build {build_id} were removed ({(root / PRUNED).read_text()}"
-                              "): re-run that build to produce its model again", build=build_id)
+        raise ArtifactsPruned(
+            f"the artifacts of build {build_id} were removed ({(root / PRUNED).read_text()}"
+            "): re-run that build to produce its model again",
+            build=build_id,
+        )
     if not (root / rel).exists() and not (root / rel).is_symlink():
         return None
     path = inside(root, rel, "model artifact")
@@ -120,14 +123,15 @@ def build_ids(workspace: Path) -> list[int]:
     root = Path(workspace) / "artifacts"
     if not root.is_dir():
         return []
-    return sorted(int(d.name) for d in root.iterdir()
-                  if d.name.isdigit() and d.is_dir() and not (d / PRUNED).exists())
+    return sorted(
+        int(d.name) for d in root.iterdir() if d.name.isdigit() and d.is_dir() and not (d / PRUNED).exists()
+    )
 
 
 def prune_candidates(ids: Iterable[int], keep: int, protected: Collection[int]) -> list[int]:
     """Which of ``ids`` to prune: all but the ``keep`` newest (highest ids) and the ``protected``."""
     newest_first = sorted(set(ids), reverse=True)
-    return sorted(i for i in newest_first[max(0, keep):] if i not in protected)
+    return sorted(i for i in newest_first[max(0, keep) :] if i not in protected)
 
 
 def prune(workspace: Path, build_id: int, why: str) -> None:

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 from rq import Queue
 
-from orchestrator.notify import commit_status as statuses
+from orchestrator.build.queue import JOB_PREFIX, enqueuer
 from orchestrator.config import Settings
 from orchestrator.errors import Conflict, NotFound
-from orchestrator.build.queue import JOB_PREFIX, enqueuer
 from orchestrator.models import Build, BuildStatus, Trigger
+from orchestrator.notify import commit_status as statuses
 from orchestrator.store import Store
 
 

@@ -71,8 +71,12 @@ def _recorder(queue: Queue, timeout: float) -> Callable[[str], list[list[Any]]]:
     # A private Queue for recording: RQ asks the server version only for LPOS (job positions),
     # which this queue never answers; asking it here would cost a round trip with RQ's own,
     # slow-failing client on the first delivery of every worker.
-    recorder = Queue(queue.name, connection=queue.connection, serializer=JSONSerializer,
-                     default_timeout=queue._default_timeout)
+    recorder = Queue(
+        queue.name,
+        connection=queue.connection,
+        serializer=JSONSerializer,
+        default_timeout=queue._default_timeout,
+    )
     recorder.redis_server_version = (7, 0, 0)
     enqueue = enqueuer(recorder, timeout)
 
@@ -83,8 +87,10 @@ def _recorder(queue: Queue, timeout: float) -> Callable[[str], list[list[Any]]]:
         pipe.reset()
         unknown = {str(c[0]).upper() for c in commands} - JOB_COMMANDS
         if unknown:
-            raise RuntimeError(f"RQ enqueues with {sorted(unknown)}, which the webhook intake cannot replay: "
-                               "pin rq to a version that writes jobs with plain commands")
+            raise RuntimeError(
+                f"RQ enqueues with {sorted(unknown)}, which the webhook intake cannot replay: "
+                "pin rq to a version that writes jobs with plain commands"
+            )
         return commands
 
     return record
@@ -110,15 +116,17 @@ class JobTemplate:
         # (command, argument, kind, the probe's value; for 'data' decompressed once here)
         self._slots: list[tuple[int, int, str, Any]] = [
             (i, j, kind, zlib.decompress(a[i][j]) if kind == "data" else a[i][j])
-            for i, j, kind in _variable_args(a, b)]
+            for i, j, kind in _variable_args(a, b)
+        ]
         at = "2000-01-01T00:00:00.000000Z"
         expected = [list(c) for c in b]
         for i, j, kind, _ in self._slots:
             if kind == "time":  # RQ takes two timestamps microseconds apart; the template writes one
                 expected[i][j] = at
         if self.fill(_PROBES[1], at) != expected:
-            raise RuntimeError("the RQ job template does not reproduce RQ's own commands: pin rq to a "
-                               "supported version")
+            raise RuntimeError(
+                "the RQ job template does not reproduce RQ's own commands: pin rq to a supported version"
+            )
 
     def __call__(self, ticket: str) -> list[list[Any]]:
         return self.fill(ticket, utcformat(now()))
@@ -153,8 +161,10 @@ def _variable_args(a: list[list[Any]], b: list[list[Any]]) -> list[tuple[int, in
             elif isinstance(x, bytes) and _zlib_with(x, _PROBES[0]) and _zlib_with(y, _PROBES[1]):
                 slots.append((i, j, "data"))
             else:
-                raise RuntimeError(f"RQ's job command {i} argument {j} varies in a way the intake cannot "
-                                   f"template ({x!r} vs {y!r}): pin rq to a supported version")
+                raise RuntimeError(
+                    f"RQ's job command {i} argument {j} varies in a way the intake cannot "
+                    f"template ({x!r} vs {y!r}): pin rq to a supported version"
+                )
     return slots
 
 

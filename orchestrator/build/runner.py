@@ -37,6 +37,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import Build, BuildStatus, StepRecord, StepStatus
 from orchestrator.notify import commit_status as statuses
+from orchestrator.notify.dispatch import notify_finished
 from orchestrator.pipeline import MAX_BYTES, Pipeline, Step, build_variables, load_pipeline
 from orchestrator.steps import StepRunner, runner_for
 from orchestrator.steps.base import CANCELLED, TIMEOUT, CancelToken, StepContext
@@ -371,7 +372,11 @@ class BuildRunner:
 
     def _save(self, build: Build) -> None:
         self.store.update_build(
-            build.id, steps=build.steps, image=build.image, digest=build.digest, deploys=build.deploys,
+            build.id,
+            steps=build.steps,
+            image=build.image,
+            digest=build.digest,
+            deploys=build.deploys,
             gate=build.gate,
         )
 
@@ -400,9 +405,13 @@ class BuildRunner:
             )
         if self.workspace is not None:
             clean(self.workspace)
-        state = {BuildStatus.SUCCESS: "success", BuildStatus.SUPERSEDED: "success",
-                 BuildStatus.FAILED: "failure"}.get(status, "error")
+        state = {
+            BuildStatus.SUCCESS: "success",
+            BuildStatus.SUPERSEDED: "success",
+            BuildStatus.FAILED: "failure",
+        }.get(status, "error")
         self._report(build, state, statuses.describe(build, str(status), error))
+        notify_finished(self.settings, self.store, build)
 
     def _report(self, build: Build, state: str, description: str) -> None:
         try:

@@ -16,14 +16,15 @@ import threading
 import time
 from typing import Any
 
-from orchestrator.build import artifacts
-from orchestrator.notify import commit_status as statuses
-from orchestrator.config import Settings, load_settings
-from orchestrator.errors import InfrastructureError, NotFound, StoreUnavailable
+from orchestrator.build import artifacts, schedules
 from orchestrator.build.queue import build_queue, rq_connection
-from orchestrator.models import BuildStatus, StepStatus
 from orchestrator.build.runner import docker_factory
 from orchestrator.build.runner import run_build as run_one
+from orchestrator.config import Settings, load_settings
+from orchestrator.errors import InfrastructureError, NotFound, StoreUnavailable
+from orchestrator.models import BuildStatus, StepStatus
+from orchestrator.notify import commit_status as statuses
+from orchestrator.notify import dispatch as notifications
 from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ def prune_artifacts(settings: Settings, store: Store) -> list[int]:
         with contextlib.suppress(NotFound):  # a build Redis no longer knows: nothing can deploy it
             if not store.get_build(build_id).status.finished:
                 continue
-        artifacts.prune(settings.workspace, build_id,
-                        f"not among the newest {keep} builds (keep_artifacts) and never deployed")
+        artifacts.prune(
+            settings.workspace,
+            build_id,
+            f"not among the newest {keep} builds (keep_artifacts) and never deployed",
+        )
         pruned.append(build_id)
     if pruned:
         log.info("pruned the artifacts of builds %s (keep_artifacts=%s)", pruned, keep)
@@ -135,6 +139,7 @@ def janitor_once(
             with contextlib.suppress(Exception):
                 build.status, build.error = BuildStatus.ERROR, error
                 statuses.report(settings, build, "error", WORKER_LOST)
+            notifications.notify_finished(settings, store, build)
         log.warning("build %s: %s", build_id, error)
     return lost
 
@@ -171,6 +176,8 @@ def work(settings: Settings, burst: bool = False) -> bool:
     connection = rq_connection(settings.redis_url)
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
+    stop_notify = notifications.start(settings, store)
+    stop_schedules = schedules.start(settings, store, queue, owner=worker_name())
     try:
         with contextlib.suppress(Exception):
             janitor_once(store, None, settings=settings)
@@ -178,3 +185,5 @@ def work(settings: Settings, burst: bool = False) -> bool:
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         stop.set()
+        stop_notify.set()
+        stop_schedules.set()

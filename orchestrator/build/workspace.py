@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -114,8 +113,7 @@ def run_git(
         raise Cancelled("cancelled during checkout")
     if proc.returncode != 0:
         raise InfrastructureError(
-            f"git {_verb(argv)} failed: "
-            f"{err.decode(errors='replace').strip()[-1500:]}",
+            f"git {_verb(argv)} failed: {err.decode(errors='replace').strip()[-1500:]}",
             argv=argv,
         )
     return out.decode(errors="replace")

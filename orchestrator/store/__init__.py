@@ -21,6 +21,8 @@ from redis.retry import Retry
 
 from orchestrator.errors import NotFound, StoreUnavailable
 from orchestrator.models import Build, BuildStatus, Delivery, Deployment, StepRecord, Trigger
+from orchestrator.store.notifications import NotificationStore
+from orchestrator.store.schedules import ScheduleStore
 
 _LUA = (Path(__file__).parent / "create_build.lua").read_text()
 _RELEASE_LOCK = """
@@ -167,6 +169,8 @@ class Store:
         self._renew = client.register_script(_RENEW_LOCK)
         # The webhook intake's client: fails fast (see intake_client); from_url sets it.
         self.intake_r: Any = client
+        self.notifications = NotificationStore(client, self.k.p, self.available)
+        self.schedules = ScheduleStore(client, self.k.p, self.available)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Store:

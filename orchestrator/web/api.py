@@ -184,7 +184,10 @@ def trigger_build() -> Response:
 
 @bp.get("/builds/<int:build_id>")
 def get_build(build_id: int) -> Response:
-    return jsonify(build_json(get_runtime().store.get_build(build_id)))
+    store = get_runtime().store
+    d = build_json(store.get_build(build_id))
+    d["notifications"] = [n.public() for n in store.notifications.for_build(build_id)]
+    return jsonify(d)
 
 
 @bp.post("/builds/<int:build_id>/rerun")

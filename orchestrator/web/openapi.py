@@ -116,6 +116,13 @@ _SCHEMAS: dict[str, Any] = {
                 "[{name, passed, detail}], candidate and baseline (metrics, latency_ms, sha256), "
                 "compare_to, baseline_build, golden, model, candidate_sha256",
             },
+            "notifications": {
+                "type": "array",
+                "description": "GET /builds/{id} only: one record per event and target: id, event, key, "
+                "target, kind, status (pending|retrying|sent|failed), attempts, max_attempts, last_error, "
+                "created_at, updated_at, next_attempt_at (docs/notifications.md)",
+                "items": {"type": "object"},
+            },
             "links": {
                 "type": "object",
                 "properties": {

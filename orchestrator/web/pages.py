@@ -241,6 +241,7 @@ def build_page(build_id: int) -> str:
         lines=lines,
         truncated=truncated,
         last_id=lines[-1][0] if lines else "0-0",
+        notifications=get_runtime().store.notifications.for_build(build_id),
     )
 
 

@@ -1,0 +1,1 @@
+"""Build: the RQ entry point, the runner, workspace, build log, artifacts, cancel."""
