@@ -1,4 +1,4 @@
-"""Command line: ``orchestrator <command>``. Each command lives in orchestrator/cli/."""
+"""Command line: ``mlship <command>`` (or ``python -m orchestrator``). Each command lives in orchestrator/cli/."""
 
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ request makes it ``cancelled``. Every change to a step record is saved as it hap
 
 from __future__ import annotations
 
+from orchestrator import defaults
+
 import contextlib
 import logging
 import math
@@ -49,7 +51,7 @@ from orchestrator.build.workspace import build_dir, clean, prepare
 __all__ = ["BuildRunner", "cancel_build", "docker_factory", "rerun_build", "run_build"]
 
 log = logging.getLogger(__name__)
-CANCEL_POLL = 0.5
+CANCEL_POLL = defaults.CANCEL_POLL
 DEPLOY_TRIGGERS = {"promote": "deploy", "rollback": "rollback"}
 _DOCKER_CLIENTS: dict[str, Any] = {}
 _DOCKER_LOCK = threading.Lock()
@@ -389,7 +391,11 @@ class BuildRunner:
 
     def _save(self, build: Build) -> None:
         self.store.update_build(
-            build.id, steps=build.steps, image=build.image, digest=build.digest, deploys=build.deploys,
+            build.id,
+            steps=build.steps,
+            image=build.image,
+            digest=build.digest,
+            deploys=build.deploys,
             gate=build.gate,
         )
 
@@ -418,8 +424,11 @@ class BuildRunner:
             )
         if self.workspace is not None:
             clean(self.workspace)
-        state = {BuildStatus.SUCCESS: "success", BuildStatus.SUPERSEDED: "success",
-                 BuildStatus.FAILED: "failure"}.get(status, "error")
+        state = {
+            BuildStatus.SUCCESS: "success",
+            BuildStatus.SUPERSEDED: "success",
+            BuildStatus.FAILED: "failure",
+        }.get(status, "error")
         self._report(build, state, statuses.describe(build, str(status), error))
 
     def _report(self, build: Build, state: str, description: str) -> None:

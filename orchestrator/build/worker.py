@@ -8,6 +8,8 @@ and removes its containers. RQ's own detection of dead workers takes minutes; we
 
 from __future__ import annotations
 
+from orchestrator import defaults
+
 import contextlib
 import logging
 import os
@@ -27,7 +29,7 @@ from orchestrator.build.runner import run_build as run_one
 from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
-JANITOR_INTERVAL = 2.0
+JANITOR_INTERVAL = defaults.JANITOR_INTERVAL
 WORKER_LOST = "worker lost"
 
 _process: dict[str, Any] = {}
@@ -77,8 +79,11 @@ def prune_artifacts(settings: Settings, store: Store) -> list[int]:
         with contextlib.suppress(NotFound):  # a build Redis no longer knows: nothing can deploy it
             if not store.get_build(build_id).status.finished:
                 continue
-        artifacts.prune(settings.workspace, build_id,
-                        f"not among the newest {keep} builds (keep_artifacts) and never deployed")
+        artifacts.prune(
+            settings.workspace,
+            build_id,
+            f"not among the newest {keep} builds (keep_artifacts) and never deployed",
+        )
         pruned.append(build_id)
     if pruned:
         log.info("pruned the artifacts of builds %s (keep_artifacts=%s)", pruned, keep)

@@ -7,6 +7,8 @@ are built as argv lists (``checkout_commands``) and run in a thin layer with a t
 
 from __future__ import annotations
 
+from orchestrator import defaults
+
 import contextlib
 import os
 import re
@@ -20,7 +22,7 @@ from pathlib import Path
 from orchestrator.errors import Cancelled, InfrastructureError, PayloadError
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-GIT_TIMEOUT = 600.0
+GIT_TIMEOUT = defaults.GIT_TIMEOUT
 
 
 def validate_sha(sha: str) -> str:
@@ -114,8 +116,7 @@ def run_git(
         raise Cancelled("cancelled during checkout")
     if proc.returncode != 0:
         raise InfrastructureError(
-            f"git {_verb(argv)} failed: "
-            f"{err.decode(errors='replace').strip()[-1500:]}",
+            f"git {_verb(argv)} failed: {err.decode(errors='replace').strip()[-1500:]}",
             argv=argv,
         )
     return out.decode(errors="replace")

@@ -1,4 +1,4 @@
-"""``orchestrator standalone [--demo]``: the whole system on this machine, on embedded defaults."""
+"""``mlship standalone [--demo]``: the whole system on this machine, on embedded defaults."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.cli import command
+from orchestrator.cli import EnvDefault, command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
     default_state = "/var/lib/mlship/standalone" if os.geteuid() == 0 else "~/.local/share/mlship/standalone"
     p.add_argument(
         "--state",
-        default=os.environ.get("MLSHIP_STATE", default_state),
+        default=EnvDefault("STATE", default_state),
         help="where Redis data, the registry, keys, the example repo and logs live",
     )
     p.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("MLSHIP_PORT", "8000")),
+        default=EnvDefault("PORT", 8000, int),
         help="port of the web app (status page, API, webhook)",
     )
     p.add_argument("--workers", type=int, default=1, help="number of build workers")

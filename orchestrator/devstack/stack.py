@@ -14,15 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from orchestrator import defaults
 from orchestrator.devstack.services import (
     DockerDaemon,
     GitOrigin,
     RedisServer,
     Registry,
-    SshHost,
+    SshdHost,
     ensure_base_image,
     free_port,
     keygen,
@@ -32,7 +34,51 @@ from orchestrator.devstack.services import (
 from orchestrator.errors import InfrastructureError
 
 REPO_NAME = "local/house-price"
+LABEL_REPO = "mlship.repo"
+PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none"})
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Ids of the containers and networks on the daemon at one moment."""
+
+    containers: frozenset[str]
+    networks: frozenset[str]
+
+    @classmethod
+    def of(cls, client: Any) -> Snapshot:
+        return cls(
+            frozenset(c.id for c in client.containers.list(all=True)),
+            frozenset(n.id for n in client.networks.list()),
+        )
+
+    def remove_new(self, client: Any, repos: list[str]) -> list[str]:
+        """Remove containers created since, labelled with one of ``repos``, then the new networks
+        they were attached to that no container uses any more. Returns the container names."""
+        removed: list[str] = []
+        networks: set[str] = set()
+        for repo in repos:
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL_REPO}={repo}"}):
+                if c.id in self.containers:
+                    continue
+                networks.update(c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {})
+                c.remove(force=True)
+                removed.append(c.name)
+        for name in sorted(networks - PREDEFINED_NETWORKS):
+            self._remove_network(client, name)
+        return removed
+
+    def _remove_network(self, client: Any, name: str) -> None:
+        import docker
+
+        try:
+            net = client.networks.get(name)
+        except docker.errors.NotFound:
+            return
+        # Exact name match: the daemon's lookup also accepts id prefixes.
+        if net.name == name and net.id not in self.networks and not net.attrs.get("Containers"):
+            net.remove()
 
 
 @dataclass
@@ -46,7 +92,7 @@ class Stack:
     redis: RedisServer | None = None
     docker: DockerDaemon = field(default_factory=DockerDaemon)
     registry: Registry | None = None
-    hosts: dict[str, SshHost] = field(default_factory=dict)
+    hosts: dict[str, SshdHost] = field(default_factory=dict)
     origin: GitOrigin | None = None
     base_image: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -55,6 +101,7 @@ class Stack:
     config_path: Path | None = None
     known_hosts: Path | None = None
     push_branches: tuple[str, ...] = ()
+    before: Snapshot | None = None
 
     @property
     def url(self) -> str:
@@ -70,7 +117,7 @@ class Stack:
         self.state.mkdir(parents=True, exist_ok=True)
         if not self.redis_url:
             self.phase("Redis (AOF on)", self._start_redis)
-        self.phase("Docker daemon", lambda: self.docker.ensure(work=Path("/run/mlship")))
+        self.phase("Docker daemon", self._start_docker)
         self.phase("base image (first time: debootstrap, about 70 s)", self._base_image)
         self.phase("registry", self._start_registry)
         self.phase("deploy hosts qa and prod (sshd)", self._start_hosts)
@@ -79,6 +126,13 @@ class Stack:
     def _start_redis(self) -> None:
         self.redis = RedisServer(self.state / "redis").start()
         self.redis_url = self.redis.url
+
+    def _start_docker(self) -> None:
+        self.docker.ensure(work=Path("/run/mlship"))
+        self.snapshot()
+
+    def repositories(self) -> list[str]:
+        return [REPO_NAME]
 
     def _base_image(self) -> None:
         self.base_image = ensure_base_image(self.docker.host, progress=lambda line: self.say(f"    {line}"))
@@ -91,7 +145,7 @@ class Stack:
         key = keygen(self.state / "ssh" / "deploy_key", "mlship-standalone")
         pub = Path(str(key) + ".pub").read_text()
         for name in ("qa", "prod"):
-            self.hosts[name] = SshHost(name, self.state / "ssh" / name, self.docker.host, pub).start()
+            self.hosts[name] = SshdHost(name, self.state / "ssh" / name, self.docker.host, pub).start()
         self.known_hosts = self.state / "ssh" / "known_hosts"
         self.known_hosts.write_text("".join(h.known_hosts_line() for h in self.hosts.values()))
 
@@ -147,7 +201,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         assert self.config_path
-        return {**os.environ, "ORCHESTRATOR_CONFIG": str(self.config_path), "DOCKER_HOST": self.docker.host}
+        return {**os.environ, "MLSHIP_CONFIG": str(self.config_path), "DOCKER_HOST": self.docker.host}
 
     def start_app(self, workers: int = 1) -> None:
         """The web app under gunicorn and ``workers`` RQ workers, as child processes."""
@@ -180,25 +234,28 @@ class Stack:
             )
         self.procs.append(proc)
 
+    def snapshot(self) -> None:
+        """Note the containers and networks the daemon has now: ``stop`` never removes those."""
+        client = self.docker.client()
+        try:
+            self.before = Snapshot.of(client)
+        finally:
+            client.close()
+
     def remove_deployments(self) -> list[str]:
-        """Remove the containers and networks that deploys of the example repository created here."""
-        if not self.docker.host:
+        """Remove the containers this run's deploys created, and the networks only they used.
+
+        Only what was not on the daemon at ``snapshot`` and carries a repository label of this
+        stack: on a shared daemon everything else (a user's containers and networks, another run's
+        deploys) stays.
+        """
+        if not self.docker.host or self.before is None:
             return []
         client = self.docker.client()
-        removed: list[str] = []
-        apps: set[str] = set()
-        for c in client.containers.list(all=True, filters={"label": f"mlship.repo={REPO_NAME}"}):
-            apps.add(c.labels.get("mlship.app", ""))
-            c.remove(force=True)
-            removed.append(c.name)
-        # Docker's name filter matches substrings and an empty list means no filter at all: list only
-        # when this run deployed something, and remove only exact names it created.
-        wanted = {f"{a}-net" for a in apps if a}
-        for net in client.networks.list(names=sorted(wanted)) if wanted else []:
-            if net.name in wanted:
-                net.remove()
-        client.close()
-        return removed
+        try:
+            return self.before.remove_new(client, self.repositories())
+        finally:
+            client.close()
 
     def stop(self, keep_deployments: bool = False) -> None:
         if not keep_deployments:
@@ -213,7 +270,7 @@ class Stack:
                 proc.terminate()
         for proc in self.procs:
             try:
-                proc.wait(15)
+                proc.wait(defaults.PROCESS_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs.clear()

@@ -11,13 +11,16 @@ import secrets
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from orchestrator.devstack.services import REPO_ROOT, free_port
+from orchestrator.devstack.services import free_port
 from tests.images import build_from_dockerfile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 COMPOSE = shutil.which("docker-compose")
