@@ -31,11 +31,22 @@ from orchestrator.devstack.services import (
     port_open,
     wait_for,
 )
+from orchestrator.devstack.userrepos import UserRepo
 from orchestrator.errors import InfrastructureError
 
 REPO_NAME = "local/house-price"
 LABEL_REPO = "mlship.repo"
 PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none"})
+# Stand-ins for the server vars while validating a user's pipeline.yaml before the services exist.
+PLACEHOLDER_VARS = {
+    "REGISTRY": "127.0.0.1:5000",
+    "BASE_IMAGE": "localbase/python:3.11",
+    **{
+        f"{env}_{key}": value
+        for env in ("QA", "PROD")
+        for key, value in (("HOST", "127.0.0.1"), ("PORT", "22"), ("USER", "root"))
+    },
+}
 Say = Callable[[str], None]
 
 
@@ -101,7 +112,11 @@ class Stack:
     config_path: Path | None = None
     known_hosts: Path | None = None
     push_branches: tuple[str, ...] = ()
+    user_sources: tuple[str, ...] = ()
+    user_repos: list[UserRepo] = field(default_factory=list)
+    extra_config: dict[str, Any] = field(default_factory=dict)
     before: Snapshot | None = None
+    user_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -115,6 +130,8 @@ class Stack:
 
     def start_services(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.user_sources:  # first: a broken pipeline.yaml is reported before anything starts
+            self.phase("your repositories (mirror, validate pipeline.yaml)", self._user_repos)
         if not self.redis_url:
             self.phase("Redis (AOF on)", self._start_redis)
         self.phase("Docker daemon", self._start_docker)
@@ -122,6 +139,15 @@ class Stack:
         self.phase("registry", self._start_registry)
         self.phase("deploy hosts qa and prod (sshd)", self._start_hosts)
         self.phase("example repository (bare git origin)", self._origin)
+
+    def _user_repos(self) -> None:
+        from orchestrator.devstack.userrepos import prepare
+
+        self.user_repos = prepare(list(self.user_sources), self.state, PLACEHOLDER_VARS)
+        for repo in self.user_repos:
+            self.say(
+                f"    {repo.name} ← {repo.source} ({repo.branch} at {repo.head()[:7]}): pipeline.yaml ok"
+            )
 
     def _start_redis(self) -> None:
         self.redis = RedisServer(self.state / "redis").start()
@@ -132,7 +158,7 @@ class Stack:
         self.snapshot()
 
     def repositories(self) -> list[str]:
-        return [REPO_NAME]
+        return [REPO_NAME, *(r.name for r in self.user_repos), *self.extra_config.get("repositories", {})]
 
     def _base_image(self) -> None:
         self.base_image = ensure_base_image(self.docker.host, progress=lambda line: self.say(f"    {line}"))
@@ -154,7 +180,7 @@ class Stack:
         self.origin = origin if origin.bare.exists() else origin.create()
 
     def write_config(self) -> Path:
-        """The server config: one allow-listed repository, secrets in files, pipeline vars."""
+        """The server config: the example and the user's repositories, secrets in files, pipeline vars."""
         assert self.origin and self.registry and self.known_hosts
         secrets_dir = self.state / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -162,6 +188,19 @@ class Stack:
         self.api_token = self._secret(secrets_dir / "API_TOKEN", pysecrets.token_urlsafe(24))
         self._secret(secrets_dir / "CSRF_SECRET", pysecrets.token_hex(32))
         self._secret(secrets_dir / "DEPLOY_SSH_KEY", (self.state / "ssh" / "deploy_key").read_text())
+        repositories: dict[str, Any] = {
+            REPO_NAME: {
+                "clone_url": self.origin.url,
+                "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
+                "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
+            }
+        }
+        for repo in self.user_repos:
+            self.user_secrets[repo.name] = self._secret(
+                secrets_dir / repo.secret_name, pysecrets.token_hex(20)
+            )
+            repositories[repo.name] = repo.config()
+        repositories.update(self.extra_config.get("repositories") or {})
         config = {
             "redis_url": self.redis_url,
             "workspace": str(self.state / "workspace"),
@@ -170,27 +209,26 @@ class Stack:
             "docker_host": self.docker.host,
             "known_hosts": str(self.known_hosts),
             "lease_seconds": 10,
-            "vars": {
-                "REGISTRY": self.registry.addr,
-                "BASE_IMAGE": self.base_image,
-                "QA_HOST": "127.0.0.1",
-                "QA_PORT": str(self.hosts["qa"].port),
-                "QA_USER": self.hosts["qa"].user,
-                "PROD_HOST": "127.0.0.1",
-                "PROD_PORT": str(self.hosts["prod"].port),
-                "PROD_USER": self.hosts["prod"].user,
-            },
-            "repositories": {
-                REPO_NAME: {
-                    "clone_url": self.origin.url,
-                    "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
-                    "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
-                }
-            },
+            "vars": {**self.server_vars(), **(self.extra_config.get("vars") or {})},
+            "repositories": repositories,
         }
         self.config_path = self.state / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         return self.config_path
+
+    def server_vars(self) -> dict[str, str]:
+        """The ${VARS} every pipeline here gets: the registry, base image and the two hosts."""
+        assert self.registry
+        return {
+            "REGISTRY": self.registry.addr,
+            "BASE_IMAGE": self.base_image,
+            "QA_HOST": "127.0.0.1",
+            "QA_PORT": str(self.hosts["qa"].port),
+            "QA_USER": self.hosts["qa"].user,
+            "PROD_HOST": "127.0.0.1",
+            "PROD_PORT": str(self.hosts["prod"].port),
+            "PROD_USER": self.hosts["prod"].user,
+        }
 
     @staticmethod
     def _secret(path: Path, default: str) -> str:
