@@ -287,8 +287,10 @@ class SshHost:
             ]
             for r in readers:
                 r.start()
-            if stdin:
+            if stdin:  # the reader may start slowly (a container starting): allow the command's timeout
+                chan.settimeout(timeout)
                 chan.sendall(stdin)
+                chan.settimeout(0.5)
             chan.shutdown_write()
             deadline = time.monotonic() + timeout
             while not chan.exit_status_ready() and not stopped.is_set():

@@ -6,6 +6,7 @@ started the same way. Everything binds to 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets as pysecrets
 import subprocess
@@ -67,6 +68,8 @@ class Snapshot:
     def remove_new(self, client: Any, repos: list[str]) -> list[str]:
         """Remove containers created since, labelled with one of ``repos``, then the new networks
         they were attached to that no container uses any more. Returns the container names."""
+        import docker
+
         removed: list[str] = []
         networks: set[str] = set()
         for repo in repos:
@@ -74,7 +77,8 @@ class Snapshot:
                 if c.id in self.containers:
                     continue
                 networks.update(c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {})
-                c.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):  # a --rm one may be gone already
+                    c.remove(force=True)
                 removed.append(c.name)
         for name in sorted(networks - PREDEFINED_NETWORKS):
             self._remove_network(client, name)
