@@ -6,7 +6,6 @@ started the same way. Everything binds to 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets as pysecrets
 import subprocess
@@ -77,8 +76,11 @@ class Snapshot:
                 if c.id in self.containers:
                     continue
                 networks.update(c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {})
-                with contextlib.suppress(docker.errors.NotFound):  # a --rm one may be gone already
+                try:
                     c.remove(force=True)
+                except docker.errors.APIError as exc:  # gone already (--rm), or being removed
+                    if exc.status_code not in (404, 409):
+                        raise
                 removed.append(c.name)
         for name in sorted(networks - PREDEFINED_NETWORKS):
             self._remove_network(client, name)

@@ -83,6 +83,12 @@ def test_compose_file_is_valid(compose_env):
     for svc in ("redis", "web", "worker"):
         assert cfg["services"][svc]["restart"] == "unless-stopped"
         assert "healthcheck" in cfg["services"][svc]
+    for svc in ("web", "worker"):  # one name: the mlship command, MLSHIP_* settings
+        env = cfg["services"][svc]["environment"]
+        assert env["MLSHIP_CONFIG"] == "/etc/mlship/config.yaml"
+        assert env["MLSHIP_REDIS_URL"] == "redis://redis:6379/0"
+        assert not [k for k in env if k.startswith("ORCHESTRATOR_")]
+        assert cfg["services"][svc]["command"][0] == "mlship"
 
 
 def _build_local_redis(docker_client, base_image: str) -> None:
