@@ -25,13 +25,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--state",
         default=EnvDefault("STATE", default_state),
-        help="where Redis data, the registry, keys, the example repo and logs live",
+        help="where Redis data, the registry, keys, the repositories and logs live "
+        f"(default $MLSHIP_STATE or {default_state})",
     )
     p.add_argument(
         "--port",
         type=int,
         default=EnvDefault("PORT", 8000, int),
-        help="port of the web app (status page, API, webhook)",
+        help="port of the web app: status page, API, webhook (default $MLSHIP_PORT or 8000)",
     )
     p.add_argument("--workers", type=int, default=1, help="number of build workers")
     p.add_argument(
