@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -122,3 +123,34 @@ def test_the_printed_curl_sends_a_correctly_signed_delivery(receiver: _Receiver,
     assert headers["X-Hub-Signature-256"] == sign(secret, body)
     assert headers["X-GitHub-Event"] == "push" and headers["Content-Type"] == "application/json"
     assert headers["X-GitHub-Delivery"].startswith("first-")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[a, b]\n", "--config {f}: expected a mapping with 'repositories' and/or 'vars'"),
+        ("redis_url: x\n", "--config {f}: expected a mapping with 'repositories' and/or 'vars'"),
+        ("repositories: {a: [\n", "--config {f} is not valid YAML"),
+    ],
+)
+def test_a_bad_config_file_stops_standalone_before_it_starts(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "extra.yaml"
+    cfg.write_text(text)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "standalone",
+            "--config",
+            str(cfg),
+            "--state",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: " + message.format(f=cfg))
+    assert not (tmp_path / "s").exists()
