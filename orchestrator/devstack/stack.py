@@ -52,25 +52,29 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Ids of the containers and networks on the daemon at one moment."""
+    """Ids of the containers and networks on the daemon at one moment (``at``, the daemon's clock)."""
 
     containers: frozenset[str]
     networks: frozenset[str]
+    at: float = 0.0
 
     @classmethod
     def of(cls, client: Any) -> Snapshot:
+        at = time.time()
         return cls(
             frozenset(c.id for c in client.containers.list(all=True)),
             frozenset(n.id for n in client.networks.list()),
+            at,
         )
 
     def remove_new(self, client: Any, repos: list[str]) -> list[str]:
         """Remove containers created since, labelled with one of ``repos``, then the new networks
-        they were attached to that no container uses any more. Returns the container names."""
+        such containers were attached to (even ones a failed deploy removed already) that no
+        container uses any more. Returns the container names."""
         import docker
 
         removed: list[str] = []
-        networks: set[str] = set()
+        networks = self._networks_used(client, repos)
         for repo in repos:
             for c in client.containers.list(all=True, filters={"label": f"{LABEL_REPO}={repo}"}):
                 if c.id in self.containers:
@@ -85,6 +89,26 @@ class Snapshot:
         for name in sorted(networks - PREDEFINED_NETWORKS):
             self._remove_network(client, name)
         return removed
+
+    def _networks_used(self, client: Any, repos: list[str]) -> set[str]:
+        """Networks that containers labelled with ``repos`` joined since ``at`` (the daemon's events)."""
+        ours: set[str] = set()
+        networks: set[str] = set()
+        events = client.events(
+            since=int(self.at),
+            until=int(time.time()) + 1,
+            filters={"type": ["container", "network"]},
+            decode=True,
+        )
+        for event in events:
+            actor = event.get("Actor") or {}
+            attrs = actor.get("Attributes") or {}
+            kind = (event.get("Type"), event.get("Action"))
+            if kind == ("container", "create") and attrs.get(LABEL_REPO) in repos:
+                ours.add(actor.get("ID", ""))
+            elif kind == ("network", "connect") and attrs.get("container") in ours and attrs.get("name"):
+                networks.add(attrs["name"])
+        return networks
 
     def _remove_network(self, client: Any, name: str) -> None:
         import docker

@@ -124,3 +124,18 @@ def test_starting_a_second_dockerd_on_a_held_data_root_says_what_to_do_at_once(
     )
     assert daemon.proc is None and not daemon.started_here
     assert not (tmp_path / "work").exists()
+
+
+def test_stop_removes_the_network_of_a_deploy_that_already_removed_its_container(
+    docker_daemon: DockerDaemon, docker_client: Any, base_image: str, made: list[Any], tmp_path: Path
+) -> None:
+    stack = Stack(tmp_path, say=lambda _m: None, docker=DockerDaemon(host=docker_daemon.host))
+    stack.snapshot()
+    tag = uuid.uuid4().hex[:8]
+    failed_net = _network(docker_client, made, f"mlt-failed-{tag}-net")
+    gone = _container(docker_client, made, base_image, failed_net.name, {"mlship.repo": REPO_NAME})
+    gone.remove(force=True)  # a failed health check: the deploy removed its new container itself
+    users = _network(docker_client, made, f"mlt-user-{tag}-net")  # a user's, created meanwhile
+    stack.stop()
+    assert not _exists(docker_client.networks, failed_net.id)
+    assert docker_client.networks.get(users.id).name == users.name
