@@ -10,8 +10,6 @@ request makes it ``cancelled``. Every change to a step record is saved as it hap
 
 from __future__ import annotations
 
-from orchestrator import defaults
-
 import contextlib
 import logging
 import math
@@ -26,6 +24,7 @@ import docker
 import docker.errors
 import requests
 
+from orchestrator import defaults
 from orchestrator.notify import commit_status as statuses
 from orchestrator.build.cancel import cancel_build, rerun_build
 from orchestrator.config import Settings

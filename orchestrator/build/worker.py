@@ -8,8 +8,6 @@ and removes its containers. RQ's own detection of dead workers takes minutes; we
 
 from __future__ import annotations
 
-from orchestrator import defaults
-
 import contextlib
 import logging
 import os
@@ -18,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from orchestrator import defaults
 from orchestrator.build import artifacts
 from orchestrator.notify import commit_status as statuses
 from orchestrator.config import Settings, load_settings

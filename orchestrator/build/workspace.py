@@ -7,8 +7,6 @@ are built as argv lists (``checkout_commands``) and run in a thin layer with a t
 
 from __future__ import annotations
 
-from orchestrator import defaults
-
 import contextlib
 import os
 import re
@@ -19,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator import defaults
 from orchestrator.errors import Cancelled, InfrastructureError, PayloadError
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
