@@ -35,7 +35,7 @@ from orchestrator.devstack.services import (
     DockerDaemon,
     RedisServer,
     Registry,
-    SshHost,
+    SshdHost,
     ensure_base_image,
     free_port,
     keygen,
@@ -56,12 +56,12 @@ SETTLE = 1.0  # seconds of load before and after each operation
 
 
 class _Hosts:
-    def __init__(self, host: SshHost, key: Path, known: Path) -> None:
+    def __init__(self, host: SshdHost, key: Path, known: Path) -> None:
         self.hosts = {"qa": host, "prod": host}
         self.client_key = key
         self.known_hosts = known
 
-    def __getitem__(self, name: str) -> SshHost:
+    def __getitem__(self, name: str) -> SshdHost:
         return self.hosts[name]
 
 
@@ -117,7 +117,7 @@ def main() -> int:
     redis = RedisServer(work / "redis").start()
     registry = Registry(work / "registry").start()
     key = keygen(work / "ssh" / "client_key", "bench")
-    host = SshHost(
+    host = SshdHost(
         "qa", work / "ssh" / "qa", daemon.host, (key.parent / "client_key.pub").read_text()
     ).start()
     known = work / "ssh" / "known_hosts"

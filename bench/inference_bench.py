@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -85,7 +86,9 @@ def running(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> I
             wait_http(ready_url, proc)
             yield
         finally:
-            proc.terminate()
+            # The whole process group: `mlflow models serve` runs its server as a child process,
+            # which a SIGTERM to the CLI alone would leave running.
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

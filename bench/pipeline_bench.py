@@ -78,16 +78,23 @@ def pct(values: list[float], p: float) -> float:
 class Bed:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.redis = RedisServer(tmp / "redis").start()
-        self.docker = DockerDaemon().ensure(work=Path("/run/mlship-test"))
-        self.base = ensure_base_image(self.docker.host)
-        self.registry = Registry(tmp / "registry").start()
-        self.origin = GitOrigin(tmp / "git").create()
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.redis = RedisServer(tmp / "redis")
+        self.docker = DockerDaemon()
+        self.registry = Registry(tmp / "registry")
+        try:  # a service that fails to start must not leave the ones before it running
+            self.redis.start()
+            self.docker.ensure(work=Path("/run/mlship-test"))
+            self.base = ensure_base_image(self.docker.host)
+            self.registry.start()
+            self.origin = GitOrigin(tmp / "git").create()
+        except BaseException:
+            self.close()
+            raise
         self.vars = {"REGISTRY": self.registry.addr, "BASE_IMAGE": self.base}
         self.settings = Settings(redis_url=self.redis.url, docker_host=self.docker.host, workspace=tmp / "ws")
         self.store = Store.from_url(self.redis.url)
         self.queue = build_queue(self.settings)
-        self.worker: subprocess.Popen[bytes] | None = None
 
     def start_worker(self) -> None:
         config = self.tmp / "server.yaml"
@@ -96,10 +103,10 @@ class Bed:
         )
         env = {
             **os.environ,
-            "ORCHESTRATOR_CONFIG": str(config),
-            "ORCHESTRATOR_REDIS_URL": self.redis.url,
-            "ORCHESTRATOR_WORKSPACE": str(self.tmp / "ws"),
-            "ORCHESTRATOR_DOCKER_HOST": self.docker.host,
+            "MLSHIP_CONFIG": str(config),
+            "MLSHIP_REDIS_URL": self.redis.url,
+            "MLSHIP_WORKSPACE": str(self.tmp / "ws"),
+            "MLSHIP_DOCKER_HOST": self.docker.host,
             "GITHUB_WEBHOOK_SECRET": "bench",
         }
         self.worker = subprocess.Popen(

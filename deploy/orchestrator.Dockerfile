@@ -8,6 +8,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends git ca-certific
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 COPY pyproject.toml README.md /src/
+# orchestrator/devstack/example/ links to these (the example app `mlship standalone` serves).
+COPY Dockerfile pipeline.yaml .dockerignore /src/
 COPY orchestrator /src/orchestrator
 COPY inference /src/inference
 RUN pip install --no-cache-dir /src && rm -rf /src
@@ -17,4 +19,4 @@ WORKDIR /home/mlship
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
-CMD ["orchestrator", "web", "--bind", "0.0.0.0:8000"]
+CMD ["mlship", "web", "--bind", "0.0.0.0:8000"]

@@ -1,4 +1,4 @@
-"""Command line: ``orchestrator <command>``. Each command lives in orchestrator/cli/."""
+"""``python -m orchestrator``: the ``mlship`` command line. Each command lives in orchestrator/cli/."""
 
 from __future__ import annotations
 

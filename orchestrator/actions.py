@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from orchestrator import Runtime
+from orchestrator import Runtime, defaults
 from orchestrator.build import cancel as cancel_builds
 from orchestrator.config import RepoConfig
 from orchestrator.deploy import policy
@@ -20,7 +20,7 @@ from orchestrator.models import Build, Trigger, is_sha
 # A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
 _REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]*$")
 ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-LS_REMOTE_TIMEOUT = 30.0
+LS_REMOTE_TIMEOUT = defaults.LS_REMOTE_TIMEOUT
 
 
 def normalize_ref(ref: str) -> tuple[str, str]:

@@ -1,28 +1,54 @@
-"""Server settings: loaded once from ORCHESTRATOR_* environment variables and an optional YAML file.
+"""Server settings, declared once in ``Settings``: from a YAML file and MLSHIP_* environment variables.
 
-The file (named by ORCHESTRATOR_CONFIG) holds what does not fit in a variable: the allow-listed
-repositories, their webhook secret names and triggers. Scalar keys may come from either place;
-the environment wins. Secrets are never values in the file, only names resolved by ``Secrets``.
+The file (named by MLSHIP_CONFIG) holds what does not fit in a variable: the allow-listed
+repositories, their webhook secret names and triggers, pipeline vars. Every scalar setting may also
+come from the environment as ``MLSHIP_<KEY>`` (the key as written in the file, upper-cased); the
+environment wins. The old ``ORCHESTRATOR_*`` names still work, with a one-line deprecation warning.
+Secrets are never values in the file, only names resolved by ``Secrets``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.errors import ConfigError
 
-ENV_PREFIX = "ORCHESTRATOR_"
+ENV_PREFIX = "MLSHIP_"
+OLD_ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_TRIGGER_BRANCHES = ("main", "master")
 GITHUB_MAX_BODY = 25 * 1024 * 1024
+
+
+def env_get(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """``MLSHIP_<name>``, else the deprecated ``ORCHESTRATOR_<name>`` with a one-line warning on stderr."""
+    env = os.environ if env is None else env
+    new, old = ENV_PREFIX + name, OLD_ENV_PREFIX + name
+    if new in env:
+        return env[new]
+    if old in env:
+        print(f"mlship: {old} is deprecated, use {new}", file=sys.stderr, flush=True)
+        return env[old]
+    return None
 
 
 class _Strict(BaseModel):
@@ -171,32 +197,6 @@ class Schedule(_Strict):
         return v
 
 
-class _FileModel(_Strict):
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    queue: str = "builds"
-    workspace: str = "/var/lib/mlship/workspace"
-    secrets_dir: str | None = None
-    public_url: str = "http://127.0.0.1:8000"
-    api_tokens: tuple[str, ...] = ("API_TOKEN",)
-    read_auth: bool = False
-    max_body_bytes: int = Field(GITHUB_MAX_BODY, gt=0)
-    max_rows_per_page: int = 50
-    lease_seconds: float = Field(10.0, gt=0)
-    build_timeout: float = Field(3600.0, gt=0)
-    delivery_ttl_days: float = Field(8.0, ge=7)
-    keep_artifacts: int = Field(20, ge=1)
-    docker_host: str | None = None
-    known_hosts: str | None = None
-    ssh_key: str = "DEPLOY_SSH_KEY"
-    github_api_url: str = "https://api.github.com"
-    github_token: str = "GITHUB_TOKEN"
-    csrf_secret: str = "CSRF_SECRET"
-    vars: dict[str, str] = Field(default_factory=dict)
-    repositories: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    notifications: dict[str, NotifyTarget] = Field(default_factory=dict)
-    schedules: dict[str, Schedule] = Field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class Secrets:
     """Resolves secret names from the environment, then from files in ``directory``."""
@@ -220,33 +220,65 @@ class Secrets:
         return value
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated server settings. Build with ``load_settings``; tests may construct it directly."""
+class Settings(BaseModel):
+    """Validated server settings: the one declaration of every setting, its default and its check.
+
+    Build with ``load_settings``; tests may construct it directly (by field name). A field's file key
+    (and its ``MLSHIP_`` variable) is its alias where one is set, else its name.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
+    )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue: str = "builds"
     workspace: Path = Path("/var/lib/mlship/workspace")
     public_url: str = "http://127.0.0.1:8000"
-    repositories: Mapping[str, RepoConfig] = field(default_factory=dict)
-    secrets: Secrets = field(default_factory=Secrets)
-    api_token_names: tuple[str, ...] = ("API_TOKEN",)
+    repositories: Mapping[str, RepoConfig] = Field(default_factory=dict)
+    secrets: Annotated[Secrets, SkipValidation] = Field(default_factory=lambda: Secrets())
+    secrets_dir: Path | None = None
+    api_token_names: tuple[str, ...] = Field(("API_TOKEN",), alias="api_tokens")
     read_auth: bool = False
-    max_body_bytes: int = GITHUB_MAX_BODY
+    max_body_bytes: int = Field(GITHUB_MAX_BODY, gt=0)
     max_rows_per_page: int = 50
-    lease_seconds: float = 10.0
-    build_timeout: float = 3600.0
-    delivery_ttl_days: float = 8.0
-    keep_artifacts: int = 20  # newest builds whose artifact directories the worker keeps (plus deployed)
+    lease_seconds: float = Field(10.0, gt=0)
+    build_timeout: float = Field(3600.0, gt=0)
+    delivery_ttl_days: float = Field(8.0, ge=7)
+    keep_artifacts: int = Field(20, ge=1)  # newest builds whose artifact directories the worker keeps
     docker_host: str | None = None
     known_hosts: Path | None = None
-    ssh_key_secret: str = "DEPLOY_SSH_KEY"
+    ssh_key_secret: str = Field("DEPLOY_SSH_KEY", alias="ssh_key")
     github_api_url: str = "https://api.github.com"
-    github_token_secret: str = "GITHUB_TOKEN"
-    csrf_secret_name: str = "CSRF_SECRET"
-    vars: Mapping[str, str] = field(default_factory=dict)
-    notifications: Mapping[str, NotifyTarget] = field(default_factory=dict)
-    schedules: Mapping[str, Schedule] = field(default_factory=dict)
+    github_token_secret: str = Field("GITHUB_TOKEN", alias="github_token")
+    csrf_secret_name: str = Field("CSRF_SECRET", alias="csrf_secret")
+    vars: Mapping[str, str] = Field(default_factory=dict)
+    notifications: Mapping[str, NotifyTarget] = Field(default_factory=dict)
+    schedules: Mapping[str, Schedule] = Field(default_factory=dict)
+
+    @field_validator("public_url", "github_api_url")
+    @classmethod
+    def _no_trailing_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _scheduled_repositories(self) -> Settings:
+        for name, sched in self.schedules.items():
+            if sched.repo not in self.repositories:
+                raise ValueError(
+                    f"schedules.{name}: repository {sched.repo!r} is not in repositories: "
+                    "allow-list it there first"
+                )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_repositories(cls, data: Any) -> Any:
+        """In the file, a repository's name is its key: fill ``full_name`` from it."""
+        repos = data.get("repositories") if isinstance(data, dict) else None
+        if isinstance(repos, dict):
+            data = {**data, "repositories": {k: _named(k, v) for k, v in repos.items()}}
+        return data
 
     def pipeline_vars(self, repo: RepoConfig | None) -> dict[str, str]:
         """Server-provided ${VARS} for a repository's pipeline.yaml (server vars, then the repo's)."""
@@ -278,98 +310,88 @@ class Settings:
             names.update(target.secret_names())
         return [v for v in (self.secrets.get(n) for n in sorted(names)) if v]
 
-    def validate(self) -> None:
+    def validate(self) -> None:  # type: ignore[override]
         """Checks that need the secrets: every webhook secret set and non-empty."""
         for repo in self.repositories.values():
             self.webhook_secrets(repo)
 
 
+def _named(full_name: str, spec: Any) -> Any:
+    if isinstance(spec, RepoConfig) or not isinstance(spec, dict | None):
+        return spec
+    return {"full_name": full_name, **(spec or {})}
+
+
 def _describe(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        lines.append(f"{source}: key '{key}': {e['msg']}")
+        loc = [str(p) for p in e["loc"]]
+        if loc[:1] == ["repositories"] and len(loc) > 2:  # "repositories.acme/x: key 'clone_url'"
+            where, key = f"{source}: repositories.{loc[1]}", ".".join(loc[2:])
+        else:
+            where, key = source, ".".join(loc)
+        lines.append(f"{where}: key '{key}': {e['msg']}")
     return "; ".join(lines)
+
+
+def _scalar(annotation: Any) -> type | None:
+    """The scalar type behind ``annotation`` (``X | None`` → X), or None for mappings and models."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is tuple:
+        return tuple
+    return annotation if annotation in (str, int, float, bool, Path) else None
+
+
+def env_keys() -> dict[str, str]:
+    """Settings that may come from the environment: file key → variable suffix (derived from fields)."""
+    keys = {}
+    for name, info in Settings.model_fields.items():
+        if _scalar(info.annotation) is not None:
+            key = info.alias or name
+            keys[key] = key.upper()
+    return keys
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in _FileModel.model_fields:
-        if name in ("repositories", "vars", "notifications", "schedules"):
-            continue
-        raw = env.get(ENV_PREFIX + name.upper())
+    for name, info in Settings.model_fields.items():
+        key = info.alias or name
+        kind = _scalar(info.annotation)
+        raw = env_get(key.upper(), env) if kind is not None else None
         if raw is None:
             continue
-        if name == "api_tokens":
-            out[name] = tuple(s.strip() for s in raw.split(",") if s.strip())
-        elif name == "read_auth":
-            out[name] = raw.lower() in ("1", "true", "yes")
-        else:
-            out[name] = raw
+        out[key] = tuple(s.strip() for s in raw.split(",") if s.strip()) if kind is tuple else raw
     return out
 
 
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read MLSHIP_CONFIG={path}: {exc.strerror}", file=path) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", file=path) from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings", file=path)
+    if isinstance(loaded, dict) and "secrets" in loaded:
+        raise ConfigError(f"{path}: key 'secrets': not a setting (name secrets, e.g. secrets_dir)", file=path)
+    return loaded or {}
+
+
 def load_settings(env: Mapping[str, str] | None = None, validate: bool = True) -> Settings:
-    """Load settings from ``env`` (default os.environ) and the file it names in ORCHESTRATOR_CONFIG."""
+    """Load settings from ``env`` (default os.environ) and the file it names in MLSHIP_CONFIG."""
     env = dict(os.environ if env is None else env)
-    data: dict[str, Any] = {}
-    source = "environment"
-    path = env.get(ENV_PREFIX + "CONFIG")
-    if path:
-        source = path
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read ORCHESTRATOR_CONFIG={path}: {exc.strerror}", file=path) from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}", file=path) from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of settings", file=path)
-        data.update(loaded or {})
+    path = env_get("CONFIG", env)
+    data = _read_file(path) if path else {}
     data.update(_env_overrides(env))
     try:
-        model = _FileModel.model_validate(data)
+        model = Settings.model_validate(data)
     except ValidationError as exc:
+        source = path or "environment"
         raise ConfigError(_describe(exc, source), file=source) from exc
-    repos: dict[str, RepoConfig] = {}
-    for full_name, spec in model.repositories.items():
-        try:
-            repos[full_name] = RepoConfig.model_validate({"full_name": full_name, **(spec or {})})
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc, f"{source}: repositories.{full_name}"), file=source) from exc
-    for name, sched in model.schedules.items():
-        if sched.repo not in repos:
-            raise ConfigError(
-                f"{source}: schedules.{name}: repository {sched.repo!r} is not in repositories: "
-                "allow-list it there first",
-                file=source,
-            )
-    secrets_dir = Path(model.secrets_dir) if model.secrets_dir else None
-    settings = Settings(
-        redis_url=model.redis_url,
-        queue=model.queue,
-        workspace=Path(model.workspace),
-        public_url=model.public_url.rstrip("/"),
-        repositories=repos,
-        secrets=Secrets(env=env, directory=secrets_dir),
-        api_token_names=model.api_tokens,
-        read_auth=model.read_auth,
-        max_body_bytes=model.max_body_bytes,
-        max_rows_per_page=model.max_rows_per_page,
-        lease_seconds=model.lease_seconds,
-        build_timeout=model.build_timeout,
-        delivery_ttl_days=model.delivery_ttl_days,
-        keep_artifacts=model.keep_artifacts,
-        docker_host=model.docker_host,
-        known_hosts=Path(model.known_hosts) if model.known_hosts else None,
-        ssh_key_secret=model.ssh_key,
-        github_api_url=model.github_api_url.rstrip("/"),
-        github_token_secret=model.github_token,
-        csrf_secret_name=model.csrf_secret,
-        vars=dict(model.vars),
-        notifications=dict(model.notifications),
-        schedules=dict(model.schedules),
-    )
+    settings = model.model_copy(update={"secrets": Secrets(env=env, directory=model.secrets_dir)})
     if validate:
         settings.validate()
     return settings

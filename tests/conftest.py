@@ -21,7 +21,7 @@ from orchestrator.devstack.services import (
     GitOrigin,
     RedisServer,
     Registry,
-    SshHost,
+    SshdHost,
     ensure_base_image,
     keygen,
 )
@@ -132,11 +132,11 @@ def registry(session_dir: Path) -> Iterator[Registry]:
 class DeployHosts:
     """The QA and Prod sshd hosts, the client key that logs in to both, and their known_hosts file."""
 
-    hosts: dict[str, SshHost]
+    hosts: dict[str, SshdHost]
     client_key: Path
     known_hosts: Path
 
-    def __getitem__(self, name: str) -> SshHost:
+    def __getitem__(self, name: str) -> SshdHost:
         return self.hosts[name]
 
 
@@ -144,10 +144,10 @@ class DeployHosts:
 def deploy_hosts(session_dir: Path, docker_daemon: DockerDaemon) -> Iterator[DeployHosts]:
     key = keygen(session_dir / "ssh" / "client_key", "mlship-tests")
     pub = (key.parent / (key.name + ".pub")).read_text()
-    hosts: dict[str, SshHost] = {}
+    hosts: dict[str, SshdHost] = {}
     try:
         for name in ("qa", "prod"):
-            hosts[name] = SshHost(name, session_dir / "ssh" / name, docker_daemon.host, pub).start()
+            hosts[name] = SshdHost(name, session_dir / "ssh" / name, docker_daemon.host, pub).start()
     except InfrastructureError as exc:
         for h in hosts.values():
             h.stop()

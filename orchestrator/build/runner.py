@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import requests
 
+from orchestrator import defaults
 from orchestrator.build.cancel import cancel_build, rerun_build
 from orchestrator.build.log import LogWriter, Masker
 from orchestrator.build.workspace import build_dir, clean, prepare
@@ -46,7 +47,7 @@ from orchestrator.store import Store
 __all__ = ["BuildRunner", "cancel_build", "docker_factory", "rerun_build", "run_build"]
 
 log = logging.getLogger(__name__)
-CANCEL_POLL = 0.5
+CANCEL_POLL = defaults.CANCEL_POLL
 DEPLOY_TRIGGERS = {"promote": "deploy", "rollback": "rollback"}
 _DOCKER_CLIENTS: dict[str, Any] = {}
 _DOCKER_LOCK = threading.Lock()

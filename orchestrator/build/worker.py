@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from orchestrator import defaults
 from orchestrator.build import artifacts, schedules
 from orchestrator.build.queue import build_queue, rq_connection
 from orchestrator.build.runner import docker_factory
@@ -28,7 +29,7 @@ from orchestrator.notify import dispatch as notifications
 from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
-JANITOR_INTERVAL = 2.0
+JANITOR_INTERVAL = defaults.JANITOR_INTERVAL
 WORKER_LOST = "worker lost"
 
 _process: dict[str, Any] = {}

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator import defaults
 from orchestrator.errors import Cancelled, InfrastructureError, PayloadError
 from orchestrator.models import is_sha
 
-GIT_TIMEOUT = 600.0
+GIT_TIMEOUT = defaults.GIT_TIMEOUT
 
 
 def validate_sha(sha: str) -> str:

@@ -1,14 +1,13 @@
 """API client commands: builds, logs [--follow], rerun, cancel, trigger, promote, rollback.
 
-They talk to a running server's REST API: ``--url`` (default $ORCHESTRATOR_URL or
-http://127.0.0.1:8000) and ``--token`` (default $ORCHESTRATOR_TOKEN, needed for writes).
+They talk to a running server's REST API: ``--url`` (default $MLSHIP_URL or
+http://127.0.0.1:8000) and ``--token`` (default $MLSHIP_TOKEN, needed for writes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,11 +16,12 @@ from typing import IO, Any
 
 import requests
 
-from orchestrator.cli import command
+from orchestrator import defaults
+from orchestrator.cli import EnvDefault, command
 from orchestrator.errors import OrchestratorError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TIMEOUT = 10.0
+TIMEOUT = defaults.API_CLIENT_TIMEOUT
 
 
 class ApiError(OrchestratorError):
@@ -52,7 +52,7 @@ class Client:
             )
         except requests.RequestException as exc:
             raise ApiError(
-                f"cannot reach the orchestrator at {self.url}: {exc} (set --url or ORCHESTRATOR_URL)"
+                f"cannot reach the orchestrator at {self.url}: {exc} (set --url or MLSHIP_URL)"
             ) from exc
         if resp.status_code >= 400:
             try:
@@ -103,13 +103,13 @@ def _client(args: argparse.Namespace) -> Client:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
-        default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL),
-        help="orchestrator base URL (default $ORCHESTRATOR_URL or http://127.0.0.1:8000)",
+        default=EnvDefault("URL", DEFAULT_URL),
+        help="server base URL (default $MLSHIP_URL or http://127.0.0.1:8000)",
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("ORCHESTRATOR_TOKEN"),
-        help="API token (default $ORCHESTRATOR_TOKEN)",
+        default=EnvDefault("TOKEN"),
+        help="API token (default $MLSHIP_TOKEN)",
     )
     p.add_argument("--json", action="store_true", help="print the API's JSON instead of a summary")
 

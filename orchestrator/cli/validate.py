@@ -1,4 +1,4 @@
-"""``orchestrator validate pipeline.yaml``: the same checks the worker runs, from the command line."""
+"""``mlship validate pipeline.yaml``: the same checks the worker runs, from the command line."""
 
 from __future__ import annotations
 

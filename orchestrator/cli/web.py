@@ -1,29 +1,28 @@
-"""``orchestrator web``: the Flask app (webhooks, API, pages) under gunicorn, settings from the environment.
+"""``mlship web``: the Flask app (webhooks, API, pages) under gunicorn, settings from the environment.
 
 The app is created once in the gunicorn master before any worker starts, so a configuration error
-(an unset or empty webhook secret, a bad key in ORCHESTRATOR_CONFIG) stops the command at once with
+(an unset or empty webhook secret, a bad key in MLSHIP_CONFIG) stops the command at once with
 the message, instead of every worker dying in a loop. Redis clients connect lazily, after the fork.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from orchestrator.cli import command
+from orchestrator.cli import EnvDefault, command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bind",
-        default=os.environ.get("ORCHESTRATOR_BIND", "127.0.0.1:8000"),
+        default=EnvDefault("BIND", "127.0.0.1:8000"),
         help="host:port to listen on (default 127.0.0.1:8000)",
     )
     p.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("ORCHESTRATOR_WEB_WORKERS", "2")),
+        default=EnvDefault("WEB_WORKERS", 2, int),
         help="gunicorn worker processes (default 2)",
     )
     # Threads hide Redis round-trip latency (measured: 4x4 gthread ~2x the deliveries/s of 3 sync
@@ -31,7 +30,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=int(os.environ.get("ORCHESTRATOR_WEB_THREADS", "4")),
+        default=EnvDefault("WEB_THREADS", 4, int),
         help="threads per worker; more than 1 selects the gthread worker (default 4)",
     )
     p.add_argument("--timeout", type=int, default=60, help="seconds before gunicorn restarts a silent worker")

@@ -1,4 +1,4 @@
-"""``orchestrator worker [--burst]``: run builds from the queue (and the janitor for lost ones)."""
+"""``mlship worker [--burst]``: run builds from the queue (and the janitor for lost ones)."""
 
 from __future__ import annotations
 

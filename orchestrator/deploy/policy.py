@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import defaults
 from orchestrator.errors import Cancelled, Conflict, DeployError, NotFound
 from orchestrator.models import Build, BuildStatus, Deployment, Trigger
 
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from orchestrator import Runtime
     from orchestrator.store import Store
 
-LOCK_TTL = 30.0  # seconds a deploy lock outlives its last renewal
-LOCK_POLL = 0.5
+LOCK_TTL = defaults.LOCK_TTL
+LOCK_POLL = defaults.LOCK_POLL
 KEEP_DEPLOYMENTS = 3  # images of the newest deployments are never pruned from a host
 
 

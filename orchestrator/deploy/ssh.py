@@ -126,11 +126,11 @@ class SshHost:
     ) -> None:
         if known_hosts is None:
             raise ConfigError(
-                "no known_hosts file is configured: set ORCHESTRATOR_KNOWN_HOSTS to a file with the deploy "
+                "no known_hosts file is configured: set MLSHIP_KNOWN_HOSTS to a file with the deploy "
                 "hosts' keys (ssh-keyscan -p PORT HOST >> FILE, after verifying them)"
             )
         if not Path(known_hosts).is_file():
-            raise ConfigError(f"known_hosts file {known_hosts} does not exist (ORCHESTRATOR_KNOWN_HOSTS)")
+            raise ConfigError(f"known_hosts file {known_hosts} does not exist (MLSHIP_KNOWN_HOSTS)")
         self.target = target
         self.key = key
         self.known_hosts = Path(known_hosts)
@@ -287,8 +287,10 @@ class SshHost:
             ]
             for r in readers:
                 r.start()
-            if stdin:
+            if stdin:  # the reader may start slowly (a container starting): allow the command's timeout
+                chan.settimeout(timeout)
                 chan.sendall(stdin)
+                chan.settimeout(0.5)
             chan.shutdown_write()
             deadline = time.monotonic() + timeout
             while not chan.exit_status_ready() and not stopped.is_set():

@@ -14,7 +14,6 @@ import requests
 import yaml
 
 from orchestrator.devstack import deliveries as demo
-from orchestrator.devstack.services import REPO_ROOT
 from orchestrator.devstack.stack import REPO_NAME, Say, Stack
 from orchestrator.store import Store
 
@@ -86,7 +85,7 @@ def run_demo(stack: Stack, say: Say) -> bool:
     assert stack.origin and stack.config_path
     store = Store.from_url(stack.redis_url or "")
     config = yaml.safe_load(stack.config_path.read_text())
-    envs = environments((REPO_ROOT / "pipeline.yaml").read_text(), config["vars"])
+    envs = environments((stack.origin.work / "pipeline.yaml").read_text(), config["vars"])
     # No model volume to seed: the pipeline's train step makes the model, the model gate checks it
     # against Prod's, and the deploy ships it to each host's model volume (docs/pipeline.md).
 

@@ -15,12 +15,13 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from orchestrator import defaults
 from orchestrator.errors import InfrastructureError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DOCKER_SOCKET = "/run/mlship/docker.sock"
 DEFAULT_DOCKER_DATA = "/var/lib/mlship/docker"
 
@@ -108,7 +109,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(self._ping, 10, f"redis-server on port {self.port}")
+        wait_for(self._ping, defaults.SERVICE_START_TIMEOUT, f"redis-server on port {self.port}")
         return self
 
     def _ping(self) -> bool:
@@ -129,6 +130,69 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@dataclass(frozen=True)
+class DockerdProcess:
+    """A running dockerd, as its command line shows it."""
+
+    pid: int
+    argv: tuple[str, ...]
+
+    def option(self, *names: str) -> str | None:
+        """The value of the first of ``names`` given as ``--name value`` or ``--name=value``."""
+        for i, arg in enumerate(self.argv):
+            for name in names:
+                if arg == name and i + 1 < len(self.argv):
+                    return self.argv[i + 1]
+                if arg.startswith(name + "="):
+                    return arg[len(name) + 1 :]
+        return None
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.option("--data-root", "-g", "--graph") or "/var/lib/docker")
+
+    @property
+    def host(self) -> str:
+        return self.option("-H", "--host") or "unix:///var/run/docker.sock"
+
+
+def _process(pid: int) -> DockerdProcess | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    argv = tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+    return DockerdProcess(pid, argv) if argv and Path(argv[0]).name == "dockerd" else None
+
+
+def dockerd_processes() -> list[DockerdProcess]:
+    procs = (_process(int(d.name)) for d in Path("/proc").iterdir() if d.name.isdigit())
+    return [p for p in procs if p is not None]
+
+
+def data_root_holder(data_root: Path, pidfile: Path | None = None) -> DockerdProcess | None:
+    """The dockerd that already uses ``data_root`` (by its --data-root, or by a live ``pidfile``)."""
+    root = data_root.resolve()
+    for proc in dockerd_processes():
+        if proc.data_root.resolve() == root:
+            return proc
+    if pidfile is not None:
+        with contextlib.suppress(OSError, ValueError):
+            return _process(int(pidfile.read_text().strip()))
+    return None
+
+
+def holder_message(holder: DockerdProcess, data_root: str) -> str:
+    """What to do when another dockerd holds the data root: use it, or stop it."""
+    head = f"another dockerd (pid {holder.pid}) already uses the data root {data_root}"
+    if DockerDaemon.answers(holder.host):
+        return f"{head}: use it with `export DOCKER_HOST={holder.host}`, or stop it (kill {holder.pid})"
+    return (
+        f"{head} but does not answer at {holder.host}: stop it (kill {holder.pid}), or set "
+        "MLSHIP_DOCKER_DATA_ROOT to another directory"
+    )
 
 
 @dataclass
@@ -174,11 +238,15 @@ class DockerDaemon:
         if os.geteuid() != 0:
             raise InfrastructureError("no Docker daemon answers and starting dockerd needs root")
         exe = require_program("dockerd", "docker.io")
+        data_root = os.environ.get("MLSHIP_DOCKER_DATA_ROOT", DEFAULT_DOCKER_DATA)
+        # A second dockerd on a data root in use waits 60 s for containerd, then fails obscurely.
+        holder = data_root_holder(Path(data_root), work / "docker.pid")
+        if holder is not None:
+            raise InfrastructureError(holder_message(holder, data_root), program="dockerd")
         work.mkdir(parents=True, exist_ok=True)
         sock = work / "docker.sock"
         self.host = f"unix://{sock}"
         self.log_path = work / "dockerd.log"
-        data_root = os.environ.get("MLSHIP_DOCKER_DATA_ROOT", DEFAULT_DOCKER_DATA)
         Path(data_root).mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -199,7 +267,7 @@ class DockerDaemon:
             )
         self.started_here = True
         try:
-            wait_for(lambda: self.answers(self.host), 60, "dockerd", interval=0.5)
+            wait_for(lambda: self.answers(self.host), defaults.DOCKERD_START_TIMEOUT, "dockerd", interval=0.5)
         except InfrastructureError:
             tail = self.log_path.read_text(errors="replace")[-2000:]
             self.stop()
@@ -247,26 +315,17 @@ class DockerDaemon:
 def ensure_base_image(docker_host: str, progress: Callable[[str], None] | None = None) -> str:
     """Return a usable BASE_IMAGE tag, building localbase/python:3.11 once if nothing can be pulled.
 
-    ``progress`` receives the script's progress lines (debootstrap takes about 70 s the first time).
+    ``progress`` receives progress lines (debootstrap takes about 70 s the first time).
     """
-    env = {**os.environ, "DOCKER_HOST": docker_host}
-    proc = subprocess.Popen(
-        [str(REPO_ROOT / "scripts" / "base-image")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    tail: list[str] = []
-    assert proc.stderr is not None and proc.stdout is not None
-    for line in proc.stderr:
-        tail = [*tail[-40:], line]
-        if progress and (line.startswith(("base-image:", "I: Retrieving", "I: Extracting", "I: Installing"))):
-            progress(line.rstrip())
-    out = proc.stdout.read()
-    if proc.wait() != 0:
-        raise InfrastructureError("could not provide a base image:\n" + "".join(tail))
-    return out.strip().splitlines()[-1]
+    import docker
+
+    from orchestrator.devstack import base_image
+
+    client = docker.DockerClient(base_url=docker_host, timeout=600)
+    try:
+        return base_image.ensure(client, say=progress)
+    finally:
+        client.close()
 
 
 @dataclass
@@ -293,7 +352,7 @@ class Registry:
         )
         with open(self.directory / "registry.log", "ab") as log:
             self.proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: port_open(self.port), 15, f"registry on {self.addr}")
+        wait_for(lambda: port_open(self.port), defaults.SERVICE_START_TIMEOUT, f"registry on {self.addr}")
         return self
 
     def stop(self) -> None:
@@ -312,7 +371,7 @@ def keygen(path: Path, comment: str = "mlship") -> Path:
 
 
 @dataclass
-class SshHost:
+class SshdHost:
     """An sshd on 127.0.0.1 standing for a deploy host; its ``docker`` talks to ``docker_host``."""
 
     name: str
@@ -331,7 +390,7 @@ class SshHost:
         pub = (self.directory / "ssh_host_ed25519_key.pub").read_text().split()
         return f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n"
 
-    def start(self) -> SshHost:
+    def start(self) -> SshdHost:
         exe = require_program("sshd", "openssh-server")
         self.directory.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
@@ -352,7 +411,11 @@ class SshHost:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: port_open(self.port), 10, f"sshd '{self.name}' on port {self.port}")
+        wait_for(
+            lambda: port_open(self.port),
+            defaults.SERVICE_START_TIMEOUT,
+            f"sshd '{self.name}' on port {self.port}",
+        )
         return self
 
     def stop(self) -> None:
@@ -375,7 +438,34 @@ def git(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = Non
     return out.stdout.strip()
 
 
-EXAMPLE_FILES = ("Dockerfile", ".dockerignore", "pipeline.yaml", "inference")
+# Package data name → name in the repository (a dotfile would not match package-data globs).
+EXAMPLE_BUILD_FILES = {
+    "Dockerfile": "Dockerfile",
+    "dockerignore": ".dockerignore",
+    "pipeline.yaml": "pipeline.yaml",
+}
+
+
+def write_example(dst: Path) -> None:
+    """Write the example repository (Dockerfile, .dockerignore, pipeline.yaml, inference/) into ``dst``.
+
+    From the installed package: the build files are package data (in a checkout, links to the
+    checkout's own files) and ``inference/`` is the installed ``inference`` package.
+    """
+    import inference
+
+    files = resources.files("orchestrator.devstack") / "example"
+    for name, target in (
+        ("Dockerfile", "Dockerfile"),
+        ("dockerignore", ".dockerignore"),
+        ("pipeline.yaml", "pipeline.yaml"),
+    ):
+        (dst / target).write_bytes((files / name).read_bytes())
+    shutil.copytree(
+        Path(inference.__file__).parent,
+        dst / "inference",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.skops"),
+    )
 
 
 @dataclass
@@ -403,13 +493,7 @@ class GitOrigin:
         git("clone", "-q", str(self.bare), str(self.work))
         git("checkout", "-q", "-b", "main", cwd=self.work)
         if copy_example:
-            for name in EXAMPLE_FILES:
-                src = REPO_ROOT / name
-                dst = self.work / name
-                if src.is_dir():
-                    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-                elif src.exists():
-                    shutil.copy2(src, dst)
+            write_example(self.work)
         self._write(files or {})
         git("add", "-A", cwd=self.work)
         git("commit", "-q", "-m", "Initial commit", "--allow-empty", cwd=self.work)

@@ -14,25 +14,112 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from orchestrator import defaults
 from orchestrator.devstack.services import (
     DockerDaemon,
     GitOrigin,
     RedisServer,
     Registry,
-    SshHost,
+    SshdHost,
     ensure_base_image,
     free_port,
     keygen,
     port_open,
     wait_for,
 )
+from orchestrator.devstack.userrepos import UserRepo
 from orchestrator.errors import InfrastructureError
 
 REPO_NAME = "local/house-price"
+LABEL_REPO = "mlship.repo"
+PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none"})
+# Stand-ins for the server vars while validating a user's pipeline.yaml before the services exist.
+PLACEHOLDER_VARS = {
+    "REGISTRY": "127.0.0.1:5000",
+    "BASE_IMAGE": "localbase/python:3.11",
+    **{
+        f"{env}_{key}": value
+        for env in ("QA", "PROD")
+        for key, value in (("HOST", "127.0.0.1"), ("PORT", "22"), ("USER", "root"))
+    },
+}
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Ids of the containers and networks on the daemon at one moment (``at``, the daemon's clock)."""
+
+    containers: frozenset[str]
+    networks: frozenset[str]
+    at: float = 0.0
+
+    @classmethod
+    def of(cls, client: Any) -> Snapshot:
+        at = time.time()
+        return cls(
+            frozenset(c.id for c in client.containers.list(all=True)),
+            frozenset(n.id for n in client.networks.list()),
+            at,
+        )
+
+    def remove_new(self, client: Any, repos: list[str]) -> list[str]:
+        """Remove containers created since, labelled with one of ``repos``, then the new networks
+        such containers were attached to (even ones a failed deploy removed already) that no
+        container uses any more. Returns the container names."""
+        import docker
+
+        removed: list[str] = []
+        networks = self._networks_used(client, repos)
+        for repo in repos:
+            for c in client.containers.list(all=True, filters={"label": f"{LABEL_REPO}={repo}"}):
+                if c.id in self.containers:
+                    continue
+                networks.update(c.attrs.get("NetworkSettings", {}).get("Networks", {}) or {})
+                try:
+                    c.remove(force=True)
+                except docker.errors.APIError as exc:  # gone already (--rm), or being removed
+                    if exc.status_code not in (404, 409):
+                        raise
+                removed.append(c.name)
+        for name in sorted(networks - PREDEFINED_NETWORKS):
+            self._remove_network(client, name)
+        return removed
+
+    def _networks_used(self, client: Any, repos: list[str]) -> set[str]:
+        """Networks that containers labelled with ``repos`` joined since ``at`` (the daemon's events)."""
+        ours: set[str] = set()
+        networks: set[str] = set()
+        events = client.events(
+            since=int(self.at),
+            until=int(time.time()) + 1,
+            filters={"type": ["container", "network"]},
+            decode=True,
+        )
+        for event in events:
+            actor = event.get("Actor") or {}
+            attrs = actor.get("Attributes") or {}
+            kind = (event.get("Type"), event.get("Action"))
+            if kind == ("container", "create") and attrs.get(LABEL_REPO) in repos:
+                ours.add(actor.get("ID", ""))
+            elif kind == ("network", "connect") and attrs.get("container") in ours and attrs.get("name"):
+                networks.add(attrs["name"])
+        return networks
+
+    def _remove_network(self, client: Any, name: str) -> None:
+        import docker
+
+        try:
+            net = client.networks.get(name)
+        except docker.errors.NotFound:
+            return
+        # Exact name match: the daemon's lookup also accepts id prefixes.
+        if net.name == name and net.id not in self.networks and not net.attrs.get("Containers"):
+            net.remove()
 
 
 @dataclass
@@ -46,7 +133,7 @@ class Stack:
     redis: RedisServer | None = None
     docker: DockerDaemon = field(default_factory=DockerDaemon)
     registry: Registry | None = None
-    hosts: dict[str, SshHost] = field(default_factory=dict)
+    hosts: dict[str, SshdHost] = field(default_factory=dict)
     origin: GitOrigin | None = None
     base_image: str = ""
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -55,6 +142,11 @@ class Stack:
     config_path: Path | None = None
     known_hosts: Path | None = None
     push_branches: tuple[str, ...] = ()
+    user_sources: tuple[str, ...] = ()
+    user_repos: list[UserRepo] = field(default_factory=list)
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    before: Snapshot | None = None
+    user_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -68,17 +160,35 @@ class Stack:
 
     def start_services(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.user_sources:  # first: a broken pipeline.yaml is reported before anything starts
+            self.phase("your repositories (mirror, validate pipeline.yaml)", self._user_repos)
         if not self.redis_url:
             self.phase("Redis (AOF on)", self._start_redis)
-        self.phase("Docker daemon", lambda: self.docker.ensure(work=Path("/run/mlship")))
+        self.phase("Docker daemon", self._start_docker)
         self.phase("base image (first time: debootstrap, about 70 s)", self._base_image)
         self.phase("registry", self._start_registry)
         self.phase("deploy hosts qa and prod (sshd)", self._start_hosts)
         self.phase("example repository (bare git origin)", self._origin)
 
+    def _user_repos(self) -> None:
+        from orchestrator.devstack.userrepos import prepare
+
+        self.user_repos = prepare(list(self.user_sources), self.state, PLACEHOLDER_VARS)
+        for repo in self.user_repos:
+            self.say(
+                f"    {repo.name} ← {repo.source} ({repo.branch} at {repo.head()[:7]}): pipeline.yaml ok"
+            )
+
     def _start_redis(self) -> None:
         self.redis = RedisServer(self.state / "redis").start()
         self.redis_url = self.redis.url
+
+    def _start_docker(self) -> None:
+        self.docker.ensure(work=Path("/run/mlship"))
+        self.snapshot()
+
+    def repositories(self) -> list[str]:
+        return [REPO_NAME, *(r.name for r in self.user_repos), *self.extra_config.get("repositories", {})]
 
     def _base_image(self) -> None:
         self.base_image = ensure_base_image(self.docker.host, progress=lambda line: self.say(f"    {line}"))
@@ -91,7 +201,7 @@ class Stack:
         key = keygen(self.state / "ssh" / "deploy_key", "mlship-standalone")
         pub = Path(str(key) + ".pub").read_text()
         for name in ("qa", "prod"):
-            self.hosts[name] = SshHost(name, self.state / "ssh" / name, self.docker.host, pub).start()
+            self.hosts[name] = SshdHost(name, self.state / "ssh" / name, self.docker.host, pub).start()
         self.known_hosts = self.state / "ssh" / "known_hosts"
         self.known_hosts.write_text("".join(h.known_hosts_line() for h in self.hosts.values()))
 
@@ -100,7 +210,7 @@ class Stack:
         self.origin = origin if origin.bare.exists() else origin.create()
 
     def write_config(self) -> Path:
-        """The server config: one allow-listed repository, secrets in files, pipeline vars."""
+        """The server config: the example and the user's repositories, secrets in files, pipeline vars."""
         assert self.origin and self.registry and self.known_hosts
         secrets_dir = self.state / "secrets"
         secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -108,6 +218,19 @@ class Stack:
         self.api_token = self._secret(secrets_dir / "API_TOKEN", pysecrets.token_urlsafe(24))
         self._secret(secrets_dir / "CSRF_SECRET", pysecrets.token_hex(32))
         self._secret(secrets_dir / "DEPLOY_SSH_KEY", (self.state / "ssh" / "deploy_key").read_text())
+        repositories: dict[str, Any] = {
+            REPO_NAME: {
+                "clone_url": self.origin.url,
+                "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
+                "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
+            }
+        }
+        for repo in self.user_repos:
+            self.user_secrets[repo.name] = self._secret(
+                secrets_dir / repo.secret_name, pysecrets.token_hex(20)
+            )
+            repositories[repo.name] = repo.config()
+        repositories.update(self.extra_config.get("repositories") or {})
         config = {
             "redis_url": self.redis_url,
             "workspace": str(self.state / "workspace"),
@@ -116,27 +239,26 @@ class Stack:
             "docker_host": self.docker.host,
             "known_hosts": str(self.known_hosts),
             "lease_seconds": 10,
-            "vars": {
-                "REGISTRY": self.registry.addr,
-                "BASE_IMAGE": self.base_image,
-                "QA_HOST": "127.0.0.1",
-                "QA_PORT": str(self.hosts["qa"].port),
-                "QA_USER": self.hosts["qa"].user,
-                "PROD_HOST": "127.0.0.1",
-                "PROD_PORT": str(self.hosts["prod"].port),
-                "PROD_USER": self.hosts["prod"].user,
-            },
-            "repositories": {
-                REPO_NAME: {
-                    "clone_url": self.origin.url,
-                    "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
-                    "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
-                }
-            },
+            "vars": {**self.server_vars(), **(self.extra_config.get("vars") or {})},
+            "repositories": repositories,
         }
         self.config_path = self.state / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         return self.config_path
+
+    def server_vars(self) -> dict[str, str]:
+        """The ${VARS} every pipeline here gets: the registry, base image and the two hosts."""
+        assert self.registry
+        return {
+            "REGISTRY": self.registry.addr,
+            "BASE_IMAGE": self.base_image,
+            "QA_HOST": "127.0.0.1",
+            "QA_PORT": str(self.hosts["qa"].port),
+            "QA_USER": self.hosts["qa"].user,
+            "PROD_HOST": "127.0.0.1",
+            "PROD_PORT": str(self.hosts["prod"].port),
+            "PROD_USER": self.hosts["prod"].user,
+        }
 
     @staticmethod
     def _secret(path: Path, default: str) -> str:
@@ -147,7 +269,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         assert self.config_path
-        return {**os.environ, "ORCHESTRATOR_CONFIG": str(self.config_path), "DOCKER_HOST": self.docker.host}
+        return {**os.environ, "MLSHIP_CONFIG": str(self.config_path), "DOCKER_HOST": self.docker.host}
 
     def start_app(self, workers: int = 1) -> None:
         """The web app under gunicorn and ``workers`` RQ workers, as child processes."""
@@ -180,25 +302,28 @@ class Stack:
             )
         self.procs.append(proc)
 
+    def snapshot(self) -> None:
+        """Note the containers and networks the daemon has now: ``stop`` never removes those."""
+        client = self.docker.client()
+        try:
+            self.before = Snapshot.of(client)
+        finally:
+            client.close()
+
     def remove_deployments(self) -> list[str]:
-        """Remove the containers and networks that deploys of the example repository created here."""
-        if not self.docker.host:
+        """Remove the containers this run's deploys created, and the networks only they used.
+
+        Only what was not on the daemon at ``snapshot`` and carries a repository label of this
+        stack: on a shared daemon everything else (a user's containers and networks, another run's
+        deploys) stays.
+        """
+        if not self.docker.host or self.before is None:
             return []
         client = self.docker.client()
-        removed: list[str] = []
-        apps: set[str] = set()
-        for c in client.containers.list(all=True, filters={"label": f"mlship.repo={REPO_NAME}"}):
-            apps.add(c.labels.get("mlship.app", ""))
-            c.remove(force=True)
-            removed.append(c.name)
-        # Docker's name filter matches substrings and an empty list means no filter at all: list only
-        # when this run deployed something, and remove only exact names it created.
-        wanted = {f"{a}-net" for a in apps if a}
-        for net in client.networks.list(names=sorted(wanted)) if wanted else []:
-            if net.name in wanted:
-                net.remove()
-        client.close()
-        return removed
+        try:
+            return self.before.remove_new(client, self.repositories())
+        finally:
+            client.close()
 
     def stop(self, keep_deployments: bool = False) -> None:
         if not keep_deployments:
@@ -213,7 +338,7 @@ class Stack:
                 proc.terminate()
         for proc in self.procs:
             try:
-                proc.wait(15)
+                proc.wait(defaults.PROCESS_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs.clear()

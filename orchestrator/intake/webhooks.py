@@ -113,7 +113,7 @@ def _setup(state: BlueprintSetupState) -> None:
     rt = state.app.extensions["mlship"]
     settings: Settings = rt.settings
     if settings.max_body_bytes <= 0:
-        raise ConfigError("max_body_bytes must be positive: set ORCHESTRATOR_MAX_BODY_BYTES")
+        raise ConfigError("max_body_bytes must be positive: set MLSHIP_MAX_BODY_BYTES")
     keyring = Keyring.from_settings(settings)
     job = jobs.job_commands(rt.queue, settings.build_timeout)
     state.app.extensions[EXTENSION] = Intake(settings, keyring, rt.store, job)
@@ -127,7 +127,7 @@ def _setup(state: BlueprintSetupState) -> None:
             "config",
             level=logging.WARNING,
             reason="no repositories are allow-listed: every delivery will be ignored; "
-            "add them under repositories: in ORCHESTRATOR_CONFIG",
+            "add them under repositories: in MLSHIP_CONFIG",
         )
 
 

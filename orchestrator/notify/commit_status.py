@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from orchestrator import defaults
 from orchestrator.config import Settings
 from orchestrator.models import Build
 from orchestrator.notify import forge_status
@@ -20,7 +21,7 @@ from orchestrator.notify import forge_status
 log = logging.getLogger("orchestrator.notify.commit_status")
 CONTEXT = "mlship"
 STATES = ("pending", "success", "failure", "error")
-TIMEOUT = 5.0
+TIMEOUT = defaults.COMMIT_STATUS_TIMEOUT
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import defaults
 from orchestrator.build import artifacts
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import policy as deployments
@@ -37,11 +38,11 @@ from orchestrator.models import Deployment
 from orchestrator.pipeline import Environment, HealthSpec
 from orchestrator.steps.base import StepContext
 
-CONNECT_TIMEOUT = 10.0
-COMMAND_TIMEOUT = 300.0  # one remote command (a pull of a large image is the slow one)
-STOP_GRACE = 10  # seconds between SIGTERM and SIGKILL for an old container after the drain
+CONNECT_TIMEOUT = defaults.DEPLOY_CONNECT_TIMEOUT
+COMMAND_TIMEOUT = defaults.DEPLOY_COMMAND_TIMEOUT
+STOP_GRACE = defaults.DEPLOY_STOP_GRACE
 LOG_TAIL = 50
-MODEL_PRUNE_GRACE = 3600.0  # s: a model directory younger than this is never pruned (a concurrent upload)
+MODEL_PRUNE_GRACE = defaults.MODEL_PRUNE_GRACE
 CONFIG_ROOT = "/dev/shm"  # noqa: S108 - per-deploy docker client config (registry login) lives in memory
 
 

@@ -23,6 +23,7 @@ import docker.errors
 import requests
 import urllib3.exceptions
 
+from orchestrator import defaults
 from orchestrator.build.artifacts import ensure_dir
 from orchestrator.errors import InfrastructureError, StepFailed
 from orchestrator.pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec
@@ -31,7 +32,7 @@ from orchestrator.steps.base import StepContext
 # What reading a docker-py stream raises once _abort_stream has shut its socket down (or the daemon
 # went away mid-stream): urllib3 and http.client errors that requests does not wrap here.
 STREAM_CUT = (urllib3.exceptions.HTTPError, http.client.HTTPException)
-STOP_GRACE = 2  # seconds between SIGTERM and SIGKILL when a container is stopped on cancel/timeout
+STOP_GRACE = defaults.DOCKER_STOP_GRACE
 AUTH_ERRORS = ("unauthorized", "authentication required", "denied", "no basic auth credentials")
 
 

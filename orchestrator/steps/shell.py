@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from orchestrator import defaults
 from orchestrator.errors import InfrastructureError, StepFailed
 from orchestrator.pipeline import ShellSpec
 from orchestrator.steps.base import StepContext
 
-KILL_GRACE = 2.0
+KILL_GRACE = defaults.SHELL_KILL_GRACE
 
 
 @dataclass(frozen=True)

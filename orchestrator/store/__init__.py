@@ -19,6 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from orchestrator import defaults
 from orchestrator.errors import NotFound, StoreUnavailable
 from orchestrator.models import Build, BuildStatus, Delivery, Deployment, StepRecord, Trigger
 from orchestrator.store.notifications import NotificationStore
@@ -37,7 +38,7 @@ _JSON_FIELDS = {"steps", "deploys", "gate"}
 _INT_FIELDS = {"id", "number", "rerun_of"}
 _FLOAT_FIELDS = {"created_at", "started_at", "finished_at"}
 _BUILD_FIELDS = {f.name for f in fields(Build)}
-TICKET_TTL = 8 * 24 * 3600
+TICKET_TTL = defaults.TICKET_TTL
 
 
 class Keys:
@@ -101,7 +102,7 @@ class Keys:
         return self.p + f"counter:{metric}"
 
 
-INTAKE_TIMEOUT = 1.5  # seconds; GitHub must get its 503 within 2 s when Redis is stopped or frozen
+INTAKE_TIMEOUT = defaults.INTAKE_TIMEOUT
 
 
 def intake_client(url: str) -> redis.Redis:

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from orchestrator import actions
+from orchestrator import actions, defaults
 from orchestrator import runtime as get_runtime
 from orchestrator.errors import (
     OrchestratorError,
@@ -32,9 +32,9 @@ log = logging.getLogger("orchestrator.web.api")
 
 PREFIX = "/api/v1"
 MAX_LIMIT = 200
-STREAM_SECONDS = 25.0  # then the stream closes and EventSource resumes with Last-Event-ID
-BLOCK_MS = 1000  # the store client's socket timeout is 5 s: block well below it
-RETRY_MS = 500
+STREAM_SECONDS = defaults.STREAM_SECONDS
+BLOCK_MS = defaults.STREAM_BLOCK_MS
+RETRY_MS = defaults.STREAM_RETRY_MS
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 

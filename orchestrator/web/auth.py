@@ -72,7 +72,7 @@ def check_token(settings: Settings, token: str | None) -> Principal:
         if hmac.compare_digest(token.encode(), known.encode()):
             match = name
     if match is None:
-        raise Forbidden("the API token is not valid (check ORCHESTRATOR_TOKEN or the token you pasted)")
+        raise Forbidden("the API token is not valid (check MLSHIP_TOKEN or the token you pasted)")
     return Principal(name=match)
 
 

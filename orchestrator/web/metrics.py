@@ -29,6 +29,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from orchestrator import defaults
 from orchestrator.errors import StoreUnavailable
 
 log = logging.getLogger("orchestrator.web.metrics")
@@ -150,8 +151,8 @@ def render(rt: Any) -> bytes:
     return generate_latest(registry)
 
 
-PAUSE_AFTER_FAILURE = 5.0
-FLUSH_INTERVAL = 1.0
+PAUSE_AFTER_FAILURE = defaults.METRICS_PAUSE_AFTER_FAILURE
+FLUSH_INTERVAL = defaults.METRICS_FLUSH_INTERVAL
 
 
 class RequestTally:

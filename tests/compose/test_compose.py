@@ -11,13 +11,16 @@ import secrets
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from orchestrator.devstack.services import REPO_ROOT, free_port
+from orchestrator.devstack.services import free_port
 from tests.images import build_from_dockerfile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 COMPOSE = shutil.which("docker-compose")
@@ -80,6 +83,12 @@ def test_compose_file_is_valid(compose_env):
     for svc in ("redis", "web", "worker"):
         assert cfg["services"][svc]["restart"] == "unless-stopped"
         assert "healthcheck" in cfg["services"][svc]
+    for svc in ("web", "worker"):  # one name: the mlship command, MLSHIP_* settings
+        env = cfg["services"][svc]["environment"]
+        assert env["MLSHIP_CONFIG"] == "/etc/mlship/config.yaml"
+        assert env["MLSHIP_REDIS_URL"] == "redis://redis:6379/0"
+        assert not [k for k in env if k.startswith("ORCHESTRATOR_")]
+        assert cfg["services"][svc]["command"][0] == "mlship"
 
 
 def _build_local_redis(docker_client, base_image: str) -> None:

@@ -131,7 +131,7 @@ def test_changed_host_key_is_refused(deploy_hosts: Any, tmp_path: Path) -> None:
 
 
 def test_missing_known_hosts_is_a_config_error(deploy_hosts: Any, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="ORCHESTRATOR_KNOWN_HOSTS"):
+    with pytest.raises(ConfigError, match="MLSHIP_KNOWN_HOSTS"):
         _host(deploy_hosts, known=tmp_path / "nope")
 
 

@@ -3,13 +3,15 @@ image, push), then pulled back from the registry. Slow when cold (pip inside doc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
-from orchestrator.devstack.services import REPO_ROOT
 from orchestrator.models import BuildStatus, StepStatus
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_test_push_only() -> str:
