@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from orchestrator.config import Settings
+from orchestrator.masking import Masker
 from orchestrator.models import Build
 
 log = logging.getLogger("orchestrator.notify.commit_status")
@@ -77,6 +78,8 @@ def report(settings: Settings, build: Build, state: str, description: str) -> No
             build.sha[:50],
         )
         return
+    # The runner masks what it sends; this is the last line of defence for every other caller.
+    description = Masker(settings.secret_values())(description)
     try:
         req = build_request(settings, token, build, state, description)
         # The URL is the operator's github_api_url (http/https), never taken from a payload.
