@@ -47,8 +47,15 @@ class Allow(_Strict):
 # -- issue 18: what one repository's pipeline may reach (secrets, volumes, networks, limits, hosts) --
 # The server's own secrets: never resolvable by ${secrets.NAME}, whatever a repository lists.
 SERVER_SECRET_NAMES = frozenset(
-    {"DEPLOY_SSH_KEY", "GITHUB_TOKEN", "API_TOKEN", "CSRF_SECRET", "GITHUB_WEBHOOK_SECRET", "REDIS_PASSWORD",
-     "REDISCLI_AUTH"}
+    {
+        "DEPLOY_SSH_KEY",
+        "GITHUB_TOKEN",
+        "API_TOKEN",
+        "CSRF_SECRET",
+        "GITHUB_WEBHOOK_SECRET",
+        "REDIS_PASSWORD",
+        "REDISCLI_AUTH",
+    }
 )
 SERVER_SECRET_PREFIXES = ("ORCHESTRATOR_", "MLSHIP_")  # settings (ORCHESTRATOR_REDIS_URL holds a password)
 

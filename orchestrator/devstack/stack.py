@@ -131,6 +131,8 @@ class Stack:
                     "clone_url": self.origin.url,
                     "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
                     "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
+                    # issue 18: the root pipeline's model volume and the two sshd hosts, nothing else
+                    "reach": {"volumes": ["ml_vol"], "deploy_targets": [{"host": "127.0.0.1"}]},
                 }
             },
         }

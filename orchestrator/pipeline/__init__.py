@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import replace
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import yaml
