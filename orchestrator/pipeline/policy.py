@@ -42,6 +42,7 @@ VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$")
 MODES = ("ro", "rw")
+REF_RE = re.compile(r"\$\{(secrets\.)?[A-Za-z_][A-Za-z0-9_]*\}")
 CONFIG = "server configuration: repositories.{repo}.reach.{key}"
 
 
@@ -89,6 +90,10 @@ class Policy:
             resolved=False,
         )
 
+    def pending(self, value: str) -> bool:
+        """A value that still holds a ${VAR} reference (validate without --var): the worker checks it."""
+        return not self.resolved and REF_RE.search(value) is not None
+
     def where(self, key: str) -> str:
         return CONFIG.format(repo=self.repo, key=key)
 
@@ -123,7 +128,7 @@ class Policy:
 
     def volume_problem(self, vol: str) -> str | None:
         """Why the volume ``source:/path[:ro|rw]`` is refused, or None."""
-        if not self.resolved and "${" in vol:
+        if self.pending(vol):
             return None  # checked by the worker once the variables are known
         parts = vol.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
@@ -169,7 +174,7 @@ class Policy:
         )
 
     def network_problem(self, network: str | None) -> str | None:
-        if network is None or (not self.resolved and "${" in network):
+        if network is None or self.pending(network):
             return None
         allowed = [*BASE_NETWORKS, *sorted(self.networks)] + (["host"] if self.allow.host_network else [])
         if network in allowed:
@@ -208,7 +213,7 @@ class Policy:
     # -- deploy targets -------------------------------------------------------------------------------
 
     def target_problem(self, env: str, host: str, port: Any, user: str) -> str | None:
-        if self.deploy_targets is None or (not self.resolved and "${" in f"{host}{port}{user}"):
+        if self.deploy_targets is None or self.pending(f"{host}{port}{user}"):
             return None
         try:
             port_n = int(port)
@@ -263,7 +268,7 @@ def check_docker_run(spec: Any, policy: Policy, where: Path_, add: Add) -> None:
         problem = policy.volume_problem(vol)
         if problem:
             add(problem, (*where, "volumes", j))
-    if spec.user is not None and not USER_RE.match(spec.user) and (policy.resolved or "${" not in spec.user):
+    if spec.user is not None and not USER_RE.match(spec.user) and not policy.pending(spec.user):
         add(f"user {spec.user!r} must be a name or id, optionally :group", (*where, "user"))
     for key, message in policy.limits_problems(spec.memory, spec.cpus, spec.pids_limit):
         add(message, (*where, key))
