@@ -77,7 +77,8 @@ class Stack:
         self.phase("example repository (bare git origin)", self._origin)
 
     def _start_redis(self) -> None:
-        self.redis = RedisServer(self.state / "redis").start()
+        password = self._secret(self.state / "redis.password", pysecrets.token_hex(16))  # issue 18
+        self.redis = RedisServer(self.state / "redis", password=password).start()
         self.redis_url = self.redis.url
 
     def _base_image(self) -> None:

@@ -66,6 +66,7 @@ def compose_env(tmp_path, docker_daemon, base_image):
         "DOCKER_SOCKET": socket_path,
         "BASE_IMAGE": base_image,
         "MLSHIP_IMAGE": "mlship/orchestrator:compose-test",
+        "REDIS_PASSWORD": secrets.token_hex(16),
     }
 
 
@@ -75,6 +76,9 @@ def test_compose_file_is_valid(compose_env):
     cfg = yaml.safe_load(out.stdout)
     redis_cmd = cfg["services"]["redis"]["command"]
     assert "appendonly" in " ".join(redis_cmd) and "noeviction" in redis_cmd
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == compose_env["REDIS_PASSWORD"]
+    url = cfg["services"]["worker"]["environment"]["ORCHESTRATOR_REDIS_URL"]
+    assert url == f"redis://:{compose_env['REDIS_PASSWORD']}@redis:6379/0"
     assert any("/var/run/docker.sock" in str(v) for v in cfg["services"]["worker"]["volumes"])
     assert set(cfg["volumes"]) >= {"redis-data", "workspace"}
     for svc in ("redis", "web", "worker"):
