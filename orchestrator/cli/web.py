@@ -3,13 +3,23 @@
 The app is created once in the gunicorn master before any worker starts, so a configuration error
 (an unset or empty webhook secret, a bad key in ORCHESTRATOR_CONFIG) stops the command at once with
 the message, instead of every worker dying in a loop. Redis clients connect lazily, after the fork.
+
+Readers must never starve the webhook (GitHub waits 10 s, then gives up for good): the default
+worker class is gevent, so a live-log stream or a client sending its body a byte at a time costs a
+greenlet, not one of a few threads; streams are capped per process and per client (web/api.py),
+and a request body must arrive within ``--body-timeout`` seconds (BodyDeadline).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from werkzeug.exceptions import RequestTimeout
 
 from orchestrator.cli import command
 
@@ -34,8 +44,24 @@ def _configure(p: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("ORCHESTRATOR_WEB_THREADS", "4")),
         help="threads per worker; more than 1 selects the gthread worker (default 4)",
     )
+    p.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default=os.environ.get("ORCHESTRATOR_WEB_WORKER_CLASS", "gevent"),
+        help="gevent (default: streams and slow clients cost a greenlet each), gthread or sync",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=float(os.environ.get("ORCHESTRATOR_WEB_BODY_TIMEOUT", "10")),
+        help="seconds a client has to send a request body (default 10); then 408",
+    )
     p.add_argument("--timeout", type=int, default=60, help="seconds before gunicorn restarts a silent worker")
     p.add_argument("--access-log", action="store_true", help="also write gunicorn's access log to stderr")
+
+
+WORKER_CLASSES = ("gevent", "gthread", "sync")
+GEVENT_CONNECTIONS = 1000  # open connections per gevent worker (streams, keep-alive, slow clients)
 
 
 def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,11 +70,14 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         from orchestrator.errors import ConfigError
 
         raise ConfigError("--workers and --threads must be at least 1")
+    worker_class = getattr(args, "worker_class", None) or ("gthread" if args.threads > 1 else "sync")
+    extra = {"worker_connections": GEVENT_CONNECTIONS} if worker_class == "gevent" else {}
     return {
+        **extra,
         "bind": [args.bind],
         "workers": args.workers,
         "threads": args.threads,
-        "worker_class": "gthread" if args.threads > 1 else "sync",
+        "worker_class": worker_class,
         "timeout": args.timeout,
         "graceful_timeout": 10,
         "keepalive": 5,
@@ -60,6 +89,53 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         # headers itself; bodies are bounded by max_body_bytes in the app.
         "limit_request_field_size": 16384,
     }
+
+
+class _DeadlineInput:
+    """``wsgi.input`` that must be read to the end before a deadline: each read waits at most the
+    time left (the socket's own timeout), so a byte every few seconds cannot hold a request open."""
+
+    def __init__(self, stream: Any, sock: socket.socket | None, deadline: float) -> None:
+        self.stream, self.sock, self.deadline = stream, sock, deadline
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise RequestTimeout("the request body did not arrive in time")
+        previous = self.sock.gettimeout() if self.sock is not None else None
+        if self.sock is not None:
+            self.sock.settimeout(left)
+        try:
+            return fn(*args)
+        except TimeoutError as exc:
+            raise RequestTimeout("the request body did not arrive in time") from exc
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(previous)
+
+    def read(self, *args: Any) -> bytes:
+        return bytes(self._call(self.stream.read, *args))
+
+    def readline(self, *args: Any) -> bytes:
+        return bytes(self._call(self.stream.readline, *args))
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+class BodyDeadline:
+    """WSGI middleware: a request body must arrive within ``seconds``; reading it later raises
+    werkzeug's RequestTimeout, which Flask answers with 408."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
+            environ["wsgi.input"] = _DeadlineInput(
+                environ["wsgi.input"], environ.get("gunicorn.socket"), time.monotonic() + self.seconds
+            )
+        return self.app(environ, start_response)
 
 
 def serve(app: Any, options: dict[str, Any]) -> None:
@@ -83,16 +159,24 @@ def web(args: argparse.Namespace) -> int:
     from orchestrator import servicelog as applog
     from orchestrator.config import load_settings
 
+    if args.worker_class == "gevent":
+        # Before the app and its locks exist: a lock made before patching is a real one, and a
+        # greenlet that waits on it while another holds it across a switch stops the whole worker.
+        from gevent import monkey
+
+        monkey.patch_all()
     options = gunicorn_options(args)
     settings = load_settings()  # validated: names the key and the fix, exits 2 on error
     applog.configure(settings.secret_values())
     app = create_app(settings)
+    app.wsgi_app = BodyDeadline(app.wsgi_app, args.body_timeout)  # type: ignore[method-assign]
     applog.event(
         applog.get("web"),
         "start",
         bind=args.bind,
         workers=args.workers,
         threads=args.threads,
+        worker_class=args.worker_class,
         repositories=sorted(settings.repositories),
     )
     serve(app, options)
