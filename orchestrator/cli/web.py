@@ -13,6 +13,7 @@ and a request body must arrive within ``--body-timeout`` seconds (BodyDeadline).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import time
@@ -62,6 +63,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 WORKER_CLASSES = ("gevent", "gthread", "sync")
 GEVENT_CONNECTIONS = 1000  # open connections per gevent worker (streams, keep-alive, slow clients)
+TOO_SLOW = "the request body did not arrive in time (--body-timeout)"
 
 
 def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,8 +94,9 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class _DeadlineInput:
-    """``wsgi.input`` that must be read to the end before a deadline: each read waits at most the
-    time left (the socket's own timeout), so a byte every few seconds cannot hold a request open."""
+    """``wsgi.input`` that must be read to the end before a deadline. Under gevent a Timeout bounds
+    each read as a whole (a byte every second cannot stretch it); otherwise the socket's timeout
+    bounds each wait for data."""
 
     def __init__(self, stream: Any, sock: socket.socket | None, deadline: float) -> None:
         self.stream, self.sock, self.deadline = stream, sock, deadline
@@ -101,14 +104,19 @@ class _DeadlineInput:
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise RequestTimeout("the request body did not arrive in time")
+            raise RequestTimeout(TOO_SLOW)
+        if _gevent_patched():
+            import gevent
+
+            with gevent.Timeout(left, RequestTimeout(TOO_SLOW)):
+                return fn(*args)
         previous = self.sock.gettimeout() if self.sock is not None else None
         if self.sock is not None:
             self.sock.settimeout(left)
         try:
             return fn(*args)
         except TimeoutError as exc:
-            raise RequestTimeout("the request body did not arrive in time") from exc
+            raise RequestTimeout(TOO_SLOW) from exc
         finally:
             if self.sock is not None:
                 self.sock.settimeout(previous)
@@ -123,6 +131,14 @@ class _DeadlineInput:
         return iter(self.readline, b"")
 
 
+def _gevent_patched() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("socket"))
+
+
 class BodyDeadline:
     """WSGI middleware: a request body must arrive within ``seconds``; reading it later raises
     werkzeug's RequestTimeout, which Flask answers with 408."""
@@ -135,7 +151,13 @@ class BodyDeadline:
             environ["wsgi.input"] = _DeadlineInput(
                 environ["wsgi.input"], environ.get("gunicorn.socket"), time.monotonic() + self.seconds
             )
-        return self.app(environ, start_response)
+        try:
+            return self.app(environ, start_response)
+        except RequestTimeout:  # from a WSGI path outside Flask (the webhook's fast path)
+            body = json.dumps({"error": {"code": "request_timeout", "message": TOO_SLOW}}).encode()
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            start_response("408 Request Timeout", [*headers, ("Connection", "close")])
+            return [body]
 
 
 def serve(app: Any, options: dict[str, Any]) -> None:
