@@ -49,7 +49,10 @@ class Masker:
             for part in parts:
                 if len(part) < MIN_SECRET_LEN:
                     continue
-                self._needles.update({part, json.dumps(part)[1:-1]})
+                # JSON-escaped as json (\u escapes) and as orjson (raw UTF-8) write it
+                self._needles.update(
+                    {part, json.dumps(part)[1:-1], json.dumps(part, ensure_ascii=False)[1:-1]}
+                )
                 self._needles.update(_b64_forms(part.encode()))
         ordered = sorted(self._needles, key=len, reverse=True)  # longest first: no partial leftovers
         self._re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
