@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.config import Reach, RepoConfig, Secrets, Settings, Triggers, is_server_secret
 from orchestrator.devstack.services import GitOrigin
+from tests.deploy.conftest import deploy_env, example_images, model_volume  # noqa: F401  (the deploy tests' fixtures)
 from tests.pipeline.conftest import make_settings, store  # noqa: F401  (the pipeline engine's fixtures, here too)
 
 REPO = "acme/house-price"
