@@ -490,3 +490,21 @@ def test_policy_without_a_repository_is_closed() -> None:
     assert policy.network_problem("bridge") is None and policy.network_problem("mynet") is not None
     assert "allowed: none" in (policy.target_problem("qa", "h", 22, "u") or "")
     assert Policy(allow=Allow(host_mounts=True)).volume_problem("/srv/data:/d") is None
+
+
+def test_the_example_configuration_gives_the_example_pipeline_exactly_what_it_needs() -> None:
+    """deploy/config.example.yaml (what compose mounts) admits the repository's own pipeline.yaml and
+    nothing of another host."""
+    from orchestrator.config import load_settings
+
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(
+        {"ORCHESTRATOR_CONFIG": str(root / "deploy/config.example.yaml")}, validate=False
+    )
+    repo = settings.repositories[REPO]
+    policy = Policy.for_repo(settings, repo)
+    variables = {"BUILD_NUMBER": "1", "GIT_SHA_SHORT": "abc1234", **settings.pipeline_vars(repo)}
+    text = (root / "pipeline.yaml").read_text()
+    assert load_pipeline(text, variables=variables, policy=policy).environments["prod"]
+    with pytest.raises(PipelineError, match=r"root@prod\.example\.com:22 is not a deploy target"):
+        load_pipeline(text, variables={**variables, "QA_HOST": "prod.example.com"}, policy=policy)
