@@ -13,6 +13,7 @@ and a request body must arrive within ``--body-timeout`` seconds (BodyDeadline).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import socket
@@ -140,24 +141,56 @@ def _gevent_patched() -> bool:
 
 
 class BodyDeadline:
-    """WSGI middleware: a request body must arrive within ``seconds``; reading it later raises
-    werkzeug's RequestTimeout, which Flask answers with 408."""
+    """WSGI middleware: a request body must arrive within ``seconds``, else 408.
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float) -> None:
-        self.app, self.seconds = app, seconds
+    A body with a Content-Length up to ``buffer_bytes`` is read here, whole, before the app runs
+    (the webhook's fast path included): the app never waits on a slow client. Larger or chunked
+    bodies are read by the app through the same deadline (werkzeug's RequestTimeout → 408)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float, buffer_bytes: int = 0) -> None:
+        self.app, self.seconds, self.buffer_bytes = app, seconds, buffer_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("CONTENT_LENGTH") not in (None, "", "0") or environ.get("HTTP_TRANSFER_ENCODING"):
-            environ["wsgi.input"] = _DeadlineInput(
+        length = _content_length(environ)
+        if length or environ.get("HTTP_TRANSFER_ENCODING"):
+            stream = _DeadlineInput(
                 environ["wsgi.input"], environ.get("gunicorn.socket"), time.monotonic() + self.seconds
             )
+            environ["wsgi.input"] = stream
+            if length and length <= self.buffer_bytes:
+                try:
+                    environ["wsgi.input"] = io.BytesIO(_read_exactly(stream, length))
+                except RequestTimeout:
+                    return _too_slow(start_response)
         try:
             return self.app(environ, start_response)
-        except RequestTimeout:  # from a WSGI path outside Flask (the webhook's fast path)
-            body = json.dumps({"error": {"code": "request_timeout", "message": TOO_SLOW}}).encode()
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            start_response("408 Request Timeout", [*headers, ("Connection", "close")])
-            return [body]
+        except RequestTimeout:  # from a WSGI path outside Flask
+            return _too_slow(start_response)
+
+
+def _content_length(environ: dict[str, Any]) -> int:
+    try:
+        return max(0, int(environ.get("CONTENT_LENGTH") or 0))
+    except ValueError:
+        return 0
+
+
+def _read_exactly(stream: _DeadlineInput, length: int) -> bytes:
+    chunks, got = [], 0
+    while got < length:
+        chunk = stream.read(min(1 << 16, length - got))
+        if not chunk:
+            break  # the client closed early: the app sees the short body and says so
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _too_slow(start_response: Callable[..., Any]) -> list[bytes]:
+    body = json.dumps({"error": {"code": "request_timeout", "message": TOO_SLOW}}).encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    start_response("408 Request Timeout", [*headers, ("Connection", "close")])
+    return [body]
 
 
 def serve(app: Any, options: dict[str, Any]) -> None:
@@ -191,7 +224,9 @@ def web(args: argparse.Namespace) -> int:
     settings = load_settings()  # validated: names the key and the fix, exits 2 on error
     applog.configure(settings.secret_values())
     app = create_app(settings)
-    app.wsgi_app = BodyDeadline(app.wsgi_app, args.body_timeout)  # type: ignore[method-assign]
+    app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
+        app.wsgi_app, args.body_timeout, buffer_bytes=settings.max_body_bytes
+    )
     applog.event(
         applog.get("web"),
         "start",

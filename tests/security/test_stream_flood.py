@@ -130,14 +130,23 @@ def test_webhook_p99_stays_under_a_second_with_50_streams_and_20_slow_bodies(
     assert all(a.startswith((b"HTTP/1.1 200", b"HTTP/1.1 429")) for a in holders.stream_answers)
 
 
-def test_a_body_sent_a_byte_at_a_time_gets_408_at_the_body_timeout(tmp_path: Path, redis_url: str) -> None:
+SLOW_REQUESTS = {
+    "api": b"POST /api/v1/builds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Authorization: Bearer tok-0123456789\r\nContent-Length: 1000\r\n\r\n{",
+    "webhook": b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"X-GitHub-Event: ping\r\nX-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958\r\n"
+    b"X-Hub-Signature-256: sha256=" + b"0" * 64 + b"\r\nContent-Length: 1000\r\n\r\n{",
+}
+
+
+@pytest.mark.parametrize("path", list(SLOW_REQUESTS))
+def test_a_body_sent_a_byte_at_a_time_gets_408_at_the_body_timeout(
+    tmp_path: Path, redis_url: str, path: str
+) -> None:
     w = start(tmp_path, redis_url, "--body-timeout", "1.5", api_token="tok-0123456789")
     try:
         s = socket.create_connection(("127.0.0.1", int(w.url.rsplit(":", 1)[1])), timeout=15)
-        s.sendall(
-            b"POST /api/v1/builds HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer tok-0123456789\r\nContent-Length: 1000\r\n\r\n{"
-        )
+        s.sendall(SLOW_REQUESTS[path])
         t0 = time.monotonic()
         answer = b""
         while not answer and time.monotonic() - t0 < 10:
