@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from croniter import croniter
@@ -71,6 +72,75 @@ class Allow(_Strict):
     host_network: bool = False
 
 
+# -- issue 18: what one repository's pipeline may reach (secrets, volumes, networks, limits, hosts) --
+# The server's own secrets: never resolvable by ${secrets.NAME}, whatever a repository lists.
+SERVER_SECRET_NAMES = frozenset(
+    {
+        "DEPLOY_SSH_KEY",
+        "GITHUB_TOKEN",
+        "API_TOKEN",
+        "CSRF_SECRET",
+        "GITHUB_WEBHOOK_SECRET",
+        "REDIS_PASSWORD",
+        "REDISCLI_AUTH",
+    }
+)
+SERVER_SECRET_PREFIXES = ("ORCHESTRATOR_", "MLSHIP_")  # settings (ORCHESTRATOR_REDIS_URL holds a password)
+
+
+class DeployTarget(_Strict):
+    """One host a repository may deploy to; an unset port or user means any."""
+
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: str | None = None
+    environments: tuple[str, ...] = ()  # empty: any of the pipeline's environments
+
+    def admits(self, env: str, host: str, port: int, user: str) -> bool:
+        return (
+            self.host == host
+            and self.port in (None, port)
+            and self.user in (None, user)
+            and (not self.environments or env in self.environments)
+        )
+
+
+class ContainerLimits(_Strict):
+    """Defaults for docker_run containers and the most a pipeline may ask for."""
+
+    memory: str = "2g"
+    max_memory: str = "8g"
+    pids: int = Field(default=512, ge=16)
+    max_pids: int = Field(default=4096, ge=16)
+    max_cpus: float = Field(default=4.0, gt=0)
+
+
+class Reach(_Strict):
+    """RepoConfig.reach: the names and places a repository's pipeline may use (default: none)."""
+
+    secrets: tuple[str, ...] = ()  # ${secrets.NAME} anywhere in the pipeline
+    # only under environments.<env>:
+    environment_secrets: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    volumes: tuple[str, ...] = ()  # named volumes, on the worker and on the deploy hosts
+    volume_prefix: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    networks: tuple[str, ...] = ()  # besides none and bridge
+    deploy_targets: tuple[DeployTarget, ...] = ()
+    deploy_key: str | None = None  # secret name of this repository's SSH key (default: the server's)
+    limits: ContainerLimits = ContainerLimits()
+
+    @field_validator("secrets")
+    @classmethod
+    def _no_server_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in v if is_server_secret(n)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: the server's own secrets are never given to a pipeline")
+        return v
+
+
+def is_server_secret(name: str, extra: frozenset[str] = frozenset()) -> bool:
+    return name in SERVER_SECRET_NAMES or name in extra or name.startswith(SERVER_SECRET_PREFIXES)
+
+
 class RepoConfig(_Strict):
     """One allow-listed repository (like a Jenkins job)."""
 
@@ -81,6 +151,7 @@ class RepoConfig(_Strict):
     pipeline: str = "pipeline.yaml"
     allow: Allow = Allow()
     vars: dict[str, str] = Field(default_factory=dict)
+    reach: Reach = Reach()  # what its pipeline may use (docs/reliability.md, security)
     # Where the repository lives (docs/forge-*.md); for gitlab/gitea, the status API and its token's
     # secret name (GitHub repositories use the server-wide github_api_url and github_token).
     forge: Literal["github", "gitlab", "gitea"] = "github"
@@ -302,18 +373,42 @@ class Settings(BaseModel):
 
     def secret_values(self) -> list[str]:
         """Every secret value the server knows, for masking in logs."""
-        names = {self.ssh_key_secret, self.github_token_secret, self.csrf_secret_name, *self.api_token_names}
-        for repo in self.repositories.values():
-            names.update(repo.webhook_secrets)
-            names.update([repo.status_token_name] if repo.status_token_name else [])
-        for target in self.notifications.values():
-            names.update(target.secret_names())
-        return [v for v in (self.secrets.get(n) for n in sorted(names)) if v]
+        names = set(self.server_secret_names())
+        for repo in self.repositories.values():  # the pipelines' secrets too: the service log is shared
+            names.update(repo.reach.secrets, *repo.reach.environment_secrets.values())
+        values = [v for v in (self.secrets.get(n) for n in sorted(names)) if v]
+        password = urlsplit(self.redis_url).password  # Redis is root-equivalent: mask its password
+        return values + ([unquote(password)] if password else [])
 
     def validate(self) -> None:  # type: ignore[override]
         """Checks that need the secrets: every webhook secret set and non-empty."""
         for repo in self.repositories.values():
             self.webhook_secrets(repo)
+            bad = [n for n in repo.reach.secrets if n in self.server_secret_names()]
+            if bad:
+                raise ConfigError(
+                    f"repositories.{repo.full_name}.reach.secrets names {', '.join(bad)}, a secret of the "
+                    "server itself: a pipeline never gets those; give the repository a secret of its own"
+                )
+
+    # -- issue 18 --
+    def server_secret_names(self) -> frozenset[str]:
+        """Names a pipeline may never resolve: the defaults plus every name this server uses itself."""
+        names = {self.ssh_key_secret, self.github_token_secret, self.csrf_secret_name, *self.api_token_names}
+        for repo in self.repositories.values():
+            names.update(repo.webhook_secrets)
+            if repo.reach.deploy_key:
+                names.add(repo.reach.deploy_key)
+            if repo.status_token_name:
+                names.add(repo.status_token_name)
+        for target in self.notifications.values():
+            names.update(target.secret_names())
+        return SERVER_SECRET_NAMES | names
+
+    def deploy_key_name(self, full_name: str) -> str:
+        """The secret holding the SSH key for this repository's deploys (its own, else the server's)."""
+        repo = self.repo(full_name)
+        return (repo.reach.deploy_key if repo else None) or self.ssh_key_secret
 
 
 def _named(full_name: str, spec: Any) -> Any:

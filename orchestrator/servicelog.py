@@ -7,7 +7,6 @@ is replaced by ``***`` in the finished line as a last line of defence.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -16,9 +15,12 @@ from typing import IO, Any
 
 import orjson
 
+from orchestrator.masking import MASK, Masker
+
+__all__ = ["MASK", "JsonFormatter", "configure", "event", "get", "now_ms"]
+
 LOGGER = "orchestrator"
 _FIELDS = "mlship_fields"
-MASK = "***"
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,10 +28,9 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        # Longest first, so a secret that contains another is masked whole; each also in its
-        # JSON-escaped form, for secrets with quotes, backslashes or non-ASCII.
+        # The same masker as the build log: plain, per-line, base64 and JSON-escaped forms.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-        self._forms = [f for s in self.secrets for f in dict.fromkeys((s, json.dumps(s)[1:-1]))]
+        self.mask = Masker(self.secrets)
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -42,12 +43,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return self.mask(orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode())
-
-    def mask(self, text: str) -> str:
-        for form in self._forms:
-            if form in text:
-                text = text.replace(form, MASK)
-        return text
 
 
 def configure(secrets: Iterable[str] = (), stream: IO[str] | None = None, level: int = logging.INFO) -> None:

@@ -9,57 +9,15 @@ If Redis is briefly unreachable, lines stay queued (up to ``max_pending_bytes``)
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import re
 import threading
 import time
-from collections.abc import Iterable
 
 from orchestrator.errors import StoreUnavailable
+from orchestrator.masking import MASK, MIN_SECRET_LEN, Masker
 from orchestrator.store import Store
 
-MASK = "***"
-MIN_SECRET_LEN = 3  # shorter values would mask ordinary text everywhere and hide nothing
-
-
-def _b64_forms(value: bytes) -> set[str]:
-    """The base64 text of ``value`` at each of the 3 byte alignments it may have inside a longer blob."""
-    whole = base64.b64encode(value).decode()
-    forms: set[str] = {whole, whole.rstrip("=")}
-    for k in range(3):
-        enc = base64.b64encode(b"\0" * k + value).decode().rstrip("=")
-        start = (4 * k + 2) // 3
-        end = (k + len(value)) * 8 // 6
-        part = enc[start:end]
-        if len(part) >= 4:
-            forms.add(part)
-    return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
-
-
-class Masker:
-    """Replaces every secret value, each line of a multi-line secret, and their base64 forms with ***."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._needles: set[str] = set()
-        self._re: re.Pattern[str] | None = None
-        self.add(*secrets)
-
-    def add(self, *secrets: str) -> None:
-        for secret in secrets:
-            if not secret:
-                continue
-            parts = {secret, secret.strip(), *(line.strip() for line in secret.splitlines())}
-            for part in parts:
-                if len(part) < MIN_SECRET_LEN:
-                    continue
-                self._needles.add(part)
-                self._needles.update(_b64_forms(part.encode()))
-        ordered = sorted(self._needles, key=len, reverse=True)  # longest first: no partial leftovers
-        self._re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def __call__(self, text: str) -> str:
-        return self._re.sub(MASK, text) if self._re is not None else text
+__all__ = ["MASK", "MIN_SECRET_LEN", "LogWriter", "Masker"]
 
 
 class LogWriter:

@@ -40,6 +40,7 @@ from orchestrator.models import Build, BuildStatus, StepRecord, StepStatus
 from orchestrator.notify import commit_status as statuses
 from orchestrator.notify.dispatch import notify_finished
 from orchestrator.pipeline import MAX_BYTES, Pipeline, Step, build_variables, load_pipeline
+from orchestrator.pipeline.policy import Policy
 from orchestrator.steps import StepRunner, runner_for
 from orchestrator.steps.base import CANCELLED, TIMEOUT, CancelToken, StepContext
 from orchestrator.store import Store
@@ -161,6 +162,7 @@ class BuildRunner:
         # logic (order, when:, continue_on_error, cancel, timeouts, outcome) without Docker.
         self.steps = steps
         self.workspace: Path | None = None
+        self.masker: Masker | None = None
 
     def run(self) -> Build | None:
         """Claim and run the build; None if it is not queued any more (cancelled, taken, finished)."""
@@ -178,6 +180,7 @@ class BuildRunner:
         monitor.start()
         build = self.store.get_build(self.build_id)
         logw = LogWriter(self.store, self.build_id, Masker(self.settings.secret_values()))
+        self.masker = logw.masker  # build.error, step errors and details, statuses: masked like the log
         self._report(build, "pending", "build started")
         status, error = BuildStatus.ERROR, "internal error"
         try:
@@ -228,7 +231,7 @@ class BuildRunner:
                 f"{repo.pipeline} (as built)",
                 variables=variables,
                 secrets=self.settings.secrets,
-                allow=repo.allow,
+                policy=Policy.for_repo(self.settings, repo),
             )
             env = str(build.deploys.get("environment", ""))
             steps = [
@@ -245,7 +248,7 @@ class BuildRunner:
                 )
             finally:
                 monitor.unwatch()
-            pipeline, text = self._load(repo.pipeline, variables, repo.allow)
+            pipeline, text = self._load(repo.pipeline, variables, Policy.for_repo(self.settings, repo))
             self.store.update_build(build.id, pipeline_yaml=text)
             build.pipeline_yaml = text
             steps = pipeline.steps
@@ -283,7 +286,7 @@ class BuildRunner:
         self._save(build)
         return outcome, error
 
-    def _load(self, name: str, variables: dict[str, str], allow: Any) -> tuple[Pipeline, str]:
+    def _load(self, name: str, variables: dict[str, str], policy: Policy) -> tuple[Pipeline, str]:
         assert self.workspace is not None
         path = self.workspace / name
         if not path.is_file():
@@ -295,7 +298,7 @@ class BuildRunner:
             raw = f.read(MAX_BYTES + 1)
         text = raw.decode("utf-8", "replace")
         return load_pipeline(
-            text, name, variables=variables, secrets=self.settings.secrets, allow=allow
+            text, name, variables=variables, secrets=self.settings.secrets, policy=policy
         ), text
 
     def _run_step(
@@ -364,6 +367,7 @@ class BuildRunner:
         rec.finished_at = time.time()
         if rec.error:
             rec.error = logw.masker(rec.error)
+        rec.details = logw.masker.data(rec.details)
         logw.line(
             f"step {step.name} {rec.status}"
             + (f": {rec.error}" if rec.error else "")
@@ -372,6 +376,10 @@ class BuildRunner:
         self._save(build)
 
     def _save(self, build: Build) -> None:
+        if self.masker:  # a step error or detail may quote a substituted secret
+            for rec in build.steps:
+                rec.error = self.masker(rec.error) if rec.error else rec.error
+                rec.details = self.masker.data(rec.details)
         self.store.update_build(
             build.id,
             steps=build.steps,
@@ -382,6 +390,7 @@ class BuildRunner:
         )
 
     def _finish(self, build: Build, status: BuildStatus, error: str) -> None:
+        error = self._mask(error)
         finished = time.time()
         build.status, build.finished_at, build.error = status, finished, error
         for rec in build.steps:
@@ -414,9 +423,13 @@ class BuildRunner:
         self._report(build, state, statuses.describe(build, str(status), error))
         notify_finished(self.settings, self.store, build)
 
+    def _mask(self, text: str) -> str:
+        masker = self.masker or Masker(self.settings.secret_values())
+        return masker(text)
+
     def _report(self, build: Build, state: str, description: str) -> None:
         try:
-            statuses.report(self.settings, build, state, description[:140])
+            statuses.report(self.settings, build, state, self._mask(description)[:140])
         except Exception:  # a commit status is a courtesy; it never fails a build
             log.warning("could not report commit status for build %s", build.id, exc_info=True)
 

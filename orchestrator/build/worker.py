@@ -16,9 +16,11 @@ import threading
 import time
 from typing import Any
 
+from rq.job import Job
+
 from orchestrator import defaults
 from orchestrator.build import artifacts, schedules
-from orchestrator.build.queue import build_queue, rq_connection
+from orchestrator.build.queue import RUN_BUILD, build_queue, rq_connection
 from orchestrator.build.runner import docker_factory
 from orchestrator.build.runner import run_build as run_one
 from orchestrator.config import Settings, load_settings
@@ -167,6 +169,39 @@ def start_janitor(settings: Settings, store: Store, interval: float = JANITOR_IN
     return stop
 
 
+class RefusedJob(Exception):
+    """A job in the build queue that names anything but the build entry point."""
+
+
+class BuildJob(Job):
+    """The only job this worker runs: ``run_build(ticket)``, without callbacks.
+
+    A job in Redis is data that anyone who can write to Redis could have put there, naming any
+    importable callable (this process is root with the Docker socket). RQ loads jobs as this class
+    (``job_class``): the function is checked by name before anything is imported, and callbacks,
+    which builds never set, are never looked up. The job fails with the reason; nothing runs.
+    """
+
+    def perform(self) -> Any:
+        name = (self.func_name or "")[:200]
+        if name != RUN_BUILD:
+            log.error("refused job %s: it names %r, not %s", self.id, name, RUN_BUILD)
+            raise RefusedJob(f"refused: this worker runs only {RUN_BUILD}, not {name!r}")
+        return super().perform()
+
+    @property
+    def success_callback(self) -> Any:
+        return None
+
+    @property
+    def failure_callback(self) -> Any:
+        return None
+
+    @property
+    def stopped_callback(self) -> Any:
+        return None
+
+
 def work(settings: Settings, burst: bool = False) -> bool:
     """Start an RQ worker on ``settings.queue`` (JSON serializer) with the janitor beside it."""
     from rq import SimpleWorker
@@ -182,7 +217,9 @@ def work(settings: Settings, burst: bool = False) -> bool:
     try:
         with contextlib.suppress(Exception):
             janitor_once(store, None, settings=settings)
-        worker = SimpleWorker([queue], connection=connection, serializer=JSONSerializer, name=worker_name())
+        worker = SimpleWorker(
+            [queue], connection=connection, serializer=JSONSerializer, name=worker_name(), job_class=BuildJob
+        )
         return bool(worker.work(burst=burst, logging_level="INFO", with_scheduler=False))
     finally:
         stop.set()

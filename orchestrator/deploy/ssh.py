@@ -76,8 +76,8 @@ def load_private_key(text: str, source: str = "the deploy key") -> paramiko.PKey
     )
 
 
-def key_from_settings(settings: Any) -> paramiko.PKey:
-    name = settings.ssh_key_secret
+def key_from_settings(settings: Any, name: str | None = None) -> paramiko.PKey:
+    name = name or settings.ssh_key_secret  # a repository's own deploy key (reach.deploy_key) if given
     text = settings.secrets.require(name, "SSH private key for deploy hosts")
     return load_private_key(text, f"secret {name}")
 

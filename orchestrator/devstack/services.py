@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from orchestrator import defaults
 from orchestrator.errors import InfrastructureError
@@ -76,10 +77,12 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    password: str | None = None  # requirepass: whoever can write Redis can run builds (issue 18)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,7 @@ class RedisServer:
                 "no",
                 "--logfile",
                 str(self.directory / "redis.log"),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -115,7 +119,7 @@ class RedisServer:
     def _ping(self) -> bool:
         import redis
 
-        return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        return bool(redis.Redis(port=self.port, password=self.password, socket_timeout=0.5).ping())
 
     def stop(self) -> None:
         _stop(self.proc)

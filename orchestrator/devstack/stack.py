@@ -180,7 +180,8 @@ class Stack:
             )
 
     def _start_redis(self) -> None:
-        self.redis = RedisServer(self.state / "redis").start()
+        password = self._secret(self.state / "redis.password", pysecrets.token_hex(16))  # issue 18
+        self.redis = RedisServer(self.state / "redis", password=password).start()
         self.redis_url = self.redis.url
 
     def _start_docker(self) -> None:
@@ -223,6 +224,8 @@ class Stack:
                 "clone_url": self.origin.url,
                 "webhook_secrets": ["GITHUB_WEBHOOK_SECRET"],
                 "triggers": {"pull_request_merged": ["main", "master"], "push": list(self.push_branches)},
+                # the root pipeline's model volume and the two sshd hosts, nothing else
+                "reach": {"volumes": ["ml_vol"], "deploy_targets": [{"host": "127.0.0.1"}]},
             }
         }
         for repo in self.user_repos:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from orchestrator import defaults
 from orchestrator.config import Settings
+from orchestrator.masking import Masker
 from orchestrator.models import Build
 from orchestrator.notify import forge_status
 
@@ -84,6 +85,8 @@ def report(settings: Settings, build: Build, state: str, description: str) -> No
             build.sha[:50],
         )
         return
+    # The runner masks what it sends; this is the last line of defence for every other caller.
+    description = Masker(settings.secret_values())(description)
     try:
         req = build_request(settings, token, build, state, description)
         # The URL is the operator's github_api_url (http/https), never taken from a payload.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -22,6 +23,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from orchestrator.config import Allow, Secrets
 from orchestrator.errors import PipelineError
+from orchestrator.masking import Masker
+from orchestrator.pipeline.policy import Policy, check_pipeline
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32
@@ -35,7 +38,6 @@ FULL_VAR_RE = re.compile(r"^\$\{(secrets\.)?[A-Za-z_][A-Za-z0-9_]*\}$")
 BUILTIN_VARS = ("BUILD_NUMBER", "BUILD_ID", "GIT_SHA", "GIT_SHA_SHORT", "BRANCH", "REPO")
 _YAML_TAG = "tag:yaml.org,2002:"
 PLAIN_TAGS = {_YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge")}
-DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "docker.sock")
 
 
 # -- schema ------------------------------------------------------------------------------------------
@@ -85,8 +87,9 @@ class DockerRunSpec(_Spec):
     network: str | None = None
     volumes: list[str] = Field(default_factory=list)
     privileged: bool = False
-    memory: str | None = None
+    memory: str | None = None  # default and most: the server's limits (reach.limits)
     cpus: float | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, ge=16)
     artifacts: str | None = None  # container path where the build's artifact directory is mounted
 
 
@@ -248,6 +251,7 @@ class _Errors:
         self.filename = filename
         self.root = root
         self.items: list[tuple[int | None, str, str]] = []
+        self.mask = Masker()  # the secrets substituted so far: an error message may quote a value
 
     def add(self, message: str, path: Path_ = (), line: int | None = None, key_line: bool = False) -> None:
         if line is None and self.root is not None:
@@ -260,10 +264,10 @@ class _Errors:
         lines = []
         for line, key, msg in self.items:
             where = f"{self.filename}:{line}" if line else self.filename
-            lines.append(f"{where}: {key}: {msg}" if key else f"{where}: {msg}")
+            lines.append(self.mask(f"{where}: {key}: {msg}" if key else f"{where}: {msg}"))
         first = self.items[0]
         raise PipelineError(
-            "\n".join(lines), file=self.filename, line=first[0], key=first[1], errors=[m for m in lines]
+            "\n".join(lines), file=self.filename, line=first[0], key=self.mask(first[1]), errors=lines
         )
 
 
@@ -383,10 +387,13 @@ def _duplicate_keys(node: yaml.Node, errs: _Errors, path: Path_ = (), seen: set[
 class _Resolver:
     """Substitutes ${NAME} and ${secrets.NAME} in string values; records secrets for masking."""
 
-    def __init__(self, variables: Mapping[str, str] | None, secrets: Secrets | None, errs: _Errors) -> None:
+    def __init__(
+        self, variables: Mapping[str, str] | None, secrets: Secrets | None, errs: _Errors, policy: Policy
+    ) -> None:
         self.variables = variables
         self.secrets = secrets
         self.errs = errs
+        self.policy = policy
         self.secret_values: list[str] = []
 
     def value(self, v: Any, path: Path_) -> Any:
@@ -411,6 +418,10 @@ class _Resolver:
             return m.group(0)
         if name.startswith("secrets."):
             secret = name[len("secrets.") :]
+            refused = self.policy.secret_refusal(secret, path)
+            if refused:
+                self.errs.add(refused, path)
+                return m.group(0)
             if self.secrets is None:
                 return m.group(0)
             value = self.secrets.get(secret)
@@ -422,6 +433,7 @@ class _Resolver:
                 )
                 return m.group(0)
             self.secret_values.append(value)
+            self.errs.mask.add(value)
             return value
         if self.variables is None:
             return m.group(0)
@@ -526,82 +538,89 @@ def _strip_dict_keys(loc: Path_) -> Path_:
     return tuple(out)
 
 
-def _is_host_path(volume: str) -> bool:
-    source = volume.split(":", 1)[0]
-    return source.startswith(("/", ".", "~")) or "/" in source
+class _Seen:
+    """What earlier steps provide to later ones, while the steps are checked in order."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, int] = {}
+        self.built = False
+        self.artifacts = False
 
 
-def _semantic_checks(p: Pipeline, allow: Allow, errs: _Errors) -> None:
-    names: dict[str, int] = {}
-    built = artifacts = False
+def _semantic_checks(p: Pipeline, policy: Policy, errs: _Errors) -> None:
+    """Checks across keys; what the repository may reach is policy.check_pipeline's."""
+    seen = _Seen()
     for i, step in enumerate(p.steps):
-        where: Path_ = ("steps", i)
-        if step.name in names:
-            errs.add(
-                f"duplicate step name '{step.name}' (also steps[{names[step.name]}]); names must be unique",
-                (*where, "name"),
-            )
-        names.setdefault(step.name, i)
-        kinds = step.kinds
-        if not kinds:
-            errs.add(f"step '{step.name}' has no kind: add exactly one of {', '.join(KIND_KEYS)}", where)
-        elif len(kinds) > 1:
-            errs.add(
-                f"step '{step.name}' has {len(kinds)} kinds ({', '.join(kinds)}); a step does exactly one "
-                "thing: split it into several steps",
-                where,
-            )
-        kind = step.kind
-        if kind == "docker_build":
-            built = True
-            spec_b: DockerBuildSpec = step.spec
-            for key in ("context", "dockerfile"):
-                value = getattr(spec_b, key)
-                if value.startswith("/") or ".." in value.split("/"):
-                    errs.add(
-                        f"{key} must be a path inside the repository (relative, no '..'), got {value!r}",
-                        (*where, kind, key),
-                    )
-        elif kind == "docker_run":
-            spec_r: DockerRunSpec = step.spec
-            if spec_r.image is None and not built:
-                errs.add(
-                    f"step '{step.name}' runs the image built by an earlier docker_build step, but none "
-                    "comes before it: add one, or set image:",
-                    (*where, kind),
-                )
-            _check_container(spec_r, allow, (*where, kind), errs)
-            if spec_r.artifacts is not None:
-                artifacts = True
-                _check_artifacts_mount(spec_r.artifacts, (*where, kind, "artifacts"), errs)
-        elif kind == "model_check":
-            _check_model_check(step, p, built, artifacts, where, errs)
-        elif kind == "docker_push" and not built:
-            errs.add(
-                f"step '{step.name}' pushes the image built by an earlier docker_build step, but none "
-                "comes before it",
-                (*where, kind),
-            )
-        elif kind in ("deploy", "rollback"):
-            env = step.spec.environment
-            if env not in p.environments:
-                known = ", ".join(sorted(p.environments)) or "none defined"
-                errs.add(f"unknown environment '{env}'; environments: {known}", (*where, kind, "environment"))
-        elif kind == "shell" and not allow.shell:
-            errs.add(
-                f"step '{step.name}': shell steps run on the worker itself and are not allowed for this "
-                "repository (server configuration: allow.shell: true)",
-                (*where, kind),
-            )
-    for env_name, env in p.environments.items():
+        _check_step(p, i, step, seen, errs)
+    for env_name in p.environments:
         if not re.match(NAME_RE, env_name):
             errs.add(
                 f"invalid environment name '{env_name}': use lowercase letters, digits, '-' and '_'",
                 ("environments", env_name),
                 key_line=True,
             )
-        for j, vol in enumerate(env.container.volumes):
-            _check_volume(vol, allow, ("environments", env_name, "container", "volumes", j), errs)
+    check_pipeline(p, policy, errs.add)
+
+
+def _check_step(p: Pipeline, i: int, step: Step, seen: _Seen, errs: _Errors) -> None:
+    where: Path_ = ("steps", i)
+    if step.name in seen.names:
+        errs.add(
+            f"duplicate step name '{step.name}' (also steps[{seen.names[step.name]}]); names must be unique",
+            (*where, "name"),
+        )
+    seen.names.setdefault(step.name, i)
+    kinds = step.kinds
+    if not kinds:
+        errs.add(f"step '{step.name}' has no kind: add exactly one of {', '.join(KIND_KEYS)}", where)
+    elif len(kinds) > 1:
+        errs.add(
+            f"step '{step.name}' has {len(kinds)} kinds ({', '.join(kinds)}); a step does exactly one "
+            "thing: split it into several steps",
+            where,
+        )
+    kind = step.kind
+    if kind == "docker_build":
+        seen.built = True
+        _check_build_paths(step.spec, (*where, kind), errs)
+    elif kind == "docker_run":
+        _check_run(step, seen, (*where, kind), errs)
+    elif kind == "model_check":
+        _check_model_check(step, p, seen.built, seen.artifacts, where, errs)
+    elif kind == "docker_push" and not seen.built:
+        errs.add(
+            f"step '{step.name}' pushes the image built by an earlier docker_build step, but none "
+            "comes before it",
+            (*where, kind),
+        )
+    elif kind in ("deploy", "rollback"):
+        env = step.spec.environment
+        if env not in p.environments:
+            known = ", ".join(sorted(p.environments)) or "none defined"
+            errs.add(f"unknown environment '{env}'; environments: {known}", (*where, kind, "environment"))
+
+
+def _check_build_paths(spec: DockerBuildSpec, where: Path_, errs: _Errors) -> None:
+    for key in ("context", "dockerfile"):
+        value = getattr(spec, key)
+        if not _relative_inside(value):
+            errs.add(
+                f"{key} must be a path inside the repository (relative, no '..'), got {value!r}",
+                (*where, key),
+            )
+
+
+def _check_run(step: Step, seen: _Seen, where: Path_, errs: _Errors) -> None:
+    spec: DockerRunSpec = step.spec
+    if spec.image is None and not seen.built:
+        errs.add(
+            f"step '{step.name}' runs the image built by an earlier docker_build step, but none "
+            "comes before it: add one, or set image:",
+            where,
+        )
+    if spec.artifacts is not None:
+        seen.artifacts = True
+        _check_artifacts_mount(spec.artifacts, (*where, "artifacts"), errs)
 
 
 def _check_artifacts_mount(target: str, where: Path_, errs: _Errors) -> None:
@@ -670,42 +689,6 @@ def _check_model_check(
             errs.add(f"min {bound.min:g} is greater than max {bound.max:g}", (*at, "thresholds", metric))
 
 
-def _check_container(spec: DockerRunSpec, allow: Allow, where: Path_, errs: _Errors) -> None:
-    if spec.privileged and not allow.privileged:
-        errs.add(
-            "privileged containers are not allowed for this repository (server configuration: "
-            "allow.privileged: true)",
-            (*where, "privileged"),
-        )
-    if spec.network == "host" and not allow.host_network:
-        errs.add(
-            "network: host is not allowed for this repository (server configuration: "
-            "allow.host_network: true); use the default network",
-            (*where, "network"),
-        )
-    for j, vol in enumerate(spec.volumes):
-        _check_volume(vol, allow, (*where, "volumes", j), errs)
-
-
-def _check_volume(vol: str, allow: Allow, where: Path_, errs: _Errors) -> None:
-    if "${" in vol:
-        return
-    source = vol.split(":", 1)[0]
-    if source.endswith(DOCKER_SOCKETS):
-        if not allow.host_mounts:
-            errs.add(
-                f"mounting the Docker socket ({source}) gives the build root on the worker; refused "
-                "(server configuration: allow.host_mounts: true)",
-                where,
-            )
-    elif _is_host_path(vol) and not allow.host_mounts:
-        errs.add(
-            f"host path mount '{source}' is not allowed for this repository; use a named volume "
-            "(name:/path) or set allow.host_mounts: true in the server configuration",
-            where,
-        )
-
-
 def parse_yaml(text: str, filename: str = "pipeline.yaml") -> tuple[Any, yaml.Node | None]:
     """Safe-load ``text`` with caps against YAML bombs; return (data, root node for line numbers)."""
     errs = _Errors(filename)
@@ -750,14 +733,19 @@ def load_pipeline(
     variables: Mapping[str, str] | None = None,
     secrets: Secrets | None = None,
     allow: Allow | None = None,
+    policy: Policy | None = None,
 ) -> Pipeline:
     """Parse and validate a pipeline.
 
     ``variables``: the ${NAME} values (builtins + server vars); None leaves references unresolved
     (``orchestrator validate``). ``secrets``: resolves ${secrets.NAME}; None leaves them unresolved.
-    ``allow``: what the repository may do beyond the safe default (default: nothing).
-    Raises PipelineError naming file, line and key.
+    ``policy``: what the repository may reach (pipeline/policy.py). The worker always passes the
+    repository's; None (no repository known: validate, a library caller) applies the fixed rules
+    only: ``allow``, the server's own secret names, volume and network forms. Raises PipelineError
+    naming file, line and key, with substituted secrets masked.
     """
+    if policy is None:
+        policy = replace(Policy.unknown(allow), resolved=variables is not None)
     data, root = parse_yaml(text, filename)
     errs = _Errors(filename, root)
     if not isinstance(data, dict):
@@ -766,7 +754,7 @@ def load_pipeline(
             + ("" if data is not None else " (the file is empty)")
         )
         errs.raise_if_any()
-    resolver = _Resolver(variables, secrets, errs)
+    resolver = _Resolver(variables, secrets, errs, policy)
     data = resolver.value(data, ())
     errs.raise_if_any()
     try:
@@ -777,7 +765,7 @@ def load_pipeline(
             errs.add(msg, loc, key_line=at_key)
         errs.raise_if_any()
         raise
-    _semantic_checks(pipeline, allow or Allow(), errs)
+    _semantic_checks(pipeline, policy, errs)
     errs.raise_if_any()
     pipeline._secret_values = tuple(dict.fromkeys(resolver.secret_values))
     return pipeline

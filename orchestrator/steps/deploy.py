@@ -36,6 +36,7 @@ from orchestrator.deploy.ssh import SshHost, Target, key_from_settings
 from orchestrator.errors import Cancelled, DeployError, InfrastructureError, StepFailed, Superseded
 from orchestrator.models import Deployment
 from orchestrator.pipeline import Environment, HealthSpec
+from orchestrator.pipeline.policy import ensure_deploy_targets
 from orchestrator.steps.base import StepContext
 
 CONNECT_TIMEOUT = defaults.DEPLOY_CONNECT_TIMEOUT
@@ -486,7 +487,7 @@ def _model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip
 
 def _rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> list[HostState]:
     """Phase 1 on every host, ``parallelism`` at a time; undo the switched hosts if one fails."""
-    key = key_from_settings(ctx.settings)
+    key = key_from_settings(ctx.settings, ctx.settings.deploy_key_name(ctx.build.repo))
     states = [HostState(t) for t in _targets(plan.env)]
     done: list[HostState] = []
     par = max(1, plan.env.parallelism)
@@ -566,6 +567,7 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
     if not image:
         raise StepFailed("nothing to deploy: no image was pushed by an earlier step (add a docker_push step)")
     plan = _plan(ctx, env_name, action, image)
+    ensure_deploy_targets(ctx.settings, b.repo, env_name, plan.env)  # issue 18: before any connection
     lock = deployments.EnvironmentLock(ctx.store, b.repo, env_name, b.id)
     deadline = ctx.deadline if ctx.deadline != float("inf") else time.monotonic() + 3600
     lock.acquire(

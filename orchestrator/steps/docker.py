@@ -22,9 +22,11 @@ import docker
 import docker.errors
 import requests
 import urllib3.exceptions
+from docker.utils import parse_bytes
 
 from orchestrator import defaults
 from orchestrator.build.artifacts import ensure_dir
+from orchestrator.config import ContainerLimits
 from orchestrator.errors import InfrastructureError, StepFailed
 from orchestrator.pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec
 from orchestrator.steps.base import StepContext
@@ -33,6 +35,7 @@ from orchestrator.steps.base import StepContext
 # went away mid-stream): urllib3 and http.client errors that requests does not wrap here.
 STREAM_CUT = (urllib3.exceptions.HTTPError, http.client.HTTPException)
 STOP_GRACE = defaults.DOCKER_STOP_GRACE
+NO_NEW_PRIVILEGES = ("no-new-privileges:true",)
 AUTH_ERRORS = ("unauthorized", "authentication required", "denied", "no basic auth credentials")
 
 
@@ -62,6 +65,7 @@ class BuildRequest:
     nocache: bool = False
     target: str | None = None
     timeout: int = 3600
+    memory: str | None = None  # the build's RUN containers (legacy builder's container_limits)
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``APIClient.build``."""
@@ -80,6 +84,8 @@ class BuildRequest:
         }
         if self.target:
             kw["target"] = self.target
+        if self.memory:
+            kw["container_limits"] = {"memory": parse_bytes(self.memory)}
         return kw
 
 
@@ -94,6 +100,7 @@ def build_request(
     labels: Mapping[str, str],
     timeout: float,
     variables: Mapping[str, str],
+    limits: ContainerLimits | None = None,
 ) -> BuildRequest:
     return BuildRequest(
         path=str(workspace / spec.context),
@@ -105,6 +112,7 @@ def build_request(
         nocache=spec.no_cache,
         target=spec.target,
         timeout=int(timeout) + 30,
+        memory=limits.memory if limits else None,
     )
 
 
@@ -121,6 +129,8 @@ class RunRequest:
     privileged: bool = False
     mem_limit: str | None = None
     nano_cpus: int | None = None
+    pids_limit: int | None = None
+    security_opt: tuple[str, ...] = ()
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``DockerClient.containers.create``."""
@@ -138,18 +148,28 @@ class RunRequest:
             "network_mode": self.network_mode,
             "mem_limit": self.mem_limit,
             "nano_cpus": self.nano_cpus,
+            "pids_limit": self.pids_limit,
         }
         kw.update({k: v for k, v in optional.items() if v is not None})
         if self.volumes:
             kw["volumes"] = list(self.volumes)
+        if self.security_opt:
+            kw["security_opt"] = list(self.security_opt)
         return kw
 
 
 def run_request(
-    spec: DockerRunSpec, image: str, labels: Mapping[str, str], artifacts: Path | None = None
+    spec: DockerRunSpec,
+    image: str,
+    labels: Mapping[str, str],
+    artifacts: Path | None = None,
+    limits: ContainerLimits | None = None,
 ) -> RunRequest:
     """``artifacts``: the build's artifact directory, bind-mounted read-write at ``spec.artifacts``
-    (the runner's mount, so it needs no allow.host_mounts)."""
+    (the runner's mount, so it needs no allow.host_mounts). ``limits``: the repository's defaults
+    for memory and processes (the pipeline's own values were checked against the maxima at load);
+    every container also gets no-new-privileges (setuid binaries cannot raise a process's rights)."""
+    limits = limits or ContainerLimits()
     volumes = tuple(spec.volumes)
     if spec.artifacts is not None and artifacts is not None:
         volumes += (f"{artifacts}:{spec.artifacts}:rw",)
@@ -163,8 +183,10 @@ def run_request(
         network_mode=spec.network,
         volumes=volumes,
         privileged=spec.privileged,
-        mem_limit=spec.memory,
+        mem_limit=spec.memory or limits.memory,
         nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+        pids_limit=spec.pids_limit or limits.pids,
+        security_opt=NO_NEW_PRIVILEGES,
     )
 
 
@@ -217,38 +239,54 @@ def image_labels(ctx: StepContext) -> dict[str, str]:
     return {"org.opencontainers.image.revision": ctx.build.sha, "mlship.repo": ctx.build.repo}
 
 
-def docker_build(ctx: StepContext) -> None:
-    """Build the image from the workspace, streaming the build output; tag it with every tag."""
-    spec: DockerBuildSpec = ctx.step.spec
-    req = build_request(spec, ctx.pipeline.image, ctx.workspace, image_labels(ctx), ctx.remaining(), ctx.vars)
-    if not Path(req.path).is_dir():
+def _limits(ctx: StepContext) -> ContainerLimits:
+    repo = ctx.settings.repo(ctx.build.repo)
+    return repo.reach.limits if repo else ContainerLimits()
+
+
+def _inside_workspace(ctx: StepContext, req: BuildRequest, spec: DockerBuildSpec) -> None:
+    """The context and the Dockerfile, with symlinks followed, must stay inside the checkout: a
+    symlink to / would send the worker's files (and secrets) into the image."""
+    root = ctx.workspace.resolve()
+    context = Path(req.path)
+    if not context.is_dir():
         raise StepFailed(f"build context '{spec.context}' is not a directory in the repository")
-    if not (Path(req.path) / req.dockerfile).is_file():
+    dockerfile = context / req.dockerfile
+    if not dockerfile.is_file():
         raise StepFailed(f"Dockerfile '{spec.dockerfile}' not found in context '{spec.context}'")
-    api = ctx.docker.api
+    for what, path in (("build context", context), ("Dockerfile", dockerfile)):
+        if not path.resolve().is_relative_to(root):
+            raise StepFailed(
+                f"{what} '{path.relative_to(ctx.workspace)}' is a symlink that leads out of the "
+                "repository; refused (build only from files in the checkout)"
+            )
+
+
+def _build_entry(ctx: StepContext, api: Any, entry: dict[str, Any]) -> str:
+    """Log one entry of the build stream; the image id if the entry names it."""
+    if "stream" in entry:
+        ctx.log.write(entry["stream"])
+    elif "status" in entry and "progress" not in entry:
+        ctx.log.write(f"{entry.get('id', '') + ': ' if entry.get('id') else ''}{entry['status']}\n")
+    elif "error" in entry:
+        message = entry["error"].strip()
+        ctx.log.line(f"docker build failed: {message}", "stderr")
+        if not _daemon_answers(api):  # a daemon going down reports errors as build errors
+            raise InfrastructureError(f"docker build: the Docker daemon stopped during the build: {message}")
+        raise StepFailed(f"docker build failed: {message}")
+    aux = entry.get("aux")
+    return str(aux["ID"]) if isinstance(aux, dict) and aux.get("ID") else ""
+
+
+def _stream_build(ctx: StepContext, api: Any, req: BuildRequest) -> str:
+    """Run the build, streaming its output; the image id (docker errors sorted as in step_container)."""
     image_id = ""
     try:
         stream = api.build(**req.kwargs())
         remove = ctx.cancel.on_cancel(lambda: _abort_stream(api, stream))
         try:
             for entry in stream:
-                if "stream" in entry:
-                    ctx.log.write(entry["stream"])
-                elif "status" in entry and "progress" not in entry:
-                    ctx.log.write(
-                        f"{entry.get('id', '') + ': ' if entry.get('id') else ''}{entry['status']}\n"
-                    )
-                elif "error" in entry:
-                    ctx.log.line(f"docker build failed: {entry['error'].strip()}", "stderr")
-                    if not _daemon_answers(api):  # a daemon going down reports errors as build errors
-                        raise InfrastructureError(
-                            "docker build: the Docker daemon stopped during the "
-                            f"build: {entry['error'].strip()}"
-                        )
-                    raise StepFailed(f"docker build failed: {entry['error'].strip()}")
-                aux = entry.get("aux")
-                if isinstance(aux, dict) and aux.get("ID"):
-                    image_id = aux["ID"]
+                image_id = _build_entry(ctx, api, entry) or image_id
         finally:
             remove()
     except (requests.exceptions.RequestException, OSError, *STREAM_CUT) as exc:
@@ -263,6 +301,18 @@ def docker_build(ctx: StepContext) -> None:
         ctx.stopped()
         raise StepFailed(f"docker build failed: {exc}") from exc
     ctx.stopped()
+    return image_id
+
+
+def docker_build(ctx: StepContext) -> None:
+    """Build the image from the workspace, streaming the build output; tag it with every tag."""
+    spec: DockerBuildSpec = ctx.step.spec
+    req = build_request(
+        spec, ctx.pipeline.image, ctx.workspace, image_labels(ctx), ctx.remaining(), ctx.vars, _limits(ctx)
+    )
+    _inside_workspace(ctx, req, spec)
+    api = ctx.docker.api
+    image_id = _stream_build(ctx, api, req)
     if not image_id:
         raise StepFailed("docker build ended without producing an image (see the log above)")
     try:
@@ -355,7 +405,7 @@ def docker_run(ctx: StepContext) -> None:
     if not (spec.image or ctx.build.image):
         raise StepFailed("no image to run: add a docker_build step before this one or set image:")
     artifacts = ensure_dir(ctx.settings.workspace, ctx.build.id) if spec.artifacts is not None else None
-    req = run_request(spec, ctx.build.image, ctx.container_labels(), artifacts)
+    req = run_request(spec, ctx.build.image, ctx.container_labels(), artifacts, _limits(ctx))
     client = ctx.docker
     with step_container(ctx, req.kwargs(), req.image, "docker run") as container:
         stream = container.attach(stdout=True, stderr=True, stream=True, logs=True, demux=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +37,9 @@ MAX_LIMIT = 200
 STREAM_SECONDS = defaults.STREAM_SECONDS
 BLOCK_MS = defaults.STREAM_BLOCK_MS
 RETRY_MS = defaults.STREAM_RETRY_MS
+MAX_STREAMS = 400  # open live-log streams per web process (MLSHIP_MAX_STREAMS)
+MAX_STREAMS_PER_CLIENT = 64  # per client address (MLSHIP_MAX_STREAMS_PER_CLIENT)
+STREAM_RETRY_AFTER = 5
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
@@ -272,6 +277,36 @@ def log_events(store: Any, build_id: int, after: str, seconds: float = STREAM_SE
         yield _sse("error", {"code": exc.code, "message": exc.message})
 
 
+class StreamSlots:
+    """Open live-log streams of this process: at most ``total``, and ``per_client`` per address, so
+    readers (anonymous by default) cannot hold every connection the server has."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: Counter[str] = Counter()
+
+    def take(self, client: str, total: int, per_client: int) -> bool:
+        with self._lock:
+            if sum(self._open.values()) >= total or self._open[client] >= per_client:
+                return False
+            self._open[client] += 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            self._open[client] -= 1
+            if self._open[client] <= 0:
+                del self._open[client]
+
+
+STREAMS = "mlship.streams"  # app.extensions key: each app (gunicorn process) counts its own streams
+
+
+@bp.record_once
+def _stream_slots(state: Any) -> None:
+    state.app.extensions[STREAMS] = StreamSlots()
+
+
 @bp.get("/builds/<int:build_id>/log/stream")
 def stream_log(build_id: int) -> Response:
     store = get_runtime().store
@@ -280,7 +315,21 @@ def stream_log(build_id: int) -> Response:
     if not _STREAM_ID.match(after):
         raise PayloadError("Last-Event-ID / after must be a log entry id like 1700000000000-0")
     seconds = float(current_app.config.get("MLSHIP_STREAM_SECONDS", STREAM_SECONDS))
+    client = request.remote_addr or "-"
+    total = int(current_app.config.get("MLSHIP_MAX_STREAMS", MAX_STREAMS))
+    per_client = int(current_app.config.get("MLSHIP_MAX_STREAMS_PER_CLIENT", MAX_STREAMS_PER_CLIENT))
+    slots: StreamSlots = current_app.extensions[STREAMS]
+    if not slots.take(client, total, per_client):
+        busy = error_response(
+            "too_many_streams",
+            f"too many open log streams (at most {per_client} per client, {total} per server process); "
+            f"retry in {STREAM_RETRY_AFTER} s or read the text log",
+            429,
+        )
+        busy.headers["Retry-After"] = str(STREAM_RETRY_AFTER)
+        return busy
     resp = Response(log_events(store, build_id, after, seconds), mimetype="text/event-stream")
+    resp.call_on_close(lambda: slots.give_back(client))
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return resp

@@ -69,6 +69,7 @@ def compose_env(tmp_path, docker_daemon, base_image):
         "DOCKER_SOCKET": socket_path,
         "BASE_IMAGE": base_image,
         "MLSHIP_IMAGE": "mlship/orchestrator:compose-test",
+        "REDIS_PASSWORD": secrets.token_hex(16),
     }
 
 
@@ -78,6 +79,10 @@ def test_compose_file_is_valid(compose_env):
     cfg = yaml.safe_load(out.stdout)
     redis_cmd = cfg["services"]["redis"]["command"]
     assert "appendonly" in " ".join(redis_cmd) and "noeviction" in redis_cmd
+    assert redis_cmd[redis_cmd.index("--requirepass") + 1] == compose_env["REDIS_PASSWORD"]
+    url = cfg["services"]["worker"]["environment"]["ORCHESTRATOR_REDIS_URL"]
+    assert url == f"redis://:{compose_env['REDIS_PASSWORD']}@redis:6379/0"
+    assert cfg["services"]["web"]["environment"]["ORCHESTRATOR_READ_AUTH"] == "true"
     assert any("/var/run/docker.sock" in str(v) for v in cfg["services"]["worker"]["volumes"])
     assert set(cfg["volumes"]) >= {"redis-data", "workspace"}
     for svc in ("redis", "web", "worker"):
@@ -124,8 +129,12 @@ def test_compose_stack_comes_up_scales_and_goes_down(compose_env, docker_client,
             time.sleep(1)
         ps = compose(compose_env, "ps").stdout
         assert ps.count("worker") >= 2 and "Up" in ps, ps
-        # The web app reaches Redis (AOF on) through the compose network.
-        assert requests.get(f"{url}/api/v1/builds", timeout=5).json()["total"] == 0
+        # The web app reaches Redis (AOF on) through the compose network; reads need a token (read_auth).
+        secrets_text = Path(compose_env["MLSHIP_SECRETS_ENV"]).read_text()
+        token = dict(line.split("=", 1) for line in secrets_text.split())
+        assert requests.get(f"{url}/api/v1/builds", timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {token['API_TOKEN']}"}
+        assert requests.get(f"{url}/api/v1/builds", headers=auth, timeout=5).json()["total"] == 0
         aof = compose(compose_env, "exec", "-T", "redis", "redis-cli", "config", "get", "appendonly")
         assert "yes" in aof.stdout, aof.stdout + aof.stderr
         # A webhook with a wrong signature is refused by the composed web app.

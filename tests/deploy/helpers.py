@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.build.log import LogWriter, Masker
-from orchestrator.config import RepoConfig, Secrets, Settings
+from orchestrator.config import DeployTarget, Reach, RepoConfig, Secrets, Settings
 from orchestrator.devstack.services import free_port
 from orchestrator.models import Build, StepRecord, Trigger
 from orchestrator.pipeline import Pipeline, build_variables, load_pipeline
@@ -205,7 +205,13 @@ def test_settings(
         workspace=workspace,
         known_hosts=hosts.known_hosts,
         secrets=Secrets(env={"DEPLOY_SSH_KEY": hosts.client_key.read_text(), **(extra_secrets or {})}),
-        repositories={REPO: RepoConfig(full_name=REPO, clone_url="file:///nonexistent")},
+        repositories={
+            REPO: RepoConfig(
+                full_name=REPO,
+                clone_url="file:///nonexistent",
+                reach=Reach(deploy_targets=(DeployTarget(host="127.0.0.1"),)),  # the test bed's sshd hosts
+            )
+        },
     )
 
 

@@ -4,7 +4,6 @@ signed webhook receiver."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
@@ -39,10 +38,11 @@ def test_promote_and_rollback_notify_deploy_and_rollback(deploy_env: DeployEnv, 
     env = deploy_env
     hook = receivers(secret=KEY.encode())
     target = NotifyTarget(kind="webhook", url=hook.url, secret="HOOK_KEY", events=("deploy", "rollback"))
-    env.settings = dataclasses.replace(
-        env.settings,
-        notifications={"ops": target},
-        secrets=Secrets(env={**env.settings.secrets.env, "HOOK_KEY": KEY}),
+    env.settings = env.settings.model_copy(
+        update=dict(
+            notifications={"ops": target},
+            secrets=Secrets(env={**env.settings.secrets.env, "HOOK_KEY": KEY}),
+        )
     )
     rt = Runtime(env.settings, env.store, build_queue(env.settings))
     env.deploy(env.new_build(1))

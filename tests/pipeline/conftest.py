@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.build.runner import run_build
-from orchestrator.config import Allow, RepoConfig, Secrets, Settings
+from orchestrator.config import Allow, Reach, RepoConfig, Secrets, Settings, is_server_secret
 from orchestrator.devstack.services import GitOrigin
 from orchestrator.models import Build, Trigger
 from orchestrator.store import Store
@@ -45,8 +45,20 @@ BUILD_STEP = """\
 def make_settings(
     redis_url: str, tmp_path: Path, git_origin: GitOrigin, docker_daemon: Any, registry: Any, base_image: str
 ) -> Callable[..., Settings]:
-    def make(allow: Allow | None = None, secrets: dict[str, str] | None = None, **kw: Any) -> Settings:
-        repo = RepoConfig(full_name=REPO, clone_url=git_origin.url, allow=allow or Allow())
+    def make(
+        allow: Allow | None = None,
+        secrets: dict[str, str] | None = None,
+        reach: Reach | None = None,
+        **kw: Any,
+    ) -> Settings:
+        """``secrets`` the repository may use (listed in its reach unless ``reach`` is given)."""
+        listed = tuple(n for n in secrets or {} if not is_server_secret(n))
+        repo = RepoConfig(
+            full_name=REPO,
+            clone_url=git_origin.url,
+            allow=allow or Allow(),
+            reach=reach or Reach(secrets=listed),
+        )
         return Settings(
             redis_url=redis_url,
             workspace=tmp_path / "ws",

@@ -75,7 +75,7 @@ CASES = {
 EXPECTED = [
     (
         "unknown_key",
-        "pipeline.yaml:8: steps[1].docker_run.comand: unknown key 'comand' (did you mean 'command'?); allowed: command, image, env, workdir, user, network, volumes, privileged, memory, cpus, artifacts",
+        "pipeline.yaml:8: steps[1].docker_run.comand: unknown key 'comand' (did you mean 'command'?); allowed: command, image, env, workdir, user, network, volumes, privileged, memory, cpus, pids_limit, artifacts",
     ),
     (
         "unknown_top",
@@ -117,7 +117,7 @@ EXPECTED = [
     ),
     (
         "host_network",
-        "pipeline.yaml:8: steps[1].docker_run.network: network: host is not allowed for this repository (server configuration: allow.host_network: true); use the default network",
+        "pipeline.yaml:8: steps[1].docker_run.network: network: host is not allowed for this repository (server configuration: allow.host_network: true); use one of: none, bridge",
     ),
     (
         "docker_sock",

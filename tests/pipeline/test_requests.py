@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.build.workspace import checkout_commands, fallback_fetch, validate_sha
+from orchestrator.config import ContainerLimits
 from orchestrator.errors import PayloadError
 from orchestrator.pipeline import DockerBuildSpec, DockerPushSpec, DockerRunSpec, RegistryAuth, ShellSpec
 from orchestrator.steps.docker import (
@@ -80,9 +81,23 @@ def test_run_request_kwargs() -> None:
         "working_dir": "/app",
         "mem_limit": "512m",
         "nano_cpus": 1_500_000_000,
+        "pids_limit": 512,
         "volumes": ["cache:/c"],
+        "security_opt": ["no-new-privileges:true"],
     }
     assert run_request(DockerRunSpec(image="other:1"), "img:5", {}).kwargs()["image"] == "other:1"
+
+
+def test_run_request_limits_default_to_the_repositorys_and_always_forbid_new_privileges() -> None:
+    """Issue 18: a build container without limits of its own gets the server's memory and pids
+    limits and no-new-privileges; its own values (checked against the maxima at load) win."""
+    limits = ContainerLimits(memory="1g", pids=256)
+    kw = run_request(DockerRunSpec(command=["x"]), "img:5", {}, limits=limits).kwargs()
+    assert (kw["mem_limit"], kw["pids_limit"], kw["security_opt"]) == ("1g", 256, ["no-new-privileges:true"])
+    own = run_request(DockerRunSpec(memory="300m", pids_limit=64), "img:5", {}, limits=limits).kwargs()
+    assert (own["mem_limit"], own["pids_limit"]) == ("300m", 64)
+    build = build_request(DockerBuildSpec(), "img", Path("/ws"), {}, 10, {}, limits).kwargs()
+    assert build["container_limits"] == {"memory": 1024**3}
 
 
 def test_push_requests_kwargs() -> None:

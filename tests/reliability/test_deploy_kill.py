@@ -13,7 +13,6 @@ of build 2's commit with a healthy configuration (``HEALTH_PATH=/ready``) then d
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -81,11 +80,12 @@ def _setup(
     env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=images, volume=volume)
     ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
     known_hosts = str(deploy_hosts.known_hosts)
-    deploying = dataclasses.replace(
-        settings,
-        known_hosts=Path(known_hosts),
-        secrets=Secrets(env={**settings.secrets.env, **ssh}),
-        vars={**settings.vars, "HEALTH_PATH": "/ready"},
+    deploying = settings.model_copy(
+        update=dict(
+            known_hosts=Path(known_hosts),
+            secrets=Secrets(env={**settings.secrets.env, **ssh}),
+            vars={**settings.vars, "HEALTH_PATH": "/ready"},
+        )
     )
     return env, ssh, known_hosts, deploying
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import RepoConfig, Secrets, Settings, Triggers
+from orchestrator.config import Reach, RepoConfig, Secrets, Settings, Triggers, is_server_secret
 from orchestrator.devstack.services import GitOrigin
+from tests.deploy.conftest import deploy_env, example_images, model_volume  # noqa: F401  (the deploy tests' fixtures)
+from tests.pipeline.conftest import make_settings, store  # noqa: F401  (the pipeline engine's fixtures, here too)
 
 REPO = "acme/house-price"
 WEBHOOK_SECRET = "whsec-security-suite"
@@ -22,11 +24,15 @@ def real_settings(
 ) -> Callable[..., Settings]:
     """Settings for real builds: push triggers on every branch, server secrets from ``secrets``."""
 
-    def make(secrets: dict[str, str] | None = None, **kw: Any) -> Settings:
+    def make(secrets: dict[str, str] | None = None, reach: Reach | None = None, **kw: Any) -> Settings:
+        """``secrets``: server and repository secrets; the repository's reach lists every one that is
+        not the server's own, unless ``reach`` is given."""
+        listed = tuple(n for n in secrets or {} if not is_server_secret(n))
         repo = RepoConfig(
             full_name=REPO,
             clone_url=git_origin.url,
             triggers=Triggers(pull_request_merged=("main",), push=("*",)),
+            reach=reach or Reach(secrets=listed),
         )
         return Settings(
             redis_url=redis_url,
