@@ -13,6 +13,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import NotFound, StoreUnavailable
 from orchestrator.models import BuildStatus, Delivery, Deployment, Trigger
 from orchestrator.store import Store
+from tests.store_helpers import record_delivery
 
 
 def trig(sha: str = "a" * 40, repo: str = "acme/house-price") -> Trigger:
@@ -62,7 +63,7 @@ def test_same_commit_twice_is_one_build(store, queue):
 def test_delivery_id_maps_to_one_build(store, queue):
     enq = enqueuer(queue, 60)
     d = Delivery(id="guid-1", event="pull_request")
-    store.record_delivery(d)
+    record_delivery(store, d)
     b1, _ = store.create_build(trig("b" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d)
     b2, created = store.create_build(
         trig("c" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d

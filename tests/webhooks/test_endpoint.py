@@ -15,6 +15,7 @@ from orchestrator.build.queue import RUN_BUILD, rq_connection
 from orchestrator.config import RepoConfig, Secrets, Settings
 from orchestrator.errors import ConfigError
 from orchestrator.models import BuildStatus
+from tests.store_helpers import record_delivery
 
 from .conftest import GitHub, lines_of
 from .helpers import (
@@ -188,7 +189,7 @@ def test_received_but_never_finished_is_processed_again(github: GitHub, store) -
     """A worker that died after recording 'received' left no answer: the redelivery builds."""
     from orchestrator.models import Delivery
 
-    store.record_delivery(Delivery(id="crashed-1", event="pull_request", repo=REPO))
+    record_delivery(store, Delivery(id="crashed-1", event="pull_request", repo=REPO))
     r = github.send("pull_request", payload("pull_request.closed.merged"), delivery="crashed-1")
     assert r.status == 202 and store.latest_build_id() == 1
 
@@ -235,8 +236,10 @@ def test_bad_or_missing_signature_is_401_and_reveals_nothing(github: GitHub, sto
     for s in (SECRET, OLD_SECRET, OTHER_SECRET):
         mac = hmac.new(s.encode(), encode(p), hashlib.sha256).hexdigest()
         assert mac[:12] not in json.dumps(r.body) and s not in json.dumps(r.body)
-    d = store.get_delivery(r.delivery)
-    assert d is not None and d.verdict == "rejected" and d.status_code == 401
+    assert store.get_delivery(r.delivery) is None  # unauthenticated: no record of its own (issue 19)
+    (d,) = store.rejected_sample()  # counted and kept in the bounded sample instead
+    assert (d.id, d.verdict, d.status_code) == (r.delivery, "rejected", 401)
+    assert store.counters("deliveries") == {"rejected": 1}
     assert store.latest_build_id() == 0
 
 
