@@ -31,6 +31,8 @@ _SHA = re.compile(r"[0-9a-f]{40}\Z")
 # GitHub sends GUIDs; anything key-safe and short is accepted so other senders (tests, a relay) work.
 _DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 _EVENT = re.compile(r"[a-z_]{1,64}\Z")
+# A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
+_REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]*$")
 
 
 # -- signature --------------------------------------------------------------------------------------
@@ -106,6 +108,8 @@ def parse_body(body: bytes) -> dict[str, Any]:
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise PayloadError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:  # orjson stops at 1024 levels; json would overflow the stack
+            raise PayloadError("the body nests JSON too deeply (more than 1024 levels)") from None
     if not isinstance(payload, dict):
         raise PayloadError("the body must be a JSON object")
     return payload
@@ -117,6 +121,31 @@ def repository_of(payload: Mapping[str, Any]) -> str | None:
     if repo is None:
         return None
     return _str(_obj(repo, "repository"), "full_name", "repository.full_name", required=True)
+
+
+def normalize_ref(ref: str) -> tuple[str, str]:
+    """``main`` or ``refs/heads/main`` → (full ref, branch); PayloadError for anything unsafe.
+
+    The one branch-name check: the API's manual trigger and every webhook build run it before a
+    branch reaches git or a pipeline's ``${BRANCH}``."""
+    if not isinstance(ref, str) or not ref or len(ref) > 255:
+        raise PayloadError("ref must be a branch name like 'main' or 'refs/heads/main'", ref=str(ref)[:80])
+    full = ref if ref.startswith("refs/heads/") else f"refs/heads/{ref}"
+    branch = full[len("refs/heads/") :]
+    bad = (
+        not _REF_PART.match(branch)
+        or ".." in branch
+        or "//" in branch
+        or "@{" in branch
+        or branch.endswith(("/", ".", ".lock"))
+        or "/." in branch
+    )
+    if bad:
+        raise PayloadError(
+            f"ref {ref!r} is not a valid branch name (letters, digits, '._+/-'; no '..', no leading '-')",
+            ref=ref[:80],
+        )
+    return full, branch
 
 
 # -- decisions --------------------------------------------------------------------------------------
@@ -185,6 +214,7 @@ def _pull_request(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
             ref=ref,
         )
     sha = _sha(pr.get("merge_commit_sha"), "pull_request.merge_commit_sha")
+    _branch(base, "pull_request.base.ref")
     user = _login(pr.get("merged_by")) or _login(pr.get("user"))
     title = pr.get("title")
     url = pr.get("html_url")
@@ -224,6 +254,7 @@ def _push(payload: Mapping[str, Any], repo: RepoConfig) -> Decision:
             f"push to '{branch}', which is not tracked for pushes (tracked: {_names(tracked)})", ref=ref
         )
     sha = _sha(after, "after")
+    _branch(branch, "ref")
     head_value = payload.get("head_commit")
     head: Mapping[str, Any] = head_value if isinstance(head_value, dict) else {}
     author_value = head.get("author")
@@ -266,6 +297,13 @@ def _sha(value: Any, where: str) -> str:
     if isinstance(value, str) and _SHA.match(value.lower()):
         return value.lower()
     raise PayloadError(f"'{where}' must be a commit sha of 40 hex characters", field=where)
+
+
+def _branch(branch: str, where: str) -> None:
+    try:
+        normalize_ref(branch)
+    except PayloadError as exc:
+        raise PayloadError(f"'{where}': {exc.message}; such a branch is not built", field=where) from None
 
 
 def _login(user: Any) -> str:
