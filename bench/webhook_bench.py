@@ -9,7 +9,8 @@ second are reported as information only.
 
 What it does, all on loopback and in one run:
 
-1. starts a real Redis (``services.RedisServer``: AOF on, ``appendfsync everysec``) for this service;
+1. starts a real Redis (``services.RedisServer``: AOF on, ``appendfsync everysec``) for each run of this
+   service (``--compare-with`` adds one from another checkout, e.g. the commit before a change);
 2. starts ``orchestrator web`` (gunicorn, ``--workers/--web-threads``) with one allow-listed
    repository, and ``/usr/bin/webhook`` twice with one hook whose trigger rule is
    ``payload-hmac-sha256`` on ``X-Hub-Signature-256`` and whose command is ``/bin/true`` (a rule
@@ -128,6 +129,8 @@ class Server:
     url: str
     pid: int
     marker: str  # a 2xx body containing it counts as accepted
+    store: Store | None = None  # mlship: its own Redis, to verify what it acknowledged
+    queue: Queue | None = None
 
 
 @contextmanager
@@ -147,9 +150,27 @@ def process(argv: list[str], env: dict[str, str], port: int, log: Path, what: st
 
 
 @contextmanager
-def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[Server]:
+def ours(work: Path, workers: int, threads: int, root: Path | None = None) -> Iterator[Server]:
+    """``orchestrator web`` of this checkout, or of the checkout at ``root`` (``--compare-with``), each
+    with a Redis of its own (every server gets the same deliveries: one Redis would answer the second
+    server's from the first one's records)."""
+    label = root.name if root else "this"
+    redis = RedisServer(work / f"redis-{label}").start()
+    try:
+        with _web(work, redis.url, workers, threads, root, label) as server:
+            server.store = Store.from_url(redis.url)
+            server.queue = Queue("builds", connection=rq_connection(redis.url))
+            yield server
+    finally:
+        redis.stop()
+
+
+@contextmanager
+def _web(
+    work: Path, redis_url: str, workers: int, threads: int, root: Path | None, label: str
+) -> Iterator[Server]:
     port = free_port()
-    config = work / "server.yaml"
+    config = work / f"server-{label}.yaml"
     config.write_text(
         json.dumps(
             {
@@ -166,6 +187,8 @@ def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[Ser
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     env.update(ORCHESTRATOR_CONFIG=str(config), GITHUB_WEBHOOK_SECRET=SECRET)
+    if root is not None:  # another checkout's package first on the path (same venv, same libraries)
+        env["PYTHONPATH"] = str(root)
     argv = [
         sys.executable,
         "-m",
@@ -178,7 +201,8 @@ def ours(work: Path, redis_url: str, workers: int, threads: int) -> Iterator[Ser
         "--threads",
         str(threads),
     ]
-    with process(argv, env, port, work / "web.log", "orchestrator web") as pid:
+    log = work / f"web-{label}.log"
+    with process(argv, env, port, log, "orchestrator web") as pid:
         yield Server(f"http://127.0.0.1:{port}/webhooks/github", pid, '"queued"')
 
 
@@ -390,6 +414,11 @@ def main() -> int:
         "--no-ceiling", dest="ceiling", action="store_false", help="skip the gunicorn hello-world upper bound"
     )
     p.add_argument(
+        "--compare-with",
+        metavar="CHECKOUT",
+        help="also run orchestrator web from another checkout (e.g. a worktree at an older commit)",
+    )
+    p.add_argument(
         "--no-sync-peer",
         dest="sync_peer",
         action="store_false",
@@ -404,16 +433,17 @@ def main() -> int:
             raise SystemExit(f"{program} is not installed: apt-get install -y {program}")
 
     work = Path(tempfile.mkdtemp(prefix="mlship-whbench-"))
-    redis = RedisServer(work / "redis").start()
     runs: list[Run] = []
     try:
-        store = Store.from_url(redis.url)
-        queue = Queue("builds", connection=rq_connection(redis.url))
         with ExitStack() as stack:
             servers = {
-                "mlship": stack.enter_context(ours(work, redis.url, args.workers, args.web_threads)),
+                "mlship": stack.enter_context(ours(work, args.workers, args.web_threads)),
                 "webhook": stack.enter_context(adnanh_webhook(work)),
             }
+            if args.compare_with:
+                servers["mlship-before"] = stack.enter_context(
+                    ours(work, args.workers, args.web_threads, Path(args.compare_with).resolve())
+                )
             if args.sync_peer:
                 servers["webhook-sync"] = stack.enter_context(adnanh_webhook(work, sync=True))
             if args.ceiling:
@@ -421,9 +451,8 @@ def main() -> int:
             warm(work, servers, args)
             for mode in modes:
                 for rnd in range(1, args.rounds + 1):
-                    runs.extend(one_round(work, store, queue, servers, args, mode, rnd))
+                    runs.extend(one_round(work, servers, args, mode, rnd))
     finally:
-        redis.stop()
         shutil.rmtree(work, ignore_errors=True)
     report(runs, args, modes)
     return 0
@@ -440,8 +469,6 @@ def warm(work: Path, servers: dict[str, Server], args: argparse.Namespace) -> No
 
 def one_round(
     work: Path,
-    store: Store,
-    queue: Queue,
     servers: dict[str, Server],
     args: argparse.Namespace,
     mode: str,
@@ -457,15 +484,15 @@ def one_round(
     out = []
     for name in order:
         server = servers[name]
-        before = store.latest_build_id()
+        before = server.store.latest_build_id() if server.store else 0
         r = drive(server.url, prefix, run_args, work / f"{tag}-{name}.json", server.marker)
         run = to_run(name, rnd, r, mode, drain(server.pid))
         if run.wrapped and name != "hello":  # the hello-world keeps no state: replaying is fine
             raise SystemExit(
                 f"{name} used up all {args.deliveries} deliveries ({mode}, round {rnd}): raise --deliveries"
             )
-        if name == "mlship":
-            verify(store, queue, r["ok_ids"], shas, before, args.connections)
+        if server.store is not None and server.queue is not None:
+            verify(server.store, server.queue, r["ok_ids"], shas, before, args.connections)
         out.append(run)
         print(
             f"{mode:10} round {rnd} {name:12} {run.rps:8.1f}/s answered, {run.done_rps:8.1f}/s queued "
@@ -509,6 +536,7 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
     kind = "gthread" if args.web_threads > 1 else "sync"
     names = {
         "mlship": f"mlship (gunicorn {args.workers}x{args.web_threads} {kind}, Redis)",
+        "mlship-before": f"mlship at {args.compare_with} (same gunicorn, its own Redis)",
         "webhook": "adnanh/webhook 2.8 (runs /bin/true after answering)",
         "webhook-sync": "adnanh/webhook 2.8 (answers after /bin/true ran)",
         "hello": f"ceiling: gunicorn {args.workers}x{args.web_threads} {kind} hello-world (reads, 202)",
@@ -531,6 +559,9 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
             "answered_ratio": _ratio(answered["mlship"].rps, answered["webhook"].rps),
             **{s: asdict(r) for s, r in done.items()},
         }
+        if "mlship-before" in done:
+            m["before_queued_ratio"] = _ratio(done["mlship-before"].done_rps, done["webhook"].done_rps)
+            m["before_p99_ratio"] = _ratio(p99["mlship-before"].p99_ms, p99["webhook"].p99_ms)
         if "hello" in done:
             m["mlship_vs_hello"] = _ratio(answered["mlship"].rps, answered["hello"].rps)
     print()
@@ -549,6 +580,15 @@ def report(runs: list[Run], args: argparse.Namespace, modes: list[str]) -> None:
             f"  information: answers per second, mlship / webhook: {m['answered_ratio']:.2f}x (rounds: "
             f"{_values(runs, 'mlship', mode)} vs {_values(runs, 'webhook', mode)})"
         )
+        if "before_queued_ratio" in m:
+            before = (
+                _values(runs, "mlship-before", mode, "done_rps"),
+                _values(runs, "mlship-before", mode, "p99_ms"),
+            )
+            print(
+                f"  the same for {args.compare_with}: {m['before_queued_ratio']:.2f}x queued/s, "
+                f"{m['before_p99_ratio']:.2f}x p99 (rounds: {before[0]}/s, {before[1]} ms)"
+            )
         if "webhook-sync" in servers:
             print(
                 f"  information: webhook answering after its hook ran: {_values(runs, 'webhook-sync', mode)}"

@@ -252,7 +252,13 @@ def deliveries_page() -> str:
     rt = get_runtime()
     offset, limit = _offset(), rt.settings.max_rows_per_page
     items, total = rt.store.list_deliveries(offset=offset, limit=limit)
-    return render_template("deliveries.html", deliveries=items, page=_page_args(total, offset, limit))
+    return render_template(
+        "deliveries.html",
+        deliveries=items,
+        page=_page_args(total, offset, limit),
+        rejected=rt.store.rejected_sample(20),
+        rejected_count=rt.store.counters("deliveries").get("rejected", 0),
+    )
 
 
 @bp.get("/environments")

@@ -115,3 +115,13 @@ def test_unsigned_deliveries_are_counted_and_sampled_not_recorded_one_by_one(
     record = store.get_delivery(signed.delivery)
     assert record is not None and record.verdict == "ignored"
     assert client.ttl(store.k.delivery(signed.delivery)) > 7 * 86400
+
+
+def test_the_deliveries_page_and_api_show_the_rejected_sample(github: GitHub) -> None:
+    bad = github.send("pull_request", merged_pr(SHA), secret=None)
+    assert bad.status == 401
+    doc = github.client.get("/api/v1/deliveries").get_json()
+    assert doc["rejected_unverified"]["count"] >= 1
+    assert bad.delivery in [d["id"] for d in doc["rejected_unverified"]["sample"]]
+    page = github.client.get("/deliveries").get_data(as_text=True)
+    assert bad.delivery in page and "missing X-Hub-Signature-256" in page
