@@ -11,6 +11,7 @@ parsing, the build transaction, the log line), which ``webhook_bench.py`` measur
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -44,7 +45,8 @@ def environ() -> dict[str, Any]:
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
-    redis = RedisServer(Path(tempfile.mkdtemp(prefix="mlship-whprof-")) / "redis").start()
+    work = Path(tempfile.mkdtemp(prefix="mlship-whprof-"))
+    redis = RedisServer(work / "redis").start()
     try:
         app = create_app(settings(redis.url))
         envs = [environ() for _ in range(n + WARM)]
@@ -63,6 +65,7 @@ def main() -> int:
         print(f"CPU per delivery: {(time.process_time() - t0) / n * 1e6:.0f} µs ({n} deliveries)")
     finally:
         redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
