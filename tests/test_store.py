@@ -10,6 +10,7 @@ from rq.serializers import JSONSerializer
 
 from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.config import Settings
+from orchestrator.devstack.services import wait_for
 from orchestrator.errors import NotFound, StoreUnavailable
 from orchestrator.models import BuildStatus, Delivery, Deployment, Trigger
 from orchestrator.store import Store
@@ -123,10 +124,10 @@ def test_locks_are_owned_and_expire(store):
     assert store.acquire_lock("env:qa", "1", ttl=0.3, build_id=1)
     assert not store.acquire_lock("env:qa", "2", ttl=5)
     assert not store.release_lock("env:qa", "2")
-    import time
-
-    time.sleep(0.5)
-    assert store.acquire_lock("env:qa", "2", ttl=5)
+    assert store.lock_owner("env:qa") == "1"
+    # Redis expires the first owner's lock after its 0.3 s TTL: wait for that, with a deadline.
+    wait_for(lambda: store.acquire_lock("env:qa", "2", ttl=5), 10, "the expired lock to be free")
+    assert store.lock_owner("env:qa") == "2"
     assert store.release_lock("env:qa", "2")
 
 
