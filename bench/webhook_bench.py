@@ -366,19 +366,24 @@ def verify(
     wrk stops with up to one request in flight per connection: those may have become builds whose
     answer wrk never read, so at most ``in_flight`` builds more than 2xx answers are allowed.
     """
-    queued = set()
+    # Pipelined reads (the store's key names, its client): tens of thousands of jobs per run.
+    pipe = store.r.pipeline(transaction=False)
     for job_id in queue.get_job_ids():
-        build_id = store.resolve_ticket(job_id.removeprefix("build-"))
-        if build_id is not None:
-            queued.add(build_id)
-    missing = []
+        pipe.get(store.k.ticket(job_id.removeprefix("build-")))
+    queued = {int(v) for v in pipe.execute() if v}
+    pipe = store.r.pipeline(transaction=False)
     for delivery in ids:
-        d = store.get_delivery(delivery)
-        if d is None or d.verdict != "queued" or d.build_id is None or d.build_id not in queued:
-            missing.append(delivery)
-            continue
-        if store.get_build(d.build_id).sha != shas[delivery]:
-            missing.append(delivery)
+        pipe.hmget(store.k.delivery(delivery), "verdict", "build_id")
+    records = pipe.execute()
+    pipe = store.r.pipeline(transaction=False)
+    for _, build_id in records:
+        pipe.hget(store.k.build(int(build_id or 0)), "sha")
+    build_shas = pipe.execute()
+    missing = [
+        delivery
+        for delivery, (verdict, build_id), sha in zip(ids, records, build_shas, strict=True)
+        if verdict != "queued" or not build_id or int(build_id) not in queued or sha != shas[delivery]
+    ]
     builds = store.latest_build_id() - builds_before
     if missing or not len(ids) <= builds <= len(ids) + in_flight:
         raise SystemExit(
