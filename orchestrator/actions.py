@@ -15,34 +15,11 @@ from orchestrator.build import cancel as cancel_builds
 from orchestrator.config import RepoConfig
 from orchestrator.deploy import policy
 from orchestrator.errors import InfrastructureError, NotFound, PayloadError
+from orchestrator.intake.forge import normalize_ref  # the one branch-name check (API and webhook)
 from orchestrator.models import Build, Trigger, is_sha
 
-# A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
-_REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]*$")
 ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 LS_REMOTE_TIMEOUT = defaults.LS_REMOTE_TIMEOUT
-
-
-def normalize_ref(ref: str) -> tuple[str, str]:
-    """``main`` or ``refs/heads/main`` → (full ref, branch); PayloadError for anything unsafe."""
-    if not isinstance(ref, str) or not ref or len(ref) > 255:
-        raise PayloadError("ref must be a branch name like 'main' or 'refs/heads/main'", ref=str(ref)[:80])
-    full = ref if ref.startswith("refs/heads/") else f"refs/heads/{ref}"
-    branch = full[len("refs/heads/") :]
-    bad = (
-        not _REF_PART.match(branch)
-        or ".." in branch
-        or "//" in branch
-        or "@{" in branch
-        or branch.endswith(("/", ".", ".lock"))
-        or "/." in branch
-    )
-    if bad:
-        raise PayloadError(
-            f"ref {ref!r} is not a valid branch name (letters, digits, '._+/-'; no '..', no leading '-')",
-            ref=ref[:80],
-        )
-    return full, branch
 
 
 def ls_remote_argv(clone_url: str, full_ref: str) -> list[str]:

@@ -10,9 +10,11 @@ from rq.serializers import JSONSerializer
 
 from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.config import Settings
+from orchestrator.devstack.services import wait_for
 from orchestrator.errors import NotFound, StoreUnavailable
 from orchestrator.models import BuildStatus, Delivery, Deployment, Trigger
 from orchestrator.store import Store
+from tests.store_helpers import record_delivery
 
 
 def trig(sha: str = "a" * 40, repo: str = "acme/house-price") -> Trigger:
@@ -62,7 +64,7 @@ def test_same_commit_twice_is_one_build(store, queue):
 def test_delivery_id_maps_to_one_build(store, queue):
     enq = enqueuer(queue, 60)
     d = Delivery(id="guid-1", event="pull_request")
-    store.record_delivery(d)
+    record_delivery(store, d)
     b1, _ = store.create_build(trig("b" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d)
     b2, created = store.create_build(
         trig("c" * 40), pipeline="p", triggered_by="guid-1", enqueue=enq, delivery=d
@@ -122,10 +124,10 @@ def test_locks_are_owned_and_expire(store):
     assert store.acquire_lock("env:qa", "1", ttl=0.3, build_id=1)
     assert not store.acquire_lock("env:qa", "2", ttl=5)
     assert not store.release_lock("env:qa", "2")
-    import time
-
-    time.sleep(0.5)
-    assert store.acquire_lock("env:qa", "2", ttl=5)
+    assert store.lock_owner("env:qa") == "1"
+    # Redis expires the first owner's lock after its 0.3 s TTL: wait for that, with a deadline.
+    wait_for(lambda: store.acquire_lock("env:qa", "2", ttl=5), 10, "the expired lock to be free")
+    assert store.lock_owner("env:qa") == "2"
     assert store.release_lock("env:qa", "2")
 
 

@@ -144,6 +144,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise PayloadError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:  # orjson stops at 1024 levels; json would overflow the stack
+            raise PayloadError("the body nests JSON too deeply (more than 1024 levels)") from None
     if not isinstance(payload, dict):
         raise PayloadError("the body must be a JSON object")
     return payload
@@ -155,6 +157,43 @@ def ping(payload: Mapping[str, Any]) -> Decision:
 
 
 # -- trigger rules, the same for every forge --------------------------------------------------------
+
+
+_REF_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+/-]*$")  # a conservative git-check-ref-format
+
+
+def normalize_ref(ref: str) -> tuple[str, str]:
+    """``main`` or ``refs/heads/main`` → (full ref, branch); PayloadError for anything unsafe.
+
+    The one branch-name check: the API's manual trigger and every webhook build run it before a
+    branch reaches git or a pipeline's ``${BRANCH}``."""
+    if not isinstance(ref, str) or not ref or len(ref) > 255:
+        raise PayloadError("ref must be a branch name like 'main' or 'refs/heads/main'", ref=str(ref)[:80])
+    full = ref if ref.startswith("refs/heads/") else f"refs/heads/{ref}"
+    branch = full[len("refs/heads/") :]
+    bad = (
+        not _REF_PART.match(branch)
+        or ".." in branch
+        or "//" in branch
+        or "@{" in branch
+        or branch.endswith(("/", ".", ".lock"))
+        or "/." in branch
+    )
+    if bad:
+        raise PayloadError(
+            f"ref {ref!r} is not a valid branch name (letters, digits, '._+/-'; no '..', no leading '-')",
+            ref=ref[:80],
+        )
+    return full, branch
+
+
+def checked_branch(branch: str, where: str) -> str:
+    """``branch`` if it is safe to build (``normalize_ref``), else PayloadError naming the field."""
+    try:
+        normalize_ref(branch)
+    except PayloadError as exc:
+        raise PayloadError(f"'{where}': {exc.message}; such a branch is not built", field=where) from None
+    return branch
 
 
 def branch_matches(branch: str, patterns: Sequence[str]) -> bool:
@@ -188,6 +227,7 @@ def merged(repo: RepoConfig, m: Merge) -> Decision:
             ref=ref,
         )
     sha = commit_sha(m.sha, m.sha_field)
+    checked_branch(m.base, "pull_request.base.ref")
     trigger = Trigger(
         repo=repo.full_name,
         sha=sha,
@@ -236,6 +276,7 @@ def pushed(repo: RepoConfig, p: Push) -> Decision:
             f"push to '{branch}', which is not tracked for pushes (tracked: {names(tracked)})", ref=ref
         )
     sha = commit_sha(p.after, "after")
+    checked_branch(branch, "ref")
     trigger = Trigger(
         repo=repo.full_name,
         sha=sha,

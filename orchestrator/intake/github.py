@@ -31,6 +31,7 @@ DELIVERY_HEADER = "X-GitHub-Delivery"
 REPOSITORY_FIELD = "repository.full_name"
 _PREFIX = "sha256="
 _EVENT = re.compile(r"[a-z_]{1,64}\Z")
+# A conservative subset of git-check-ref-format: no leading '-', no '..', '//', '@{', control chars.
 
 
 # -- signature --------------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """POST /webhooks/<forge>: verify → record → match → dedup → build + job in one transaction → 202.
 
-Every delivery gets a verdict (queued, duplicate, ignored, rejected, failed), a record in the store
-(kept ``delivery_ttl_days``), a counter for /metrics and one JSON log line. A redelivery of a
-delivery that succeeded (queued, duplicate, ignored) gets the same status and body again and no new
-build; one that failed (503, or received but never finished) is processed again.
+Every delivery gets a verdict (queued, duplicate, ignored, rejected, failed), a counter for /metrics
+and one JSON log line. A verified delivery gets a record in the store (kept ``delivery_ttl_days``,
+the redelivery window); one rejected before its signature was verified is only counted and kept in a
+bounded sample (an unauthenticated sender creates no key of its own). A redelivery of a delivery
+that succeeded (queued, duplicate, ignored) gets the same status and body again and no new build;
+one that failed (503, or rejected) is processed again.
 
 ``/webhooks/github/<owner>/<name>`` is the same endpoint scoped to one repository: only that
-repository's secrets are tried and the payload must be about it. The same flow serves every forge
-(``intake/forge.py``): the URL names the forge, whose module authenticates and reads the delivery.
+repository's secrets are tried and the payload must be about it. Whether a repository is
+configured is told only to a sender whose signature verified (no repository oracle). The same flow
+serves every forge (``intake/forge.py``): the URL names the forge, whose module authenticates and
+reads the delivery.
 """
 
 from __future__ import annotations
@@ -21,9 +25,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
-from werkzeug.datastructures import EnvironHeaders
-from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from orchestrator import servicelog as applog
 from orchestrator.build import queue as jobs
@@ -39,14 +41,13 @@ from orchestrator.errors import (
 from orchestrator.intake import gitea, github, gitlab
 from orchestrator.intake.forge import Decision, Forge
 from orchestrator.models import Build, Delivery
-from orchestrator.store import BuildRef, Replay
-from orchestrator.web import metrics
+from orchestrator.store import FINAL, BuildRef, Replay
 
 bp = Blueprint("webhooks", __name__)
 log = applog.get("webhooks")
 
 EXTENSION = "mlship.webhooks"
-SUCCESS = frozenset({"queued", "duplicate", "ignored"})  # a redelivery of these is answered from the record
+SUCCESS = frozenset(FINAL)  # a redelivery of these is answered from the record
 _STATUS = {SignatureError: 401, PayloadTooLarge: 413, UnsupportedContentType: 415, PayloadError: 400}
 _MAX_REASON = 1000
 
@@ -90,14 +91,13 @@ class Intake:
 
     settings: Settings
     keyring: Keyring
-    store: Any = field(default=None)
-    job: Any = field(default=None)  # jobs.job_commands: the build's RQ job as commands
+    store: Any
+    enqueue: Any  # jobs.enqueuer: adds the build's RQ job to the create_build transaction
 
 
 @dataclass
 class Incoming:
-    """One POST to a webhook URL, as the handler needs it: from Flask's request or straight from the
-    WSGI environ (``FastPath``), so both run the same code."""
+    """One POST to a webhook URL, as the handler needs it."""
 
     headers: Any  # case-insensitive ``.get``
     mimetype: str
@@ -115,10 +115,8 @@ def _setup(state: BlueprintSetupState) -> None:
     if settings.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive: set MLSHIP_MAX_BODY_BYTES")
     keyring = Keyring.from_settings(settings)
-    job = jobs.job_commands(rt.queue, settings.build_timeout)
-    state.app.extensions[EXTENSION] = Intake(settings, keyring, rt.store, job)
-    app: Any = state.app
-    app.wsgi_app = FastPath(app.wsgi_app, app.extensions[EXTENSION])
+    enqueue = jobs.enqueuer(jobs.intake_queue(settings), settings.build_timeout)
+    state.app.extensions[EXTENSION] = Intake(settings, keyring, rt.store, enqueue)
     if not logging_configured():
         applog.configure(settings.secret_values())
     if not settings.repositories:
@@ -138,16 +136,7 @@ def logging_configured() -> bool:
 @bp.post("/webhooks/github")
 @bp.post("/webhooks/github/<owner>/<name>")
 def receive(owner: str | None = None, name: str | None = None) -> Response:
-    """The Flask route (FastPath answers these POSTs first; this serves apps mounted without it)."""
-    inc = Incoming(
-        request.headers,
-        request.mimetype,
-        request.content_length,
-        request.stream,
-        f"{owner}/{name}" if owner else None,
-    )
-    status, body = handle(current_app.extensions[EXTENSION], inc)
-    return Response(body, status, mimetype="application/json")
+    return _receive(github, f"{owner}/{name}" if owner else None)
 
 
 @bp.post("/webhooks/gitlab")
@@ -163,10 +152,16 @@ def receive_gitea(owner: str | None = None, name: str | None = None) -> Response
 
 
 def _receive(forge: Forge, scope: str | None) -> Response:
-    inc = Incoming(
-        request.headers, request.mimetype, request.content_length, request.stream, scope, forge=forge
-    )
-    status, body = handle(current_app.extensions[EXTENSION], inc)
+    intake: Intake = current_app.extensions[EXTENSION]
+    # The webhook's own cap (GitHub sends up to 25 MB) instead of the app's form cap; one byte more,
+    # because _read_body reads limit + 1 bytes to tell a body at the limit from one over it.
+    request.max_content_length = intake.settings.max_body_bytes + 1
+    try:
+        stream = request.stream
+    except RequestEntityTooLarge:  # Content-Length over the cap: _read_body says so (a JSON 413)
+        stream = None
+    inc = Incoming(request.headers, request.mimetype, request.content_length, stream, scope, forge=forge)
+    status, body = handle(intake, inc)
     return Response(body, status, mimetype="application/json")
 
 
@@ -188,121 +183,119 @@ def handle(intake: Intake, inc: Incoming) -> tuple[int, bytes]:
 
 
 def _process(intake: Intake, d: Delivery, inc: Incoming) -> Answer:
-    settings, scope, store, forge = intake.settings, inc.scope, intake.store, inc.forge
     try:
-        meta = forge.parse_meta(inc.headers)
+        meta = inc.forge.parse_meta(inc.headers)
     except PayloadError as exc:
         return _reject(d, exc)  # no usable id: logged, not recorded
     d.id, d.event = meta.delivery_id, meta.event
-    keyring = intake.keyring
-    if scope is not None:
-        if settings.repo(scope) is None:
-            return _recorded(
-                store,
-                _verdict(
-                    d,
-                    404,
-                    "rejected",
-                    f"repository {scope} is not allow-listed: "
-                    "add it under repositories: in the server configuration",
-                ),
-                d,
-            )
-        keyring = keyring.only(scope)
     try:
-        _check_content_type(inc.mimetype, forge.TITLE)
-        body = _read_body(inc, settings.max_body_bytes)
-        secret = forge.verify(body, inc.headers, keyring.secrets)
+        body, owners = _verify(intake, inc)
     except (PayloadError, SignatureError) as exc:
-        return _recorded(store, _reject(d, exc), d)
+        return _unverified(intake.store, _reject(d, exc), d)
     except ConfigError as exc:  # no secret configured at all: nothing can be verified
-        return _recorded(store, _verdict(d, 401, "rejected", str(exc)), d)
+        return _unverified(intake.store, _verdict(d, 401, "rejected", str(exc)), d)
+    return _verified(intake, inc, d, body, owners)
 
+
+def _verify(intake: Intake, inc: Incoming) -> tuple[bytes, frozenset[str]]:
+    """The body and the repositories whose secret signed it.
+
+    At a per-repository URL only that repository's secrets are tried; at the URL of a repository
+    that is not configured, every secret is (so an unsigned or badly signed POST is answered the same
+    either way, and only a verified sender learns that the repository is unknown)."""
+    _check_content_type(inc.mimetype, inc.forge.TITLE)
+    body = _read_body(inc, intake.settings.max_body_bytes)
+    keyring = intake.keyring
+    if inc.scope is not None and intake.settings.repo(inc.scope) is not None:
+        keyring = keyring.only(inc.scope)
+    secret = inc.forge.verify(body, inc.headers, keyring.secrets)
+    return body, keyring.owners[secret]
+
+
+def _verified(intake: Intake, inc: Incoming, d: Delivery, body: bytes, owners: frozenset[str]) -> Answer:
+    """A delivery whose signature verified: recorded, answered from its record if it is a redelivery."""
     try:
-        payload = forge.parse_body(body)
-        repo_name = forge.repository_of(payload)
-    except PayloadError as exc:
+        payload = inc.forge.parse_body(body)
+        d.repo = inc.forge.repository_of(payload) or ""
+        early = _check_repository(intake.settings, inc, d, payload, owners)
+    except (PayloadError, SignatureError) as exc:
         return _finish(intake, inc, _reject(d, exc), d)
-    d.repo = repo_name or ""
-    if repo_name is None:
-        if d.event == "ping":  # organization and app hooks ping without a repository
-            decision = forge.ping(payload)
-            return _finish(intake, inc, _ignored(d, decision), d)
-        return _finish(
-            intake, inc, _reject(d, PayloadError(f"the payload has no {forge.REPOSITORY_FIELD}")), d
-        )
-    if scope is not None and repo_name != scope:
-        return _finish(
-            intake,
-            inc,
-            _reject(d, PayloadError(f"the payload is about {repo_name} but was sent to the URL of {scope}")),
-            d,
-        )
-    repo = settings.repo(repo_name)
-    if repo is None:
-        return _finish(
-            intake,
-            inc,
-            _verdict(
-                d,
-                200,
-                "ignored",
-                f"repository {repo_name} is not allow-listed: add it under repositories: "
-                "in the server configuration to build it",
-            ),
-            d,
-        )
-    if (wrong := _not_for(forge, repo, keyring, secret)) is not None:
-        return _finish(intake, inc, _reject(d, wrong), d)
-
+    if early is not None:
+        return _finish(intake, inc, early, d)
+    repo = intake.settings.repo(d.repo)
+    assert repo is not None  # _check_repository answered otherwise
     # From here on, one round trip settles the delivery: if this id already succeeded, its record
-    # answers (no new build); otherwise the verdict is recorded — for a build, in the same atomic
-    # script as the build and its job, so no crash can leave one without the others. Deciding is
-    # pure, so it comes first. Pings are stateless and simply answered again.
+    # answers (no new build); otherwise the verdict is recorded — for a build, in the same transaction
+    # as the build and its job, so no crash can leave one without the others. Deciding is pure, so
+    # it comes first. Pings are stateless and simply answered again.
     try:
-        decision = forge.decide(d.event, payload, repo)
+        decision = inc.forge.decide(d.event, payload, repo)
     except PayloadError as exc:
         return _finish(intake, inc, _reject(d, exc), d, SUCCESS)
     d.action, d.ref, d.sha = decision.action, decision.ref, decision.sha
     if decision.trigger is None:
-        return _finish(intake, inc, _ignored(d, decision), d, SUCCESS if d.event != "ping" else ())
+        return _finish(intake, inc, _ignored(d, decision), d, SUCCESS if d.event != "ping" else frozenset())
     return _build(intake, inc, repo, decision, d)
 
 
-def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: Decision, d: Delivery) -> Answer:
-    assert decision.trigger is not None
-    why = decision.reason
-    if len(why) > _MAX_REASON - 200:  # leaves room for the number and the first delivery's id
-        why = why[: _MAX_REASON - 200] + "…"
-    d.duration_ms = applog.now_ms(inc.start)
-    build, prior = intake.store.intake_build(
-        d,
-        decision.trigger,
-        pipeline=repo.pipeline,
-        job=intake.job,
-        replay=SUCCESS,
-        queued_reason=f"{why}: queued as build #",
-        duplicate_reason=f"{why}: commit {decision.trigger.sha[:7]} is already build #",
-    )
-    if prior is not None:
-        return _replay(intake.settings, prior, d)
-    return _with_build(Answer(d.status_code, _body(d)), build, intake.settings)
-
-
-def _not_for(
-    forge: Forge, repo: RepoConfig, keyring: Keyring, secret: int
-) -> PayloadError | SignatureError | None:
-    """Why an authenticated delivery may not act on ``repo``: it was signed with another repository's
-    secret, or it came to another forge's URL than the one ``repo`` is configured on."""
-    if repo.full_name not in keyring.owners[secret]:
-        return SignatureError(f"{forge.SIGNATURE_HEADER} does not match a webhook secret of {repo.full_name}")
+def _check_repository(
+    settings: Settings, inc: Incoming, d: Delivery, payload: dict[str, Any], owners: frozenset[str]
+) -> Answer | None:
+    """The answer for a verified delivery that is not about an allow-listed repository it may speak
+    for (None when it is); PayloadError or SignatureError to reject it."""
+    scope, forge = inc.scope, inc.forge
+    if scope is not None and settings.repo(scope) is None:
+        return _verdict(
+            d,
+            404,
+            "rejected",
+            f"repository {scope} is not allow-listed: add it under repositories: in the server configuration",
+        )
+    if not d.repo:
+        if d.event == "ping":  # organization and app hooks ping without a repository
+            return _ignored(d, forge.ping(payload))
+        raise PayloadError(f"the payload has no {forge.REPOSITORY_FIELD}")
+    if scope is not None and d.repo != scope:
+        raise PayloadError(f"the payload is about {d.repo} but was sent to the URL of {scope}")
+    repo = settings.repo(d.repo)
+    if repo is None:
+        return _verdict(
+            d,
+            200,
+            "ignored",
+            f"repository {d.repo} is not allow-listed: add it under repositories: "
+            "in the server configuration to build it",
+        )
+    if d.repo not in owners:
+        raise SignatureError(f"{forge.SIGNATURE_HEADER} does not match a webhook secret of {d.repo}")
     if repo.forge != forge.NAME:
-        return PayloadError(
+        raise PayloadError(
             f"{repo.full_name} is configured with forge: {repo.forge}, but this delivery came to "
             f"/webhooks/{forge.NAME}: send it to /webhooks/{repo.forge} or correct forge: in the server "
             "configuration"
         )
     return None
+
+
+def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: Decision, d: Delivery) -> Answer:
+    """Create the build as the API does (Store.create_build), with the delivery's verdict."""
+    assert decision.trigger is not None
+    why = decision.reason
+    if len(why) > _MAX_REASON - 200:  # leaves room for the number and the first delivery's id
+        why = why[: _MAX_REASON - 200] + "…"
+    d.duration_ms = applog.now_ms(inc.start)
+    received = d.received_at
+    build, _ = intake.store.create_build(
+        decision.trigger,
+        pipeline=repo.pipeline,
+        triggered_by=d.id,
+        enqueue=intake.enqueue,
+        delivery=d,
+        reasons=(f"{why}: queued as build #", f"{why}: commit {decision.trigger.sha[:7]} is already build #"),
+    )
+    # On a redelivery of a queued or duplicate delivery, ``d`` is now the earlier record.
+    answer = Answer(d.status_code, _body(d), replayed=d.received_at != received)
+    return _with_build(answer, build, intake.settings)
 
 
 # -- verdicts and answers ---------------------------------------------------------------------------
@@ -362,14 +355,14 @@ def _finish(
     return answer
 
 
-def _recorded(store: Any, answer: Answer, d: Delivery) -> Answer:
-    """Record a delivery rejected before its signature was verified, without ever overwriting a record.
+def _unverified(store: Any, answer: Answer, d: Delivery) -> Answer:
+    """Count a delivery rejected before its signature was verified and keep it in the bounded sample.
 
-    The sender is not authenticated, so it may not replace what a genuine delivery of that id left;
-    a store outage must not turn a 4xx into a 503 either.
+    The sender is not authenticated: it gets no record of its own (so it can neither fill Redis with
+    fresh ids nor touch a genuine delivery's record), and a store outage must not turn a 4xx into a 503.
     """
     with contextlib.suppress(StoreUnavailable):
-        store.record_unverified(d)
+        store.reject_unverified(d)
     return answer
 
 
@@ -413,73 +406,17 @@ def _read_body(inc: Incoming, limit: int) -> bytes:
     length = inc.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the body has {length} bytes; the limit is {limit} (max_body_bytes)")
-    stream = inc.stream
     chunks: list[bytes] = []
     total = 0
-    while total <= limit:
-        chunk = stream.read(min(1 << 16, limit + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
+    try:
+        while total <= limit:
+            chunk = inc.stream.read(min(1 << 16, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except RequestEntityTooLarge:  # a chunked body past the cap (werkzeug counts it too)
+        total = limit + 1
     if total > limit:
         raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (max_body_bytes)")
     return b"".join(chunks)
-
-
-# -- the lean path ----------------------------------------------------------------------------------
-
-PATH = "/webhooks/github"
-_STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
-
-
-class FastPath:
-    """WSGI middleware: ``POST /webhooks/github[/<owner>/<name>]`` goes straight to ``handle``;
-    everything else (other methods and paths included) goes on to Flask.
-
-    Same handler, same answers, same request metric (endpoint ``webhooks.receive``); what it skips is
-    Flask's per-request machinery that a delivery does not use — request context, session cookie
-    signing, URL adapter, before/after hooks, the Response object — about a sixth of a delivery's CPU.
-    """
-
-    ENDPOINT = "webhooks.receive"
-
-    def __init__(self, app: Any, intake: Intake) -> None:
-        self.app = app
-        self.intake = intake
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") != "POST" or not path.startswith(PATH):
-            return self.app(environ, start_response)
-        scope = _scope(path)
-        if scope is None:
-            return self.app(environ, start_response)
-        inc = Incoming(
-            EnvironHeaders(environ),
-            parse_options_header(environ.get("CONTENT_TYPE", ""))[0],
-            get_content_length(environ),
-            get_input_stream(environ, max_content_length=None),
-            scope or None,
-        )
-        status, body = handle(self.intake, inc)
-        metrics.record_request(self.intake, "POST", self.ENDPOINT, status, inc.start)
-        start_response(
-            _STATUS_LINES.get(status) or str(status),
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-        )
-        return [body]
-
-
-def _scope(path: str) -> str | None:
-    """'' for the general URL, 'owner/name' for a per-repository one, None for any other path
-    (matching Flask's rule: exactly two non-empty segments, no trailing slash)."""
-    if path == PATH:
-        return ""
-    rest = path[len(PATH) :]
-    if not rest.startswith("/"):
-        return None
-    owner, sep, name = rest[1:].partition("/")
-    if not sep or not owner or not name or "/" in name:
-        return None
-    return f"{owner}/{name}"

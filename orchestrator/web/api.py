@@ -344,8 +344,17 @@ def list_deliveries() -> Response:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", rt.settings.max_rows_per_page, 1, MAX_LIMIT)
     items, total = rt.store.list_deliveries(offset=offset, limit=limit)
+    # Deliveries rejected before their signature was verified have no records: a count and a sample.
+    rejected = {"count": rt.store.counters("deliveries").get("rejected", 0), "sample": []}
+    rejected["sample"] = [d.to_dict() for d in rt.store.rejected_sample(limit)]
     return jsonify(
-        {"deliveries": [d.to_dict() for d in items], "total": total, "offset": offset, "limit": limit}
+        {
+            "deliveries": [d.to_dict() for d in items],
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "rejected_unverified": rejected,
+        }
     )
 
 

@@ -170,6 +170,15 @@ _SCHEMAS: dict[str, Any] = {
             "total": {"type": "integer"},
             "offset": {"type": "integer"},
             "limit": {"type": "integer"},
+            "rejected_unverified": {
+                "type": "object",
+                "description": "Deliveries rejected before their signature was verified: not recorded "
+                "one by one, only counted, with a sample of the newest",
+                "properties": {
+                    "count": {"type": "integer"},
+                    "sample": {"type": "array", "items": _ref("Delivery")},
+                },
+            },
         },
     },
     "Deployment": {

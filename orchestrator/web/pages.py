@@ -36,6 +36,7 @@ bp = Blueprint(
     "views", __name__, template_folder="templates", static_folder="static", static_url_path="/static"
 )
 LOG_PAGE_LINES = 5000
+MAX_FORM_BYTES = 64 * 1024  # every form and API body is small; the webhook sets its own cap
 _OPEN = {"views.login", "views.healthz", "views.metrics_page", "views.static"}
 
 
@@ -43,6 +44,8 @@ _OPEN = {"views.login", "views.healthz", "views.metrics_page", "views.static"}
 def _setup(state: Any) -> None:
     # flash() needs a session key; derive it from the CSRF secret (or the per-process key).
     app = state.app
+    if app.config.get("MAX_CONTENT_LENGTH") is None:  # a bigger body is a 413 before it is read
+        app.config["MAX_CONTENT_LENGTH"] = MAX_FORM_BYTES
     if not app.secret_key:
         app.secret_key = auth.signing_key(app.extensions["mlship"].settings)
 
@@ -250,7 +253,13 @@ def deliveries_page() -> str:
     rt = get_runtime()
     offset, limit = _offset(), rt.settings.max_rows_per_page
     items, total = rt.store.list_deliveries(offset=offset, limit=limit)
-    return render_template("deliveries.html", deliveries=items, page=_page_args(total, offset, limit))
+    return render_template(
+        "deliveries.html",
+        deliveries=items,
+        page=_page_args(total, offset, limit),
+        rejected=rt.store.rejected_sample(20),
+        rejected_count=rt.store.counters("deliveries").get("rejected", 0),
+    )
 
 
 @bp.get("/environments")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -146,8 +145,8 @@ def test_unreachable_api_is_logged_not_raised(caplog) -> None:
 
 def test_github_repositories_still_go_to_github(api: GitHubStandIn) -> None:
     """A repository on no other forge keeps the GitHub path (github_api_url and github_token)."""
-    settings = replace(
-        settings_for(api.url, github_api_url=api.url), secrets=Secrets(env={"GITHUB_TOKEN": "ghp_x"})
+    settings = settings_for(api.url, github_api_url=api.url).model_copy(
+        update={"secrets": Secrets(env={"GITHUB_TOKEN": "ghp_x"})}
     )
     report(settings, a_build("acme/not-configured"), "success", "ok")
     (call,) = api.calls

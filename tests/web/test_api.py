@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator import create_app
 from orchestrator.devstack.services import GitOrigin
+from tests.store_helpers import record_delivery
 
 from .conftest import OTHER_TOKEN, REPO, TOKEN, auth, make_settings
 
@@ -331,7 +332,8 @@ def test_rollback_queues_a_build_of_the_previous_deployment(client, seed, rt):
 def test_deliveries_and_environments(client, rt):
     from orchestrator.models import Delivery, Deployment
 
-    rt.store.record_delivery(
+    record_delivery(
+        rt.store,
         Delivery(
             id="d-1",
             event="push",
@@ -339,7 +341,7 @@ def test_deliveries_and_environments(client, rt):
             verdict="ignored",
             reason="branch dev is not tracked",
             status_code=200,
-        )
+        ),
     )
     rt.store.set_deployment(
         Deployment(

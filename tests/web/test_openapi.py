@@ -13,6 +13,7 @@ from schemathesis import GenerationMode, checks
 from orchestrator import create_app
 from orchestrator.models import Delivery
 from orchestrator.web.openapi import document
+from tests.store_helpers import record_delivery
 
 from .conftest import Seed, auth, make_settings
 
@@ -55,7 +56,7 @@ def fuzz_app(redis_server):
     seed = Seed(app.extensions["mlship"])
     for status in ("success", "failed", "running", "queued", "cancelled"):
         seed.build(status, log=[("build", "stdout", "hello")])
-    app.extensions["mlship"].store.record_delivery(Delivery(id="d1", event="push", verdict="ignored"))
+    record_delivery(app.extensions["mlship"].store, Delivery(id="d1", event="push", verdict="ignored"))
     return app
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator import create_app
 from orchestrator.web.pages import ago, duration, http_url
+from tests.store_helpers import record_delivery
 
 from .conftest import REPO, TOKEN, make_settings
 
@@ -197,7 +198,8 @@ def test_read_auth_redirects_pages_to_sign_in(redis_url):
 def test_deliveries_and_environments_pages(client, rt):
     from orchestrator.models import Delivery, Deployment
 
-    rt.store.record_delivery(
+    record_delivery(
+        rt.store,
         Delivery(
             id="abc-123",
             event="pull_request",
@@ -205,7 +207,7 @@ def test_deliveries_and_environments_pages(client, rt):
             verdict="rejected",
             reason="signature does not match",
             status_code=401,
-        )
+        ),
     )
     rt.store.set_deployment(
         Deployment(

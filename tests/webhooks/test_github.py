@@ -407,7 +407,22 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("branch", HOSTILE)
-def test_hostile_branch_names_are_kept_verbatim(branch: str) -> None:
+def test_hostile_branch_names_never_become_a_build(branch: str) -> None:
+    """The API's branch-name check (``normalize_ref``) runs before a trigger exists: PayloadError
+    naming the field, so the name never reaches git or ``${BRANCH}``."""
+    every = RepoConfig(
+        full_name=REPO, clone_url="x", triggers=Triggers(pull_request_merged=("*",), push=("*",))
+    )
+    with pytest.raises(PayloadError, match=r"'ref': .*(branch name|not a valid)"):
+        decide("push", push_to(branch, "c" * 40), every)
+    with pytest.raises(PayloadError, match=r"'pull_request.base.ref': .*branch"):
+        decide("pull_request", merged_pr("d" * 40, base=branch), every)
+    # Exact names only match themselves: a hostile name is never "tracked" by accident.
+    assert decide("push", push_to(branch, "c" * 40), PUSH_MAIN).trigger is None
+
+
+@pytest.mark.parametrize("branch", ["main", "feature/x", "release/1.2", "a_b+c-d", "UPPER/9"])
+def test_ordinary_branch_names_build_verbatim(branch: str) -> None:
     every = RepoConfig(
         full_name=REPO, clone_url="x", triggers=Triggers(pull_request_merged=("*",), push=("*",))
     )
@@ -415,8 +430,6 @@ def test_hostile_branch_names_are_kept_verbatim(branch: str) -> None:
     assert t is not None and t.branch == branch and t.ref == "refs/heads/" + branch
     t = decide("pull_request", merged_pr("d" * 40, base=branch), every).trigger
     assert t is not None and t.branch == branch
-    # Exact names only match themselves: a hostile name is never "tracked" by accident.
-    assert decide("push", push_to(branch, "c" * 40), PUSH_MAIN).trigger is None
 
 
 @pytest.mark.parametrize(

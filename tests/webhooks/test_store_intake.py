@@ -11,6 +11,7 @@ from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.config import Settings
 from orchestrator.models import Delivery, Trigger
 from orchestrator.store import Store
+from tests.store_helpers import record_delivery
 
 from .helpers import counting_sends
 
@@ -19,7 +20,7 @@ SUCCESS = ("queued", "duplicate", "ignored")
 
 def test_delivery_records_expire_after_the_ttl(redis_url: str) -> None:
     store = Store.from_url(redis_url, delivery_ttl_days=7)
-    store.record_delivery(Delivery(id="t1", event="push"))
+    record_delivery(store, Delivery(id="t1", event="push"))
     ttl = redis.Redis.from_url(redis_url).ttl("mlship:delivery:t1")
     assert 7 * 86400 - 5 <= ttl <= 7 * 86400
 

@@ -1,0 +1,67 @@
+"""Every Redis key name: the only place that builds a key string (everything under ``prefix``)."""
+
+from __future__ import annotations
+
+
+class Keys:
+    """One method per kind of key. The full list, with what each holds, is in docs/architecture.md."""
+
+    def __init__(self, prefix: str = "mlship") -> None:
+        self.p = prefix + ":"
+
+    def build_seq(self) -> str:
+        return self.p + "seq:build"
+
+    def repo_seq(self, repo: str) -> str:
+        return self.p + f"seq:repo:{repo}"
+
+    def build_prefix(self) -> str:
+        return self.p + "build:"
+
+    def build(self, build_id: int) -> str:
+        return self.p + f"build:{build_id}"
+
+    def build_log(self, build_id: int) -> str:
+        return self.p + f"build:{build_id}:log"
+
+    def build_locks(self, build_id: int) -> str:
+        return self.p + f"build:{build_id}:locks"
+
+    def builds(self) -> str:
+        return self.p + "builds"
+
+    def ticket(self, ticket: str) -> str:
+        return self.p + f"ticket:{ticket}"
+
+    def dedup(self, repo: str, sha: str, pipeline: str, branch: str) -> str:
+        return self.p + f"dedup:{repo}:{sha}:{pipeline}:{branch}"
+
+    def delivery(self, delivery_id: str) -> str:
+        return self.p + f"delivery:{delivery_id}"
+
+    def deliveries(self) -> str:
+        return self.p + "deliveries"
+
+    def rejected_sample(self) -> str:
+        return self.p + "deliveries:rejected"
+
+    def running(self) -> str:
+        return self.p + "running"
+
+    def cancel(self, build_id: int) -> str:
+        return self.p + f"cancel:{build_id}"
+
+    def lock(self, name: str) -> str:
+        return self.p + f"lock:{name}"
+
+    def deployment(self, repo: str, env: str) -> str:
+        return self.p + f"env:{repo}:{env}"
+
+    def deployment_history(self, repo: str, env: str) -> str:
+        return self.p + f"env:{repo}:{env}:history"
+
+    def environments(self) -> str:
+        return self.p + "environments"
+
+    def counter(self, metric: str) -> str:
+        return self.p + f"counter:{metric}"
