@@ -91,7 +91,11 @@ class Snapshot:
         return removed
 
     def _networks_used(self, client: Any, repos: list[str]) -> set[str]:
-        """Networks that containers labelled with ``repos`` joined since ``at`` (the daemon's events)."""
+        """Networks that containers labelled with ``repos`` joined since ``at`` (the daemon's events).
+
+        Best effort: dockerd keeps only its latest events (256), so on a busy daemon the early ones
+        of a long run are gone; the networks of containers still present are found without them.
+        """
         ours: set[str] = set()
         networks: set[str] = set()
         events = client.events(
