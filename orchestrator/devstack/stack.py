@@ -10,6 +10,7 @@ import os
 import secrets as pysecrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,31 +51,66 @@ PLACEHOLDER_VARS = {
 Say = Callable[[str], None]
 
 
+class Joins:
+    """Which networks the containers created during the run joined, read live from the daemon's
+    event stream (dockerd keeps only its latest 256 events: asking afterwards would miss some)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.repo_of: dict[str, str] = {}  # container id → its mlship.repo label
+        self.joined: dict[str, set[str]] = {}  # container id → network names
+        self.lock = threading.Lock()
+        self.stream = client.events(decode=True, filters={"type": ["container", "network"]})
+        self.thread = threading.Thread(target=self._read, name="stack-events", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.stream:
+                actor = event.get("Actor") or {}
+                attrs = actor.get("Attributes") or {}
+                kind = (event.get("Type"), event.get("Action"))
+                with self.lock:
+                    if kind == ("container", "create") and attrs.get(LABEL_REPO):
+                        self.repo_of[actor.get("ID", "")] = attrs[LABEL_REPO]
+                    elif kind == ("network", "connect") and attrs.get("name"):
+                        self.joined.setdefault(attrs.get("container", ""), set()).add(attrs["name"])
+        except Exception:  # the stream closed (stop) or the daemon went away: nothing more to learn
+            return
+
+    def networks(self, repos: list[str]) -> set[str]:
+        """Networks joined by containers labelled with one of ``repos``, even ones removed since."""
+        with self.lock:
+            return {n for cid, nets in self.joined.items() if self.repo_of.get(cid) in repos for n in nets}
+
+    def stop(self) -> None:
+        self.stream.close()
+        self.thread.join(5)
+        self.client.close()
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """Ids of the containers and networks on the daemon at one moment (``at``, the daemon's clock)."""
+    """Ids of the containers and networks on the daemon at one moment."""
 
     containers: frozenset[str]
     networks: frozenset[str]
-    at: float = 0.0
 
     @classmethod
     def of(cls, client: Any) -> Snapshot:
-        at = time.time()
         return cls(
             frozenset(c.id for c in client.containers.list(all=True)),
             frozenset(n.id for n in client.networks.list()),
-            at,
         )
 
-    def remove_new(self, client: Any, repos: list[str]) -> list[str]:
+    def remove_new(self, client: Any, repos: list[str], joined: set[str] | None = None) -> list[str]:
         """Remove containers created since, labelled with one of ``repos``, then the new networks
-        such containers were attached to (even ones a failed deploy removed already) that no
-        container uses any more. Returns the container names."""
+        they (or, per ``joined``, such containers a failed deploy removed already) were attached
+        to that no container uses any more. Returns the container names."""
         import docker
 
         removed: list[str] = []
-        networks = self._networks_used(client, repos)
+        networks = set(joined or ())
         for repo in repos:
             for c in client.containers.list(all=True, filters={"label": f"{LABEL_REPO}={repo}"}):
                 if c.id in self.containers:
@@ -89,26 +125,6 @@ class Snapshot:
         for name in sorted(networks - PREDEFINED_NETWORKS):
             self._remove_network(client, name)
         return removed
-
-    def _networks_used(self, client: Any, repos: list[str]) -> set[str]:
-        """Networks that containers labelled with ``repos`` joined since ``at`` (the daemon's events)."""
-        ours: set[str] = set()
-        networks: set[str] = set()
-        events = client.events(
-            since=int(self.at),
-            until=int(time.time()) + 1,
-            filters={"type": ["container", "network"]},
-            decode=True,
-        )
-        for event in events:
-            actor = event.get("Actor") or {}
-            attrs = actor.get("Attributes") or {}
-            kind = (event.get("Type"), event.get("Action"))
-            if kind == ("container", "create") and attrs.get(LABEL_REPO) in repos:
-                ours.add(actor.get("ID", ""))
-            elif kind == ("network", "connect") and attrs.get("container") in ours and attrs.get("name"):
-                networks.add(attrs["name"])
-        return networks
 
     def _remove_network(self, client: Any, name: str) -> None:
         import docker
@@ -146,6 +162,7 @@ class Stack:
     user_repos: list[UserRepo] = field(default_factory=list)
     extra_config: dict[str, Any] = field(default_factory=dict)
     before: Snapshot | None = None
+    joins: Joins | None = None
     user_secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -307,6 +324,7 @@ class Stack:
 
     def snapshot(self) -> None:
         """Note the containers and networks the daemon has now: ``stop`` never removes those."""
+        self.joins = Joins(self.docker.client())  # first: no event between the two is missed
         client = self.docker.client()
         try:
             self.before = Snapshot.of(client)
@@ -323,8 +341,9 @@ class Stack:
         if not self.docker.host or self.before is None:
             return []
         client = self.docker.client()
+        repos = self.repositories()
         try:
-            return self.before.remove_new(client, self.repositories())
+            return self.before.remove_new(client, repos, self.joins.networks(repos) if self.joins else None)
         finally:
             client.close()
 
@@ -336,6 +355,9 @@ class Stack:
                     self.say(f"removed deployed containers {', '.join(sorted(removed))}")
             except Exception as exc:
                 self.say(f"could not remove deployed containers: {exc}")
+        if self.joins is not None:
+            self.joins.stop()
+            self.joins = None
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()

@@ -110,6 +110,8 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory, docker_daemon, base_image) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("own")
     repo = _user_repo(tmp / "shop")
+    client = docker_daemon.client()
+    networks_before = {n.name for n in client.networks.list()}
     port = free_port()
     proc = subprocess.Popen(
         [MLSHIP, "standalone", "--repo", str(repo), "--state", str(tmp / "state"), "--port", str(port)],
@@ -133,6 +135,12 @@ def running(tmp_path_factory: pytest.TempPathFactory, docker_daemon, base_image)
             proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
+    # Stopping removed what this run deployed for the repository, networks included.
+    try:
+        assert client.containers.list(all=True, filters={"label": "mlship.repo=local/shop"}) == []
+        assert {n.name for n in client.networks.list() if n.name.startswith("shop-")} <= networks_before
+    finally:
+        client.close()
 
 
 def test_banner_validates_and_shows_webhook_secret_and_curl(running: Running) -> None:
