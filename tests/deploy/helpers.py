@@ -209,7 +209,11 @@ def test_settings(
             REPO: RepoConfig(
                 full_name=REPO,
                 clone_url="file:///nonexistent",
-                reach=Reach(deploy_targets=(DeployTarget(host="127.0.0.1"),)),  # the test bed's sshd hosts
+                reach=Reach(  # the test bed's sshd hosts, its model volumes, the secrets these tests give
+                    deploy_targets=(DeployTarget(host="127.0.0.1"),),
+                    volume_prefix="mlship-test-models-",
+                    secrets=tuple(extra_secrets or ()),
+                ),
             )
         },
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import RepoConfig, Secrets, Settings
+from orchestrator.config import DeployTarget, Reach, RepoConfig, Secrets, Settings
 from orchestrator.devstack.services import GitOrigin
 from orchestrator.store import Store
 from tests.pipeline.conftest import REPO, Builds
@@ -38,7 +38,13 @@ def gate_settings(
         github_api_url=github.url,
         redis_url=redis_url,
         workspace=tmp_path / "ws",
-        repositories={REPO: RepoConfig(full_name=REPO, clone_url=git_origin.url)},
+        repositories={
+            REPO: RepoConfig(  # issue 18: the prod environment of these pipelines names 127.0.0.1
+                full_name=REPO,
+                clone_url=git_origin.url,
+                reach=Reach(deploy_targets=(DeployTarget(host="127.0.0.1"),)),
+            )
+        },
         docker_host=docker_daemon.host,
         vars={"REGISTRY": registry.addr, "BASE_IMAGE": base_image},
         secrets=Secrets(env={"GITHUB_TOKEN": "ghs-test-token"}),
