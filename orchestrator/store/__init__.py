@@ -30,8 +30,8 @@ class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Counters):
 
     def __init__(self, client: Any, prefix: str = "mlship", delivery_ttl_days: float = 8.0) -> None:
         super().__init__(client, prefix, delivery_ttl_days)
-        self.notifications = NotificationStore(client, self.k.p, self.available)
-        self.schedules = ScheduleStore(client, self.k.p, self.available)
+        self.notifications = NotificationStore(client, self.k, self.available)
+        self.schedules = ScheduleStore(client, self.k, self.available)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> Store:

@@ -65,3 +65,18 @@ class Keys:
 
     def counter(self, metric: str) -> str:
         return self.p + f"counter:{metric}"
+
+    def notifications(self, build_id: int) -> str:
+        """Hash of a build's notification records, field ``{event key}/{target}``."""
+        return self.p + f"notify:{build_id}"
+
+    def notifications_due(self) -> str:
+        """The outbox: a sorted set of due notification records (score: next attempt time)."""
+        return self.p + "notify:due"
+
+    def schedule(self, name: str) -> str:
+        return self.p + f"schedule:{name}"
+
+    def schedule_slot(self, name: str, slot: int) -> str:
+        """The lock that lets one worker fire a schedule's slot (SET NX with a TTL)."""
+        return self.p + f"schedule:{name}:slot:{slot}"

@@ -16,6 +16,8 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from orchestrator.store.keys import Keys
+
 # Records are created only once per field (HSETNX): a build that is reported finished twice (runner
 # and janitor) still notifies each target once per event.
 _ENQUEUE = """
@@ -33,16 +35,6 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], m) end
 return due
 """
-
-
-def notify_key(prefix: str, build_id: int) -> str:
-    """The hash of a build's notification records (``prefix`` ends with ':')."""
-    return f"{prefix}notify:{build_id}"
-
-
-def due_key(prefix: str) -> str:
-    """The sorted set of notifications waiting for an attempt."""
-    return f"{prefix}notify:due"
 
 
 @dataclass
@@ -89,14 +81,14 @@ class Notification:
 
 
 class StorePart:
-    """A part of ``Store`` in a module of its own: the client, the key prefix (ending in ':') and
+    """A part of ``Store`` in a module of its own: the client, the key names (``store.keys.Keys``) and
     ``available`` (Redis connection errors → StoreUnavailable), shared with the Store."""
 
     def __init__(
-        self, client: Any, prefix: str, available: Callable[[], AbstractContextManager[None]]
+        self, client: Any, keys: Keys, available: Callable[[], AbstractContextManager[None]]
     ) -> None:
         self.r = client
-        self.p = prefix
+        self.k = keys
         self.available = available
 
 
@@ -121,22 +113,22 @@ class NotificationStore(StorePart):
                 for n in group:
                     n.next_attempt_at = now
                     args += [n.hkey, json.dumps(asdict(n)), n.member]
-                keys = [notify_key(self.p, build_id), due_key(self.p)]
+                keys = [self.k.notifications(build_id), self.k.notifications_due()]
                 created += int(self._enqueue(keys=keys, args=args))
         return created
 
     def claim(self, now: float, lease: float, limit: int = 20) -> list[Notification]:
         """Take up to ``limit`` due notifications for ``lease`` seconds (no other dispatcher sees them)."""
         with self.available():
-            members = self._claim(keys=[due_key(self.p)], args=[now, now + lease, limit])
+            members = self._claim(keys=[self.k.notifications_due()], args=[now, now + lease, limit])
             pipe = self.r.pipeline(transaction=False)
             for m in members:
                 build_id, _, fld = m.partition("/")
-                pipe.hget(notify_key(self.p, int(build_id)), fld)
+                pipe.hget(self.k.notifications(int(build_id)), fld)
             raws = pipe.execute()
             orphans = [m for m, raw in zip(members, raws, strict=True) if not raw]
             if orphans:
-                self.r.zrem(due_key(self.p), *orphans)
+                self.r.zrem(self.k.notifications_due(), *orphans)
         return [Notification.from_json(raw) for raw in raws if raw]
 
     def save(self, n: Notification) -> None:
@@ -144,19 +136,19 @@ class NotificationStore(StorePart):
         n.updated_at = time.time()
         with self.available():
             pipe = self.r.pipeline(transaction=True)
-            pipe.hset(notify_key(self.p, n.build_id), n.hkey, json.dumps(asdict(n)))
+            pipe.hset(self.k.notifications(n.build_id), n.hkey, json.dumps(asdict(n)))
             if n.next_attempt_at is None:
-                pipe.zrem(due_key(self.p), n.member)
+                pipe.zrem(self.k.notifications_due(), n.member)
             else:
-                pipe.zadd(due_key(self.p), {n.member: n.next_attempt_at})
+                pipe.zadd(self.k.notifications_due(), {n.member: n.next_attempt_at})
             pipe.execute()
 
     def for_build(self, build_id: int) -> list[Notification]:
         """A build's notification records, oldest first."""
         with self.available():
-            raw = self.r.hgetall(notify_key(self.p, build_id))
+            raw = self.r.hgetall(self.k.notifications(build_id))
         return sorted((Notification.from_json(v) for v in raw.values()), key=lambda n: (n.created_at, n.hkey))
 
     def due_count(self) -> int:
         with self.available():
-            return int(self.r.zcard(due_key(self.p)))
+            return int(self.r.zcard(self.k.notifications_due()))

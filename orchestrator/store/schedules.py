@@ -29,14 +29,6 @@ return 'claimed'
 """
 
 
-def schedule_key(prefix: str, name: str) -> str:
-    return f"{prefix}schedule:{name}"
-
-
-def slot_lock_key(prefix: str, name: str, slot: int) -> str:
-    return f"{prefix}schedule:{name}:slot:{slot}"
-
-
 class ScheduleStore(StorePart):
     """Typed access to schedule state (part of ``Store``, as ``store.schedules``)."""
 
@@ -46,7 +38,7 @@ class ScheduleStore(StorePart):
 
     def claim_slot(self, name: str, slot: int, owner: str) -> str:
         """'claimed' (fire it), 'new' (first sight: not fired), 'done' (fired already) or 'taken'."""
-        keys = [schedule_key(self.p, name), slot_lock_key(self.p, name, slot)]
+        keys = [self.k.schedule(name), self.k.schedule_slot(name, slot)]
         with self.available():
             return str(self._claim(keys=keys, args=[slot, owner, SLOT_LOCK_TTL, time.time()]))
 
@@ -57,8 +49,8 @@ class ScheduleStore(StorePart):
             "updated_at": time.time(),
         }
         with self.available():
-            self.r.hset(schedule_key(self.p, name), mapping=values)
+            self.r.hset(self.k.schedule(name), mapping=values)
 
     def state(self, name: str) -> dict[str, str]:
         with self.available():
-            return dict(self.r.hgetall(schedule_key(self.p, name)))
+            return dict(self.r.hgetall(self.k.schedule(name)))
