@@ -39,6 +39,7 @@ class Shape:
 
     request: RequestSpec
     response: ResponseSpec
+    task: str = "regression"  # regression: every prediction must be a number
 
     @property
     def batch_size(self) -> int:
@@ -82,7 +83,12 @@ class Shape:
 
     def predictions(self, answer: Any, n: int) -> list[Any]:
         """The ``n`` predictions in a decoded answer (raises AnswerError saying what is wrong)."""
-        return predictions(resolve(answer, self.pointer), n, self.pointer)
+        out = predictions(resolve(answer, self.pointer), n, self.pointer)
+        if self.task == "regression":
+            for j, v in enumerate(out):
+                if isinstance(v, str):
+                    raise AnswerError(f"prediction {j} at {self.pointer or '/'}: {v!r} is not a number", index=j)
+        return out
 
     def probabilities(self, answer: Any, n: int) -> list[list[float]] | None:
         pointer = self.response.probabilities

@@ -120,7 +120,7 @@ class GateResult:
 
 def _latency_keys(cand: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
     keys = [*(cand.get("latency_ms") or {}), *((base or {}).get("latency_ms") or {})]
-    return [f"latency_{k}_ms" for k in dict.fromkeys(keys) if k != "batch_rows"]
+    return [f"latency_{k}_ms" for k in dict.fromkeys(keys) if k not in ("batch_rows", "requests")]
 
 
 def _latency(result: GateResult, metric: str) -> tuple[Any, Any]:

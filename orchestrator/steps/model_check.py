@@ -152,7 +152,7 @@ def http_targets(ctx: StepContext, spec: ModelCheckSpec) -> Targets:
 
 def run_http(ctx: StepContext, spec: ModelCheckSpec, golden: GoldenSet) -> tuple[dict[str, Any], Targets]:
     t = http_targets(ctx, spec)
-    shape = Shape(spec.request, spec.response)
+    shape = Shape(spec.request, spec.response, spec.task)
     for label, url in t.urls.items():
         ctx.log.line(
             f"{label}: {spec.request.method} {url}{shape.path} "
