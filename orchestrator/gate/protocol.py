@@ -87,7 +87,9 @@ class Shape:
         if self.task == "regression":
             for j, v in enumerate(out):
                 if isinstance(v, str):
-                    raise AnswerError(f"prediction {j} at {self.pointer or '/'}: {v!r} is not a number", index=j)
+                    raise AnswerError(
+                        f"prediction {j} at {self.pointer or '/'}: {v!r} is not a number", index=j
+                    )
         return out
 
     def probabilities(self, answer: Any, n: int) -> list[list[float]] | None:

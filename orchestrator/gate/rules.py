@@ -34,6 +34,7 @@ HIGHER_IS_BETTER = {
     "roc_auc": True,
     "log_loss": False,
 }
+NOT_TIMES = ("batch_rows", "requests")  # latency_ms entries that are counts
 LATENCY_LIMITS = (("p50_ms", "p50"), ("p99_ms", "p99"), ("single_ms", "single"), ("batch_ms", "batch"))
 
 
@@ -120,7 +121,7 @@ class GateResult:
 
 def _latency_keys(cand: dict[str, Any], base: dict[str, Any] | None) -> list[str]:
     keys = [*(cand.get("latency_ms") or {}), *((base or {}).get("latency_ms") or {})]
-    return [f"latency_{k}_ms" for k in dict.fromkeys(keys) if k not in ("batch_rows", "requests")]
+    return [f"latency_{k}_ms" for k in dict.fromkeys(keys) if k not in NOT_TIMES]
 
 
 def _latency(result: GateResult, metric: str) -> tuple[Any, Any]:
