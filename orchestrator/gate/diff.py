@@ -9,19 +9,31 @@ from orchestrator.gate.metrics import labels
 
 
 def prediction_diff(
-    golden: GoldenSet, cand: list[Any], base: list[Any], task: str, tolerance: float, show: int
+    golden: GoldenSet,
+    cand: list[Any],
+    base: list[Any],
+    task: str,
+    tolerance: float,
+    show: int,
+    proba: tuple[list[list[float]], list[list[float]]] | None = None,
 ) -> dict[str, Any]:
     """How many rows changed, and the largest changes with their inputs.
 
     Regression: a row changed when ``|candidate - baseline| > tolerance * |baseline|``; the largest
-    absolute differences are listed. Classification: a row changed when the predicted label differs.
+    absolute differences are listed. Classification: a row changed when the predicted label differs;
+    with both sides' probabilities (``proba``), the largest change of a class probability ranks them.
     """
+    diffs: dict[int, Any] = {}
     if task == "classification":
-        c, b = labels(cand + base)[: len(cand)], labels(cand + base)[len(cand) :]
+        both = labels(cand + base)
+        c, b = both[: len(cand)], both[len(cand) :]
         changed = [i for i in range(len(c)) if c[i] != b[i]]
         rule = "a different label"
+        if proba is not None and all(len(p) == len(cand) for p in proba):
+            pc, pb = proba
+            diffs = {i: max(abs(x - y) for x, y in zip(pc[i], pb[i], strict=False)) for i in changed}
+            changed.sort(key=lambda i: -diffs[i])
         largest = changed[:show]
-        diffs: dict[int, Any] = {}
     else:
         diffs = {i: abs(float(cand[i]) - float(base[i])) for i in range(len(cand))}
         changed = [i for i, d in diffs.items() if d > tolerance * abs(float(base[i]))]

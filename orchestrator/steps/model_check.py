@@ -385,8 +385,11 @@ def diff_report(spec: ModelCheckSpec, golden: GoldenSet, entries: dict[str, Any]
     cand, base = entries.get("candidate") or {}, entries.get("baseline") or {}
     if not (cand.get("ok") and base.get("ok")):
         return None
+    pc, pb = cand.get("probabilities"), base.get("probabilities")
+    proba = (pc, pb) if pc is not None and pb is not None else None
+    d = spec.diff
     return prediction_diff(
-        golden, cand["predictions"], base["predictions"], spec.task, spec.diff.tolerance, spec.diff.show
+        golden, cand["predictions"], base["predictions"], spec.task, d.tolerance, d.show, proba
     )
 
 

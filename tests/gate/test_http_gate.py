@@ -97,6 +97,7 @@ def test_a_better_classifier_passes(gate_builds, services) -> None:
     assert {r["metric"]: r["passed"] for r in g["comparison"]}["accuracy"] is True
     assert f"candidate: POST http://127.0.0.1:{qa}/predict (instances, 50 row(s) per request)" in log
     assert "model gate passed (baseline: build #41 in prod)" in log
+    assert gate_builds.store.counters("gates") == {"passed": 1}, "counted for /metrics"
 
 
 def test_a_label_shuffled_classifier_is_stopped_with_accuracy_and_f1(gate_builds, services) -> None:
@@ -118,9 +119,11 @@ def test_a_label_shuffled_classifier_is_stopped_with_accuracy_and_f1(gate_builds
     assert rows["f1_macro"]["rule"] == "≥ 0.8; ≥ deployed - 0.01" and rows["f1_macro"]["passed"] is False
     assert g["diff"]["changed"] > 50 and len(g["diff"]["largest"]) == 5
     assert set(g["diff"]["largest"][0]["inputs"]) == {"f0", "f1", "f2", "f3"}
-    start = log.index("metric            ")
-    excerpt = log[start : log.index("model gate FAILED")]
+    start = log.rindex("\n", 0, log.index("metric            ")) + 1
+    end = log.index("\n", log.index("model gate FAILED"))
+    excerpt = log[start:end]
     assert "FAIL  accuracy vs deployed: accuracy = " in excerpt and "prediction diff: " in excerpt
+    assert gate_builds.store.counters("gates") == {"failed": 1}
     REPORTS.mkdir(exist_ok=True)
     (REPORTS / "shuffled-classifier.txt").write_text(excerpt)
     print("\n--- the gate's comparison for the label-shuffled classifier ---\n" + excerpt)

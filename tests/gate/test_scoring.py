@@ -167,3 +167,13 @@ def test_prediction_diff_classification(tmp_path: Path) -> None:
     d = prediction_diff(g, [0, 1, 1, 1], ["0", "1", "0", "0"], "classification", 0.0, 5)
     assert d["changed"] == 2 and d["rule"] == "a different label"
     assert [(r["row"], r["candidate"], r["baseline"]) for r in d["largest"]] == [(2, 1, "0"), (3, 1, "0")]
+
+
+def test_prediction_diff_classification_ranks_by_probability_change(tmp_path: Path) -> None:
+    g = read_golden(write(tmp_path, "g.csv", "x,y\n0,a\n1,a\n2,b\n"), "y")
+    cand, base = [[0.4, 0.6], [0.1, 0.9], [0.5, 0.5]], [[0.6, 0.4], [0.9, 0.1], [0.5, 0.5]]
+    d = prediction_diff(g, ["b", "b", "a"], ["a", "a", "a"], "classification", 0.0, 5, (cand, base))
+    assert [(r["row"], r["difference"]) for r in d["largest"]] == [
+        (1, pytest.approx(0.8)),
+        (0, pytest.approx(0.2)),
+    ]
