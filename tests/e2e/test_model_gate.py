@@ -45,7 +45,7 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
 
     # 0. The first gated build: nothing deployed yet, so the gate checks thresholds only.
     b0 = _merge_train(c, stack, "first-model", TRAIN, "Train the first model")
-    assert b0["status"] == "success", b0
+    assert b0["status"] == "success", why(b0)
     assert [s["name"] for s in b0["steps"]] == [
         "build",
         "test",
