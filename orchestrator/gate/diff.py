@@ -33,6 +33,7 @@ def prediction_diff(
             pc, pb = proba
             diffs = {i: max(abs(x - y) for x, y in zip(pc[i], pb[i], strict=False)) for i in changed}
             changed.sort(key=lambda i: -diffs[i])
+            rule += "; difference: the largest change of a class probability"
         largest = changed[:show]
     else:
         diffs = {i: abs(float(cand[i]) - float(base[i])) for i in range(len(cand))}
