@@ -30,6 +30,10 @@ def _served_model(port: int) -> str:
     return str(r.json()["model"]["sha256"])
 
 
+def _log_tail(c: Client, build: dict) -> str:
+    return str(c.api("GET", f"/builds/{build['id']}/log").text[-4000:])
+
+
 def _merge_train(c: Client, stack: Stack, branch: str, train: str, title: str) -> dict:
     pipeline = (Path(stack.origin.work) / "pipeline.yaml").read_text()  # type: ignore[union-attr]
     changed = re.sub(r'--trees, "\d+"(, --shuffle-labels)?\]', train, pipeline)
@@ -45,7 +49,7 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
 
     # 0. The first gated build: nothing deployed yet, so the gate checks thresholds only.
     b0 = _merge_train(c, stack, "first-model", TRAIN, "Train the first model")
-    assert b0["status"] == "success", why(b0)
+    assert b0["status"] == "success", why(b0) + "\n" + _log_tail(c, b0)
     assert [s["name"] for s in b0["steps"]] == [
         "build",
         "test",
@@ -65,7 +69,7 @@ def test_better_model_reaches_prod_worse_model_is_stopped_after_qa(stack) -> Non
 
     # 1. More trees: compared with build 0 in Prod, no worse (here: better) → Prod serves the new model.
     b1 = _merge_train(c, stack, "more-trees", '--trees, "60"]', "Use more trees")
-    assert b1["status"] == "success", why(b1)
+    assert b1["status"] == "success", why(b1) + "\n" + _log_tail(c, b1)
     g1 = b1["gate"]["gate"]
     assert g1["passed"] is True and g1["baseline_build"] == b0["number"]
     assert g1["baseline"]["sha256"] == g0["candidate_sha256"]
