@@ -52,7 +52,11 @@ def _gate_table(result: dict[str, Any]) -> list[str]:
 
     checks = [Check(**c) for c in result.get("checks", [])]
     return GateResult(
-        bool(result.get("passed")), checks, result.get("candidate") or {}, result.get("baseline")
+        bool(result.get("passed")),
+        checks,
+        result.get("candidate") or {},
+        result.get("baseline"),
+        result.get("note", ""),
     ).table()
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from orchestrator.config import Allow, Secrets
 from orchestrator.errors import PipelineError
+from orchestrator.gate.spec import ModelCheckSpec, check_model_check
 from orchestrator.masking import Masker
 from orchestrator.pipeline.policy import Policy, check_pipeline
 
@@ -116,28 +117,6 @@ class ShellSpec(_Spec):
 
 class When(_Spec):
     branch: list[str] = Field(default_factory=list)
-
-
-class BoundSpec(_Spec):
-    min: float | None = None
-    max: float | None = None
-
-
-class LatencySpec(_Spec):
-    single_ms: float | None = Field(default=None, gt=0)
-    batch_ms: float | None = Field(default=None, gt=0)
-    batch_rows: int = Field(default=1000, ge=1, le=100_000)
-
-
-class ModelCheckSpec(_Spec):
-    """The model gate (orchestrator/steps/model_check.py): rules checked against a golden set."""
-
-    golden: str = Field(min_length=1)  # path in the repository checkout
-    model: str = Field(default="model/model.skops", min_length=1)  # path in the build's artifacts
-    compare_to: str | None = None  # environment whose deployed model is the baseline
-    thresholds: dict[str, BoundSpec] = Field(default_factory=dict)
-    no_worse_than_deployed: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
-    latency: LatencySpec | None = None
 
 
 KIND_KEYS = ("docker_build", "docker_run", "docker_push", "deploy", "rollback", "shell", "model_check")
@@ -586,7 +565,7 @@ def _check_step(p: Pipeline, i: int, step: Step, seen: _Seen, errs: _Errors) -> 
     elif kind == "docker_run":
         _check_run(step, seen, (*where, kind), errs)
     elif kind == "model_check":
-        _check_model_check(step, p, seen.built, seen.artifacts, where, errs)
+        check_model_check(step, p, seen.built, seen.artifacts, i, errs)
     elif kind == "docker_push" and not seen.built:
         errs.add(
             f"step '{step.name}' pushes the image built by an earlier docker_build step, but none "
@@ -635,58 +614,6 @@ def _check_artifacts_mount(target: str, where: Path_, errs: _Errors) -> None:
 
 def _relative_inside(value: str) -> bool:
     return not value.startswith("/") and ".." not in value.split("/") and "\\" not in value
-
-
-def _check_model_check(
-    step: Step, p: Pipeline, built: bool, artifacts: bool, where: Path_, errs: _Errors
-) -> None:
-    from orchestrator.gate.rules import HIGHER_IS_BETTER  # pure, no cycle: gate imports nothing from here
-
-    spec: ModelCheckSpec = step.spec
-    at: Path_ = (*where, "model_check")
-    known = ", ".join(sorted(HIGHER_IS_BETTER))
-    if not built:
-        errs.add(
-            f"step '{step.name}' evaluates the model in the image built by an earlier docker_build "
-            "step, but none comes before it",
-            at,
-        )
-    if not artifacts:
-        errs.add(
-            f"step '{step.name}' checks a model from the build's artifacts, but no earlier docker_run "
-            f"step has artifacts: (add one that writes {spec.model} under it)",
-            at,
-        )
-    if not _relative_inside(spec.golden):
-        errs.add(
-            f"golden must be a path inside the repository (relative, no '..'), got {spec.golden!r}",
-            (*at, "golden"),
-        )
-    if not _relative_inside(spec.model):
-        errs.add(
-            f"model must be a path inside the build's artifact directory (relative, no '..'), "
-            f"got {spec.model!r}",
-            (*at, "model"),
-        )
-    if spec.compare_to is not None and spec.compare_to not in p.environments:
-        envs = ", ".join(sorted(p.environments)) or "none defined"
-        errs.add(f"unknown environment '{spec.compare_to}'; environments: {envs}", (*at, "compare_to"))
-    if spec.no_worse_than_deployed and spec.compare_to is None:
-        errs.add(
-            "no_worse_than_deployed needs compare_to: the environment whose deployed model is the baseline",
-            (*at, "no_worse_than_deployed"),
-        )
-    for group in ("thresholds", "no_worse_than_deployed"):
-        for metric in getattr(spec, group):
-            if metric not in HIGHER_IS_BETTER:
-                hint = difflib.get_close_matches(metric, list(HIGHER_IS_BETTER), n=1)
-                mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-                errs.add(f"unknown metric '{metric}'{mean}; known metrics: {known}", (*at, group, metric))
-    for metric, bound in spec.thresholds.items():
-        if bound.min is None and bound.max is None:
-            errs.add("a threshold needs min, max or both", (*at, "thresholds", metric))
-        elif bound.min is not None and bound.max is not None and bound.min > bound.max:
-            errs.add(f"min {bound.min:g} is greater than max {bound.max:g}", (*at, "thresholds", metric))
 
 
 def parse_yaml(text: str, filename: str = "pipeline.yaml") -> tuple[Any, yaml.Node | None]:

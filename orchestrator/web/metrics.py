@@ -3,6 +3,7 @@ contributes and any web process answers the same numbers.
 
 - ``mlship_builds_total{status}``: builds that reached a final status (runner/janitor/cancel count them)
 - ``mlship_webhook_deliveries_total{verdict}``: deliveries by verdict (the webhook endpoint counts them)
+- ``mlship_model_gates_total{verdict}``: model gate verdicts, passed or failed (the model_check step)
 - ``mlship_queue_depth``: jobs waiting in the RQ build queue
 - ``mlship_step_duration_seconds{kind}``: gauge histogram over the steps of the most recent builds
 - ``mlship_http_requests_total{method,endpoint,status}`` and ``mlship_http_request_duration_seconds``
@@ -127,6 +128,10 @@ class RedisCollector:
         for verdict, n in sorted(store.counters("deliveries").items()):
             deliveries.add_metric([verdict], n)
         yield deliveries
+        gates = CounterMetricFamily("mlship_model_gates", "Model gate verdicts", labels=["verdict"])
+        for verdict, n in sorted(store.counters("gates").items()):
+            gates.add_metric([verdict], n)
+        yield gates
         yield GaugeMetricFamily(
             "mlship_queue_depth", "Build jobs waiting in the queue", value=self.rt.queue.count
         )

@@ -112,9 +112,12 @@ _SCHEMAS: dict[str, Any] = {
             "worker": {"type": "string"},
             "gate": {
                 "type": "object",
-                "description": "model_check results by step name: passed, checks "
-                "[{name, passed, detail}], candidate and baseline (metrics, latency_ms, sha256), "
-                "compare_to, baseline_build, golden, model, candidate_sha256",
+                "description": "model_check results by step name: passed, comparison "
+                "[{metric, candidate, deployed, rule, passed}], checks [{name, passed, detail, metric, "
+                "rule}], candidate and baseline (ok, error, metrics, latency_ms, sha256), note "
+                "(thresholds only, and why), diff {rows, changed, rule, largest [{row, line, candidate, "
+                "baseline, difference, label, inputs}]}, mode, task, environment, compare_to, "
+                "baseline_policy, baseline_build, golden, target, model, candidate_sha256",
             },
             "notifications": {
                 "type": "array",

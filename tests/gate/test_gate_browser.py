@@ -1,8 +1,6 @@
 """The gate section in headless Chromium (as tests/web/test_browser.py drives it); saves gate.png to
 docs/screenshots/ when MLSHIP_SCREENSHOTS=1 (else to a temporary directory, like the other screenshots)."""
 
-# ruff: noqa: E501  (log lines and records read best unbroken)
-
 from __future__ import annotations
 
 from orchestrator.models import StepRecord, StepStatus
@@ -10,7 +8,9 @@ from tests.gate.test_gate_page import BAD, gate_dict
 from tests.web.conftest import app, live_server, rt, seed, settings  # noqa: F401  (fixtures)
 from tests.web.test_browser import SHOTS, browser, page  # noqa: F401  (fixtures)
 
-ERROR = "model gate failed: r2 threshold, mae vs deployed, r2 vs deployed"
+ERROR = (
+    "model gate failed: accuracy threshold, f1_macro threshold, accuracy vs deployed, f1_macro vs deployed"
+)
 
 
 def test_gate_section_screenshot(page, seed) -> None:  # noqa: F811
@@ -29,14 +29,14 @@ def test_gate_section_screenshot(page, seed) -> None:  # noqa: F811
     log = [
         ("gate", "stdout", line)
         for line in (
-            "metric         candidate        deployed",
-            "mae         133,083.2000     29,871.7000",
-            "FAIL  mae vs deployed: mae = 133,083.2000, required ≤ deployed 29,871.7000 * (1 + 0.05) = 31,365.2850",
+            "metric                   candidate        deployed  result  rule",
+            "accuracy                    0.2750          0.8300  FAIL    ≥ 0.8; ≥ deployed - 0.01",
+            "FAIL  accuracy vs deployed: accuracy = 0.2750, required ≥ deployed 0.8300 - 0.01 = 0.8200",
         )
     ]
     b = seed.build(
         "failed",
-        message="Retrain (shuffled labels)",
+        message="Retrain the classifier (shuffled labels)",
         steps=steps,
         gate={"gate": g},
         error=f"step 'gate' failed: {ERROR}",
@@ -46,7 +46,9 @@ def test_gate_section_screenshot(page, seed) -> None:  # noqa: F811
     page.goto(f"/builds/{b.id}")
     card = page.locator(".card.gate")
     assert card.get_attribute("data-passed") == "no"
-    assert card.locator("tr.check.fail").count() == 3
+    assert card.locator("tr.check.fail").count() == 4
+    assert card.locator("tr.metric.fail").count() == 2
+    assert "145 of 200 rows changed" in card.inner_text()
     assert "the candidate model was stopped" in card.inner_text()
     page.locator("h2", has_text="Model gate").scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "gate.png"), full_page=True)

@@ -1,5 +1,6 @@
-"""The model_check step for real: the example image built from the repository, models trained inside it
-into the build's artifacts, the gate evaluated in that image, through the real runner and Redis."""
+"""``mode: in_image`` for real: the example image built from the repository, models trained inside it
+into the build's artifacts, the evaluator script copied into a container of that image (no network,
+nothing mounted) and run with the image's own loader, through the real runner and Redis."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ TRAIN = "[python3, -m, inference.train, --out, /artifacts/model, --trees, '8', -
 GATE = """\
   - name: gate
     model_check:
+      mode: in_image
       golden: inference/golden.csv
+      target: price
       model: {model}
+      loader: inference.model:load_model
       compare_to: prod
+      baseline: if_deployed
       thresholds: {{r2: {{min: 0.8}}}}
       no_worse_than_deployed: {{mae: 0.05, r2: 0.02}}
       latency: {{single_ms: 2000, batch_ms: 30000, batch_rows: 500}}
@@ -71,12 +76,16 @@ def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(g
     log = gate_builds.store.log_text(good.id)
     assert good.status is BuildStatus.SUCCESS, f"{good.error}\n{log[-3000:]}"
     gate = good.gate["gate"]
-    assert gate["passed"] is True and gate["baseline"] is None
+    assert gate["passed"] is True and gate["baseline"]["deployed"] is False
+    assert (
+        gate["note"]
+        == "thresholds only: nothing is deployed to prod yet (first deploy; baseline: if_deployed)"
+    )
     assert gate["candidate"]["metrics"]["r2"] > 0.8
     model = artifacts_dir(gate_builds.settings.workspace, good.id) / "model" / "model.skops"
     assert model.is_file(), "the artifact directory outlives the build's workspace"
     assert gate["candidate_sha256"] == gate["candidate"]["sha256"]
-    assert "nothing is deployed to prod yet" in log and "PASS  r2 threshold" in log
+    assert "PASS  r2 threshold" in log and "PASS  loads: under scikit-learn 1.9.1" in log
     assert {s.name: s.status for s in good.steps}["gate"] is StepStatus.SUCCESS
 
     _deployed_to_prod(gate_builds, good)
@@ -92,7 +101,8 @@ def test_good_model_passes_then_shuffled_labels_is_stopped_with_the_comparison(g
     assert gate["candidate"]["metrics"]["r2"] < 0.2 < gate["baseline"]["metrics"]["r2"]
     assert step.details["gate"] == gate
     # the comparison, in the log: both models side by side and every rule with its numbers
-    assert "metric         candidate        deployed" in log
+    assert "metric                   candidate        deployed  result  rule" in log
+    assert "prediction diff: " in log
     assert "FAIL  mae vs deployed: mae = " in log and "FAIL  r2 threshold: r2 = " in log
     assert f"baseline: build #{good.number} (deployed to prod)" in log
     final = [c.body for c in github.calls if c.path.endswith(bad.sha)][-1]
@@ -112,7 +122,8 @@ def test_a_model_the_serving_image_cannot_load_is_stopped(gate_builds, name, kw,
     log = gate_builds.store.log_text(build.id)
     assert build.status is BuildStatus.FAILED, log[-3000:]
     step = {s.name: s for s in build.steps}["gate"]
-    assert step.error is not None and step.error.startswith("model gate failed: loads (cannot load model")
+    assert step.error is not None
+    assert step.error.startswith("model gate failed: loads (ModelLoadError: cannot load model"), step.error
     assert reason in step.error.lower(), step.error
     assert build.gate["gate"]["checks"][0]["name"] == "loads"
-    assert "FAIL  loads: cannot load model" in log
+    assert "FAIL  loads: ModelLoadError: cannot load model" in log
