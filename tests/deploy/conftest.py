@@ -33,6 +33,7 @@ def deploy_env(
     docker_client: Any,
     example_images: ExampleImages,
     model_volume: str,
+    base_image: str,
     tmp_path: Path,
 ) -> Iterator[DeployEnv]:
     store = Store.from_url(redis_url)
@@ -42,6 +43,7 @@ def deploy_env(
         hosts=deploy_hosts,
         images=example_images,
         volume=model_volume,
+        edge_base_image=base_image,
     )
     try:
         yield env
