@@ -29,6 +29,7 @@ from orchestrator.errors import DeployError
 
 Argv = list[str]
 
+EDGE_CONFIG = "/state/haproxy.cfg"
 LEGACY_STATE_FILE = "/state/upstream"  # the old TCP edge's upstream (read once, to take it over)
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
@@ -191,6 +192,16 @@ def write_edge_config(state_volume: str, image: str) -> Argv:
 def rewrite_edge_config(edge: str) -> Argv:
     """Replace the running edge's config file (stdin) so a restart keeps today's servers."""
     return _docker("exec", "--interactive", edge, "mlship-edge", "write-config")
+
+
+def read_edge_config(edge: str) -> Argv:
+    return _docker("exec", edge, "cat", EDGE_CONFIG)
+
+
+def reload_edge(edge: str) -> Argv:
+    """HAProxy's master re-reads the config and starts a new worker; the old one finishes its
+    connections (the listening sockets pass over: ``expose-fd listeners``)."""
+    return _docker("kill", "--signal", "USR2", "--", edge)
 
 
 def edge_admin(edge: str) -> Argv:

@@ -7,13 +7,15 @@ after each change, so an edge restart comes back with the servers it had.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import haproxy
-from orchestrator.errors import DeployError
+from orchestrator.errors import DeployError, OrchestratorError
 
 
 class RunResult(Protocol):
@@ -96,6 +98,20 @@ class EdgeControl:
                 host=self.where,
             )
 
+    def check_changed(self) -> bool:
+        """True if the running edge checks servers differently from this deploy's ``health:``."""
+        res = self.run(remote.read_edge_config(self.edge), None)
+        want = haproxy.check_lines(haproxy.render(self.config, []))
+        return res.exit_code != 0 or haproxy.check_lines(res.stdout) != want
+
+    def reload(self) -> None:
+        """Apply the saved config (new check settings) without dropping connections."""
+        res = self.run(remote.reload_edge(self.edge), None)
+        if res.exit_code != 0:
+            raise DeployError(f"reloading the edge {self.edge} on {self.where} failed: {res.stderr.strip()}")
+        time.sleep(0.5)  # the master forks the new worker; then its admin socket answers
+        self.wait_ready()
+
     def add(self, server: haproxy.Server) -> None:
         self.api(haproxy.add_server(server, self.config.check))
 
@@ -128,3 +144,54 @@ class EdgeControl:
             if not busy or time.monotonic() >= deadline:
                 return busy
             time.sleep(0.2)
+
+
+# -- operator inspection: every host's show stat for a deployed environment ---------------------------
+
+_APP_CONTAINER = re.compile(r"^(?P<app>.+)-b\d+(-\d+)?$")
+_HOST = re.compile(r"^(?P<user>[^@]+)@(?P<host>.+):(?P<port>\d+)$")
+
+
+def edge_name(container: str) -> str:
+    """``<name>-edge`` from a deployment record's app container ``<name>-b<N>[-k]``."""
+    m = _APP_CONTAINER.match(container)
+    if not m:
+        raise DeployError(f"cannot tell the environment's edge from container name {container!r}")
+    return f"{m['app']}-edge"
+
+
+def inspect(settings: Any, store: Any, repo: str, environment: str) -> dict[str, Any]:
+    """``show stat`` of the edge on every host of a deployed environment (read-only, over SSH)."""
+    from orchestrator.deploy.ssh import RemoteHost, Target, key_from_settings
+
+    dep = store.get_deployment(repo, environment)
+    if dep is None:
+        raise DeployError(f"{repo} has no deployment in {environment}: nothing to inspect")
+    edge, key = edge_name(dep.container), key_from_settings(settings)
+    hosts: dict[str, Any] = {}
+    for spec in dep.hosts:
+        m = _HOST.match(spec)
+        if not m:
+            hosts[spec] = {"error": "not a user@host:port"}
+            continue
+        target = Target(m["host"], int(m["port"]), m["user"])
+        try:
+            with RemoteHost(target, key, settings.known_hosts) as host:
+                res = host.run(
+                    remote.edge_admin(edge), stdin=haproxy.join([haproxy.show_stat()]), capture=True
+                )
+            stats = haproxy.parse_stat(res.stdout) if res.exit_code == 0 else None
+            hosts[spec] = (
+                {"servers": {n: dataclasses.asdict(s) for n, s in stats.items()}}
+                if stats is not None
+                else {"error": (res.stderr or res.stdout).strip()[-300:]}
+            )
+        except OrchestratorError as exc:
+            hosts[spec] = {"error": str(exc)}
+    return {
+        "repo": repo,
+        "environment": environment,
+        "edge": edge,
+        "build_number": dep.build_number,
+        "hosts": hosts,
+    }

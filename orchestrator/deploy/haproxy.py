@@ -219,6 +219,15 @@ def server_line(server: Server, check: Check) -> str:
     )
 
 
+def check_lines(config_text: str) -> list[str]:
+    """The backend-wide check settings of a rendered config (a change needs a reload to apply)."""
+    return [
+        line.strip()
+        for line in config_text.splitlines()
+        if line.strip().startswith(("option httpchk", "http-check expect"))
+    ]
+
+
 def render(config: EdgeConfig, servers: Sequence[Server]) -> str:
     """The whole haproxy.cfg with ``servers`` (a restart comes back with exactly these)."""
     for value in (config.app, config.environment, config.check.path):

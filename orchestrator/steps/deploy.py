@@ -361,7 +361,15 @@ class HostDeploy:
                 )
                 self.edge.delete(s.name)
         self.remove_leftovers(serving)
-        if len(serving) != len(stats):
+        if self.edge.check_changed():
+            h = self.plan.env.health
+            self.log(
+                f"the health check changed (now GET {h.path} expecting {h.status}): reloading the edge; "
+                "it applies to every server, the serving ones included"
+            )
+            self.edge.save()
+            self.edge.reload()
+        elif len(serving) != len(stats):
             self.edge.save()
         self.state.previous = serving
         return serving

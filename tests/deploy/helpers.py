@@ -89,6 +89,7 @@ class DeployEnv:
     image_repository: str = ""  # default: the example image's repository
     port: int = 5000
     health_path: str = "/ready"
+    volume_spec: list[str] | None = None  # default: the model volume at /models
 
     @property
     def url(self) -> str:
@@ -106,7 +107,7 @@ class DeployEnv:
                 "name": self.name,
                 "port": self.port,
                 "publish": self.publish,
-                "volumes": [f"{self.volume}:/models:ro"],
+                "volumes": [f"{self.volume}:/models:ro"] if self.volume_spec is None else self.volume_spec,
                 "env": self.env,
                 "labels": self.labels,
             },
