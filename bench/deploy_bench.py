@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator import Runtime
 from orchestrator.build.queue import build_queue
 from orchestrator.build.runner import run_build
+from orchestrator.deploy.haproxy import EDGE_PORT
 from orchestrator.deploy.policy import request_rollback
 from orchestrator.deploy.ssh import RemoteHost as Ssh
 from orchestrator.deploy.ssh import Target, load_private_key
@@ -142,7 +143,7 @@ def edge_cost(client: object, env: DeployEnv, clients: int, seconds: float) -> d
 
     paths = {
         "direct to container": (ip(f"{env.name}-b1"), 5000),
-        "through HAProxy edge": (ip(f"{env.name}-edge"), 5000),
+        "through HAProxy edge": (ip(f"{env.name}-edge"), EDGE_PORT),
         "through published port": ("127.0.0.1", env.publish),
     }
     best: dict[str, dict[str, float]] = {}

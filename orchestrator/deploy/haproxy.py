@@ -24,6 +24,9 @@ from importlib import resources
 from orchestrator.errors import DeployError
 
 BACKEND = "app"
+EDGE_PORT = (
+    8080  # the edge listens here in its container (published as container.publish), whatever the app's port
+)
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 FULL_WEIGHT = 100
 MAX_WEIGHT = 256
@@ -202,8 +205,8 @@ class EdgeConfig:
 
     app: str  # container.name
     environment: str
-    port: int  # the edge listens here inside its container (published as container.publish)
     check: Check
+    port: int = EDGE_PORT  # the edge listens here inside its container (published as container.publish)
 
 
 def template() -> string.Template:

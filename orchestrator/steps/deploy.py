@@ -117,7 +117,7 @@ class Plan:
     def edge_config(self) -> haproxy.EdgeConfig:
         h = self.env.health
         check = haproxy.Check(h.path, h.status, max(100, int(h.interval * 1000)), h.retries, h.fall)
-        return haproxy.EdgeConfig(self.env.container.name, self.env_name, self.port, check)
+        return haproxy.EdgeConfig(self.env.container.name, self.env_name, check)
 
     def edge_labels(self) -> dict[str, str]:
         return {
@@ -393,7 +393,7 @@ class HostDeploy:
             network=n["network"],
             state_volume=n["state"],
             publish=int(publish),
-            port=self.plan.port,
+            port=haproxy.EDGE_PORT,
             labels=self.plan.edge_labels(),
         )
         self.sh(remote.rm(edge.name), check=False, quiet=True)  # a leftover of an interrupted takeover

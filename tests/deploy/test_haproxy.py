@@ -138,7 +138,7 @@ def _haproxy() -> str:
 
 def test_rendered_config_is_accepted_by_haproxy(tmp_path: Path) -> None:
     exe = _haproxy()
-    config = haproxy.EdgeConfig("hp", "qa", 5000, CHECK)
+    config = haproxy.EdgeConfig("hp", "qa", CHECK)
     servers = [SRV, haproxy.Server("hp-b6", "172.18.0.4", 5000, 100, "drain")]
     text = haproxy.render(config, servers)
     assert "    server hp-b7 172.18.0.5:5000 check inter 500 fastinter 500 rise 2 fall 3 weight 0" in text
@@ -154,7 +154,7 @@ def test_rendered_config_is_accepted_by_haproxy(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["/a b", "/x#y", "/q'"])
 def test_render_refuses_values_that_would_change_the_config(path: str) -> None:
     with pytest.raises(DeployError, match="cannot go into the edge config"):
-        haproxy.render(haproxy.EdgeConfig("hp", "qa", 5000, haproxy.Check(path=path)), [])
+        haproxy.render(haproxy.EdgeConfig("hp", "qa", haproxy.Check(path=path)), [])
 
 
 # -- EdgeControl on a real HAProxy (the admin socket reached locally instead of through docker exec) -----
@@ -199,7 +199,7 @@ def local_edge(tmp_path: Path) -> Iterator[tuple[EdgeControl, int]]:
     port = free_port()
     sock = tmp_path / "admin.sock"
     cfg = tmp_path / "haproxy.cfg"
-    config = haproxy.EdgeConfig("hp", "qa", port, CHECK)
+    config = haproxy.EdgeConfig("hp", "qa", CHECK, port)
     text = haproxy.render(config, []).replace(haproxy.ADMIN_SOCKET, str(sock))
     text = text.replace(f"bind :{port}", f"bind 127.0.0.1:{port}").replace(
         "bind :8404", f"bind 127.0.0.1:{free_port()}"
