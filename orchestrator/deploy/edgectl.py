@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import haproxy
-from orchestrator.errors import DeployError, OrchestratorError
+from orchestrator.errors import DeployError, NotFound, OrchestratorError
 
 
 class RunResult(Protocol):
@@ -166,7 +166,7 @@ def inspect(settings: Any, store: Any, repo: str, environment: str) -> dict[str,
 
     dep = store.get_deployment(repo, environment)
     if dep is None:
-        raise DeployError(f"{repo} has no deployment in {environment}: nothing to inspect")
+        raise NotFound(f"{repo} has no deployment in {environment}: nothing to inspect")
     edge, key = edge_name(dep.container), key_from_settings(settings)
     hosts: dict[str, Any] = {}
     for spec in dep.hosts:
