@@ -10,15 +10,24 @@ connection each:
 - mlship redeploy: build 1 → build 2 through the deploy step (edge proxy swap);
 - mlship rollback: build 2 → build 1 through request_rollback and the runner;
 - seed stop-and-run: ``docker stop old; docker rm old; docker run -d -p PORT:5000 ... new`` over the
-  same SSH connection (what the seed's Jenkins job does, with the stop it forgot added).
+  same SSH connection (what the seed's Jenkins job does, with the stop it forgot added);
+- the edge's own cost: GET /ready from ``--clients`` clients on keep-alive connections for
+  ``--seconds`` each way, in the same run: straight to the app container (its bridge IP), through the
+  HAProxy edge (the edge container's IP) and through the published port (what clients use: Docker's
+  port forwarding plus the edge). p50/p99 and requests/s; goals ≤ 0.3 ms added at p50, ≥ 0.9x.
+
+Every daemon it starts (registry, redis, sshd; dockerd only if none was running) is stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -28,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator import Runtime
 from orchestrator.build.queue import build_queue
 from orchestrator.build.runner import run_build
+from orchestrator.deploy.haproxy import EDGE_PORT
 from orchestrator.deploy.policy import request_rollback
-from orchestrator.deploy.ssh import SshHost as Ssh
+from orchestrator.deploy.ssh import RemoteHost as Ssh
 from orchestrator.deploy.ssh import Target, load_private_key
 from orchestrator.devstack.services import (
     DockerDaemon,
@@ -78,6 +88,73 @@ def measure(url: str, rate: float, action: object) -> dict[str, object]:
     return result
 
 
+def closed_loop(host: str, port: int, clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` threads, each GET /ready back to back on its own keep-alive connection."""
+    lat: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    errors = [0]
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        mine: list[float] = []
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", "/ready")
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=5)
+            if ok:
+                mine.append(time.perf_counter() - t0)
+            else:
+                errors[0] += 1
+        conn.close()
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat.sort()
+    return {
+        "requests": len(lat),
+        "errors": errors[0],
+        "rps": round(len(lat) / seconds, 1),
+        "p50_ms": round(statistics.median(lat) * 1000, 3) if lat else 0.0,
+        "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 3) if lat else 0.0,
+    }
+
+
+def edge_cost(client: object, env: DeployEnv, clients: int, seconds: float) -> dict[str, dict[str, float]]:
+    """Straight to the container vs through the edge vs through the published port, interleaved twice
+    so a noisy neighbour hits every path alike; the better of the two rounds of each path."""
+    net = f"{env.name}-net"
+
+    def ip(name: str) -> str:
+        c = client.containers.get(name)  # type: ignore[attr-defined]
+        return str(c.attrs["NetworkSettings"]["Networks"][net]["IPAddress"])
+
+    paths = {
+        "direct to container": (ip(f"{env.name}-b1"), 5000),
+        "through HAProxy edge": (ip(f"{env.name}-edge"), EDGE_PORT),
+        "through published port": ("127.0.0.1", env.publish),
+    }
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(2):
+        for name, (host, port) in paths.items():
+            r = closed_loop(host, port, clients, seconds)
+            if name not in best or r["p50_ms"] < best[name]["p50_ms"]:
+                best[name] = r
+    return best
+
+
 def seed_stop_and_run(ssh: Ssh, image: str, old: str, new: str, port: int, volume: str) -> None:
     for argv in (
         ["docker", "stop", old],
@@ -109,6 +186,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--clients", type=int, default=4, help="keep-alive clients for the edge cost")
+    ap.add_argument("--seconds", type=float, default=5.0, help="per path and round, for the edge cost")
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "deploy.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlb-", dir="/tmp"))
@@ -128,19 +207,30 @@ def main() -> int:
         "seed stop-and-run": [],
     }
     volume = ""
+    cost: dict[str, dict[str, float]] = {}
     try:
         print("building the example image (builds 1 and 2)...", flush=True)
-        images = build_example_images(client, ensure_base_image(daemon.host), registry.addr)
+        base = ensure_base_image(daemon.host)
+        images = build_example_images(client, base, registry.addr)
         volume = make_model_volume(client, images.refs[1])
         hosts = _Hosts(host, key, known)
         for _ in range(args.rounds):
             store = Store.from_url(redis.url)
             store.r.flushall()
             settings = test_settings(redis.url, hosts, work / "ws")
-            env = DeployEnv(store=store, settings=settings, hosts=hosts, images=images, volume=volume)
+            env = DeployEnv(
+                store=store,
+                settings=settings,
+                hosts=hosts,
+                images=images,
+                volume=volume,
+                edge_base_image=base,
+            )
             try:
                 env.deploy(env.new_build(1))
                 wait_http(env.url + "/ready")
+                if not cost:
+                    cost = edge_cost(client, env, args.clients, args.seconds)
                 b2 = env.new_build(2)
                 results["mlship redeploy"].append(
                     measure(env.url, args.rate, lambda b=b2, e=env: e.deploy(b))
@@ -190,6 +280,8 @@ def main() -> int:
         redis.stop()
         if volume:
             client.volumes.get(volume).remove(force=True)
+        client.close()
+        daemon.stop()  # only if this run started it
     print(
         f"\nconstant load: {args.rate:g} GET /ready per second, a new connection each; "
         f"{SETTLE:g}s of load before and after the operation\n"
@@ -201,8 +293,23 @@ def main() -> int:
                 f"{name:<20} {r['requests']:>9} {r['failed']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} "
                 f"{r['operation_s']:>6}"
             )
+    if cost:
+        print(
+            f"\nedge cost: {args.clients} keep-alive clients, GET /ready back to back, "
+            f"{args.seconds:g}s per path"
+        )
+        print(f"{'path':<24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        for name, r in cost.items():
+            print(f"{name:<24} {r['rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>7}")
+        direct = cost["direct to container"]
+        for name in ("through HAProxy edge", "through published port"):
+            r = cost[name]
+            print(
+                f"{name}: +{r['p50_ms'] - direct['p50_ms']:.3f} ms at p50 (goal <= 0.3), "
+                f"{r['rps'] / direct['rps']:.2f}x the throughput (goal >= 0.9)"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rate": args.rate, "results": results}, indent=2))
+    args.json.write_text(json.dumps({"rate": args.rate, "results": results, "edge_cost": cost}, indent=2))
     return 0
 
 

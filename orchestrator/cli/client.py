@@ -1,4 +1,4 @@
-"""API client commands: builds, logs [--follow], rerun, cancel, trigger, promote, rollback.
+"""API client commands: builds, logs [--follow], rerun, cancel, trigger, promote, rollback, edge-stat.
 
 They talk to a running server's REST API: ``--url`` (default $MLSHIP_URL or
 http://127.0.0.1:8000) and ``--token`` (default $MLSHIP_TOKEN, needed for writes).
@@ -254,4 +254,25 @@ def rollback(args: argparse.Namespace) -> int:
         args,
         _client(args).json("POST", f"/environments/{args.environment}/rollback", json={"repo": args.repo}),
     )
+    return 0
+
+
+@command(
+    "edge-stat", "show the environment's edge: each host's servers, weights and counters", _rollback_args
+)
+def edge_stat(args: argparse.Namespace) -> int:
+    data = _client(args).json("GET", f"/environments/{args.environment}/edge", params={"repo": args.repo})
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{data['repo']} {data['environment']}: edge {data['edge']}, build #{data['build_number']}")
+    cols = ("status", "weight", "scur", "stot", "hrsp_2xx", "hrsp_5xx", "rtime", "check_status")
+    for host, view in data["hosts"].items():
+        if "error" in view:
+            print(f"  {host}: {view['error']}")
+            continue
+        print(f"  {host}")
+        print("    " + "  ".join(f"{c:>12}" for c in ("server", *cols)))
+        for name, st in view["servers"].items():
+            print("    " + "  ".join(f"{v!s:>12}" for v in (name, *(st[c] for c in cols))))
     return 0

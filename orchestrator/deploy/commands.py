@@ -5,31 +5,35 @@ value (image refs, env values, labels from pipeline.yaml, names built from webho
 the remote shell as one quoted word, never as shell syntax. Positional values come after ``--``
 so a value that starts with ``-`` cannot become an option. Tests assert the exact argv.
 
-The swap layout per environment on a host (see docs/deploy.md):
+The layout per environment on a host (see docs/deploy.md):
 
-    network  <name>-net            user-defined bridge; containers find each other by name
-    edge     <name>-edge           python3 -m inference.edge serve, publishes <publish>:<port>
-    volume   <name>-edge-state     the edge's /state (upstream file survives an edge restart)
-    app      <name>-b<number>      one per build; the edge forwards new connections to one of them
+    network  <name>-net            user-defined bridge; the edge reaches the app containers on it
+    edge     <name>-edge           HAProxy from mlship's edge image, publishes <publish>:<port>
+    volume   <name>-edge-state     the edge's /state: its haproxy.cfg (survives an edge restart)
+    app      <name>-b<number>      one per build, no published port; a server of the edge's backend
+
+Nothing runs inside the app image but the app itself: health checks are the edge's, and model files
+are stored by a helper container of the edge image.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator import labels
+from orchestrator.deploy.haproxy import ADMIN_SOCKET
 from orchestrator.errors import DeployError
 
 Argv = list[str]
 
-STATE_FILE = "/state/upstream"
-LABEL_ROLE = "mlship.role"
-LABEL_APP = "mlship.app"
-LABEL_BUILD = "mlship.build-number"
-EDGE_MODULE = ("python3", "-m", "inference.edge")
+EDGE_CONFIG = "/state/haproxy.cfg"
+LEGACY_STATE_FILE = "/state/upstream"  # the old TCP edge's upstream (read once, to take it over)
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*$")
+_NET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,19 @@ class AppContainer:
     cpus: float | None = None
     restart: str = "unless-stopped"
     network_alias: str | None = None
+
+
+@dataclass(frozen=True)
+class EdgeContainer:
+    """The edge of one environment on one host."""
+
+    name: str
+    image: str
+    network: str
+    state_volume: str
+    publish: int
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def names(container_name: str, build_number: int) -> dict[str, str]:
@@ -106,7 +123,7 @@ def network_exists(network: str) -> Argv:
 
 
 def network_create(network: str) -> Argv:
-    return _docker("network", "create", "--driver", "bridge", "--label", "mlship.managed=1", "--", network)
+    return _docker("network", "create", "--driver", "bridge", "--label", f"{labels.MANAGED}=1", "--", network)
 
 
 def run(app: AppContainer) -> Argv:
@@ -129,50 +146,99 @@ def run(app: AppContainer) -> Argv:
     return [*argv, "--", app.image]
 
 
-def run_edge(
-    name: str,
-    image: str,
-    network: str,
-    state_volume: str,
-    publish: int,
-    port: int,
-    labels: Mapping[str, str] | None = None,
-) -> Argv:
-    """The edge proxy: started once per environment and host, it publishes the stable port."""
+def create_edge(edge: EdgeContainer) -> Argv:
+    """``docker create`` of the edge (started by ``start``): HAProxy from the edge image, on the
+    environment's network, publishing the stable port, its config on the state volume."""
     argv = _docker(
-        "run",
-        "--detach",
+        "create",
         "--name",
-        name,
+        edge.name,
         "--network",
-        network,
+        edge.network,
         "--restart",
         "unless-stopped",
         "--publish",
-        f"{publish}:{port}",
+        f"{edge.publish}:{edge.port}",
+        "--volume",
+        f"{edge.state_volume}:/state",
+    )
+    for key, value in edge.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    return [*argv, "--", edge.image, "serve"]
+
+
+def start(container: str) -> Argv:
+    return _docker("start", "--", container)
+
+
+def write_edge_config(state_volume: str, image: str) -> Argv:
+    """Store the config (stdin) on the state volume before the edge exists, after ``haproxy -c``."""
+    return _docker(
+        "run",
+        "--interactive",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        f"{labels.ROLE}=edge-config",
         "--volume",
         f"{state_volume}:/state",
+        "--",
+        image,
+        "write-config",
     )
-    for key, value in (labels or {}).items():
-        argv += ["--label", f"{key}={value}"]
-    return [*argv, "--", image, *EDGE_MODULE, "serve", "--listen", f"0.0.0.0:{port}", "--state", STATE_FILE]
 
 
-def probe(edge_or_app: str, url: str, status: int, timeout: float) -> Argv:
-    """One HTTP health probe, run inside a container on the environment's network."""
+def rewrite_edge_config(edge: str) -> Argv:
+    """Replace the running edge's config file (stdin) so a restart keeps today's servers."""
+    return _docker("exec", "--interactive", edge, "mlship-edge", "write-config")
+
+
+def read_edge_config(edge: str) -> Argv:
+    return _docker("exec", edge, "cat", EDGE_CONFIG)
+
+
+def reload_edge(edge: str) -> Argv:
+    """HAProxy's master re-reads the config and starts a new worker; the old one finishes its
+    connections (the listening sockets pass over: ``expose-fd listeners``)."""
+    return _docker("kill", "--signal", "USR2", "--", edge)
+
+
+def edge_admin(edge: str) -> Argv:
+    """The edge's HAProxy runtime API: commands on stdin, the answers on stdout."""
+    return _docker("exec", "--interactive", edge, "socat", "stdio", ADMIN_SOCKET)
+
+
+# One-time takeover of an environment served by the old TCP edge (``inference.edge``): the new edge is
+# created beside it under a temporary name, then the old one is removed and the new one renamed and
+# started in one remote command, so the published port is free only for the moment in between.
+TAKEOVER_SCRIPT = 'docker rm --force -- "$1" >/dev/null && docker rename "$2" "$1" && docker start -- "$1"'
+
+
+def take_over_edge(old: str, new: str) -> Argv:
+    return ["sh", "-c", TAKEOVER_SCRIPT, "mlship-edge-takeover", old, new]
+
+
+def legacy_upstream(edge: str) -> Argv:
+    """The ``host:port`` the old TCP edge forwards to (its state file)."""
+    return _docker("exec", edge, "cat", LEGACY_STATE_FILE)
+
+
+def container_ip(container: str, network: str) -> Argv:
+    """The container's IP address on ``network`` (empty if it is not attached)."""
+    if not _NET_NAME.match(network):
+        raise DeployError(f"network name {network!r} is not allowed")
+    fmt = "{{with index .NetworkSettings.Networks " + f'"{network}"' + "}}{{.IPAddress}}{{end}}"
+    return _docker("container", "inspect", "--format", fmt, "--", container)
+
+
+def container_label(container: str, key: str) -> Argv:
+    """The value of label ``key`` on the container (empty if unset); exit code 1 if it does not exist."""
+    if not _LABEL_KEY.match(key):
+        raise DeployError(f"label name {key!r} is not allowed")
     return _docker(
-        "exec", edge_or_app, *EDGE_MODULE, "probe", url, "--status", str(status), "--timeout", f"{timeout:g}"
+        "container", "inspect", "--format", "{{index .Config.Labels " + f'"{key}"' + "}}", "--", container
     )
-
-
-def set_upstream(edge: str, upstream: str) -> Argv:
-    """Point the edge's new connections at ``upstream`` (host:port). Root inside the container: the
-    state volume is root-owned, the edge process itself runs as the image's unprivileged user."""
-    return _docker("exec", "--user", "0", edge, *EDGE_MODULE, "set", "--state", STATE_FILE, upstream)
-
-
-def read_upstream(edge: str) -> Argv:
-    return _docker("exec", edge, "cat", STATE_FILE)
 
 
 def state(container: str) -> Argv:
@@ -188,9 +254,9 @@ def list_app_containers(app_name: str) -> Argv:
         "--all",
         "--no-trunc",
         "--filter",
-        f"label={LABEL_APP}={app_name}",
+        labels.selector(labels.APP, app_name),
         "--filter",
-        f"label={LABEL_ROLE}=app",
+        labels.selector(labels.ROLE, labels.ROLE_APP),
         "--format",
         "{{.Names}}",
     )
@@ -225,58 +291,9 @@ def kill_group(pid: int, grace: float = 1.0) -> Argv:
 
 # -- the build's model on the hosts' model volume -------------------------------------------------------
 
-# Runs in the image on the host: reads each file's exact byte count from stdin into a temp file in the
-# target directory, checks its sha256, then renames it into place (atomic; the files are immutable and
-# named by hash, so a repeated upload rewrites identical bytes). Never a shell: argv only.
-UPLOAD_SCRIPT = """\
-import hashlib, os, sys, tempfile
-d, a = sys.argv[1], sys.argv[2:]
-os.makedirs(d, mode=0o755, exist_ok=True)
-src = sys.stdin.buffer
-for i in range(0, len(a), 3):
-    name, left, want = a[i], int(a[i + 1]), a[i + 2]
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".upload-")
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f:
-            while left:
-                b = src.read(min(left, 1 << 20))
-                if not b:
-                    sys.exit(f"{name}: the stream ended {left} bytes early")
-                h.update(b)
-                f.write(b)
-                left -= len(b)
-            f.flush()
-            os.fsync(f.fileno())
-        if h.hexdigest() != want:
-            sys.exit(f"{name}: received sha256 {h.hexdigest()}, expected {want}")
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, os.path.join(d, name))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-print("stored", d, " ".join(a[0::3]))
-"""
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_DIR = re.compile(r"^[0-9a-f]{16}$")
-
-# Runs in the image on the host: removes the volume's model directories (named <sha256[:16]>) that are
-# not in argv's keep list and were not written in the last ``grace`` seconds (another environment
-# sharing the volume may have just uploaded one it has not recorded yet). Symlinks and other names
-# are never touched. Prints what it removed.
-PRUNE_SCRIPT = """\
-import os, re, shutil, sys, time
-root, grace, keep = sys.argv[1], float(sys.argv[2]), set(sys.argv[3:])
-gone = []
-for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name)
-    if (re.fullmatch("[0-9a-f]{16}", name) and name not in keep and not os.path.islink(path)
-            and os.path.isdir(path) and time.time() - os.stat(path).st_mtime > grace):
-        shutil.rmtree(path)
-        gone.append(name)
-print("removed", len(gone), "unrecorded model(s)" + (": " + " ".join(gone) if gone else ""))
-"""
 
 
 @dataclass(frozen=True)
@@ -308,47 +325,48 @@ def model_volume(volumes: Sequence[str], model_path: str) -> tuple[str, str]:
     )
 
 
-def upload_model(image: str, volume: str, mount: str, directory: str, files: Sequence[UploadFile]) -> Argv:
-    """``docker run -i --rm`` in ``image`` that stores ``files`` (their bytes, in order, on stdin) in
-    ``<mount>/<directory>/`` of ``volume``. Root inside: a fresh volume's root is root-owned."""
+def upload_model(
+    edge_image: str, volume: str, mount: str, directory: str, files: Sequence[UploadFile]
+) -> Argv:
+    """``docker run -i --rm`` of the edge image's ``store-model``: a tar of ``files`` on stdin goes to
+    ``<mount>/<directory>/`` of ``volume``, each file checked against its sha256, then renamed in."""
     if not _FILE_NAME.match(directory):
         raise DeployError(f"model directory name {directory!r} is not allowed", directory=directory)
     args: list[str] = []
     for f in files:
         if not _FILE_NAME.match(f.name) or not _SHA256.match(f.sha256) or f.size < 0:
             raise DeployError(f"model file {f.name!r} cannot be uploaded (name, size or sha256 invalid)")
-        args += [f.name, str(f.size), f.sha256]
+        args += [f.name, f.sha256]
     return _on_volume(
-        "model-upload", image, volume, mount, "--interactive", UPLOAD_SCRIPT, f"{mount}/{directory}", *args
+        "model-upload", edge_image, volume, mount, True, "store-model", f"{mount}/{directory}", *args
     )
 
 
-def prune_models(image: str, volume: str, mount: str, keep: Iterable[str], grace: float) -> Argv:
-    """``docker run --rm`` in ``image`` that removes the model directories of ``volume`` other than
-    ``keep`` (``<sha256[:16]>`` names) and older than ``grace`` seconds."""
+def prune_models(edge_image: str, volume: str, mount: str, keep: Iterable[str], grace: float) -> Argv:
+    """``docker run --rm`` of the edge image's ``prune-models``: removes the model directories of
+    ``volume`` other than ``keep`` (``<sha256[:16]>`` names) and older than ``grace`` seconds."""
     names = sorted(set(keep))
     bad = [k for k in names if not _MODEL_DIR.match(k)]
     if bad:
         raise DeployError(f"model directory names {bad!r} are not sha256 prefixes", names=bad)
-    return _on_volume("model-prune", image, volume, mount, None, PRUNE_SCRIPT, mount, f"{grace:g}", *names)
+    minutes = str(max(1, math.ceil(grace / 60)))
+    return _on_volume("model-prune", edge_image, volume, mount, False, "prune-models", mount, minutes, *names)
 
 
-def _on_volume(
-    role: str, image: str, volume: str, mount: str, flag: str | None, script: str, *args: str
-) -> Argv:
-    """``docker run --rm`` of a python ``script`` in ``image``, as root, without network, with
-    ``volume`` mounted read-write at ``mount`` (root inside: a fresh volume's root is root-owned)."""
+def _on_volume(role: str, image: str, volume: str, mount: str, interactive: bool, *command: str) -> Argv:
+    """``docker run --rm`` of an edge-image helper, as root, without network, with ``volume`` mounted
+    read-write at ``mount`` (root inside: a fresh volume's root is root-owned)."""
     argv = _docker(
         "run",
-        *([flag] if flag else []),
+        *(["--interactive"] if interactive else []),
         "--rm",
         "--user",
         "0",
         "--network",
         "none",
         "--label",
-        f"{LABEL_ROLE}={role}",
+        f"{labels.ROLE}={role}",
         "--volume",
         f"{volume}:{mount}",
     )
-    return [*argv, "--", image, "python3", "-c", script, *args]
+    return [*argv, "--", image, *command]

@@ -118,7 +118,7 @@ def _lines(stream: str, on_line: LineCallback | None, capture: list[str] | None)
     return feed
 
 
-class SshHost:
+class RemoteHost:
     """One SSH connection to a deploy host; ``run`` may be called many times (one channel each)."""
 
     def __init__(
@@ -137,7 +137,7 @@ class SshHost:
         self.connect_timeout = connect_timeout
         self.client: paramiko.SSHClient | None = None
 
-    def __enter__(self) -> SshHost:
+    def __enter__(self) -> RemoteHost:
         self.connect()
         return self
 
@@ -234,97 +234,18 @@ class SshHost:
         Raises Cancelled if ``cancel`` (a CancelToken) fires, StepTimeout after ``timeout`` seconds
         (in both cases the remote process group is killed), InfrastructureError if the connection breaks.
         """
-        command = f"echo {PID_MARKER}$$ >&2; exec {shlex.join(argv)}"
-        chan = self._channel()
-        out_lines: list[str] | None = [] if capture else None
-        err_lines: list[str] | None = [] if capture else None
-        pid: list[int] = []
-        pid_seen = threading.Event()
-        user_err = _lines("stderr", on_line, err_lines)
-
-        def feed_err(data: bytes, first: list[bool] = [True]) -> None:  # noqa: B006 - per-call state
-            if first[0]:
-                first[0] = False
-                head, sep, rest = data.partition(b"\n")
-                text = head.decode(errors="replace")
-                if text.startswith(PID_MARKER) and sep:
-                    with contextlib.suppress(ValueError):
-                        pid.append(int(text[len(PID_MARKER) :]))
-                    pid_seen.set()
-                    data = rest
-                    if not data:
-                        return
-                else:
-                    pid_seen.set()
-            user_err(data)
-
-        stopped = threading.Event()
-        reason: list[str] = []
-
-        def stop(why: str) -> None:
-            if stopped.is_set():
-                return
-            reason.append(why)
-            stopped.set()
-            pid_seen.wait(2)
-            if pid:
-                with contextlib.suppress(Exception):
-                    self._kill(pid[0])
-            with contextlib.suppress(Exception):
-                chan.close()
-
-        remove = cancel.on_cancel(lambda: stop("cancelled")) if cancel is not None else (lambda: None)
+        session = _Session(self, self._channel(), on_line, capture)
+        remove = cancel.on_cancel(lambda: session.stop("cancelled")) if cancel is not None else (lambda: None)
         try:
-            chan.settimeout(0.5)
-            chan.exec_command(command)
-            readers = [
-                threading.Thread(
-                    target=self._drain,
-                    args=(chan.recv, _lines("stdout", on_line, out_lines), stopped),
-                    daemon=True,
-                ),
-                threading.Thread(target=self._drain, args=(chan.recv_stderr, feed_err, stopped), daemon=True),
-            ]
-            for r in readers:
-                r.start()
-            if stdin:  # the reader may start slowly (a container starting): allow the command's timeout
-                chan.settimeout(timeout)
-                chan.sendall(stdin)
-                chan.settimeout(0.5)
-            chan.shutdown_write()
-            deadline = time.monotonic() + timeout
-            while not chan.exit_status_ready() and not stopped.is_set():
-                if time.monotonic() > deadline:
-                    stop("timeout")
-                    break
-                if chan.closed and not chan.exit_status_ready():
-                    break
-                time.sleep(0.05)
-            for r in readers:
-                r.join(5 if not stopped.is_set() else 1)
+            session.execute(f"echo {PID_MARKER}$$ >&2; exec {shlex.join(argv)}", stdin, timeout)
         except (paramiko.SSHException, OSError) as exc:
-            stop("error")
+            session.stop("error")
             raise InfrastructureError(
                 f"SSH command on {self.target} failed: {exc}", host=str(self.target), command=shlex.join(argv)
             ) from None
         finally:
             remove()
-        if reason and reason[0] == "cancelled":
-            raise Cancelled(f"cancelled: killed `{shlex.join(argv)[:200]}` on {self.target}")
-        if reason and reason[0] == "timeout":
-            raise StepTimeout(
-                f"`{shlex.join(argv)[:200]}` on {self.target} did not finish within "
-                f"{timeout:g}s; it was killed",
-                host=str(self.target),
-            )
-        if not chan.exit_status_ready():
-            raise InfrastructureError(
-                f"SSH connection to {self.target} closed before `{shlex.join(argv)[:200]}` finished",
-                host=str(self.target),
-            )
-        code = chan.recv_exit_status()
-        chan.close()
-        return Result(code, "\n".join(out_lines or []), "\n".join(err_lines or []))
+        return session.result(argv, timeout)
 
     @staticmethod
     def _drain(recv: Callable[[int], bytes], feed: Callable[[bytes], None], stopped: threading.Event) -> None:
@@ -353,10 +274,110 @@ class SshHost:
             chan.close()
 
 
+class _Session:
+    """One command on one channel: its output readers, the remote pid, and how it was stopped."""
+
+    def __init__(self, host: RemoteHost, chan: paramiko.Channel, on_line: LineCallback | None, capture: bool):
+        self.host = host
+        self.chan = chan
+        self.out: list[str] | None = [] if capture else None
+        self.err: list[str] | None = [] if capture else None
+        self.out_feed = _lines("stdout", on_line, self.out)
+        self.err_feed = _lines("stderr", on_line, self.err)
+        self.pid: list[int] = []
+        self.pid_seen = threading.Event()
+        self.first_err = True
+        self.stopped = threading.Event()
+        self.reason: list[str] = []
+
+    def feed_err(self, data: bytes) -> None:
+        """stderr, minus the pid marker line the wrapper prints first."""
+        if self.first_err:
+            self.first_err = False
+            head, sep, rest = data.partition(b"\n")
+            text = head.decode(errors="replace")
+            if text.startswith(PID_MARKER) and sep:
+                with contextlib.suppress(ValueError):
+                    self.pid.append(int(text[len(PID_MARKER) :]))
+                self.pid_seen.set()
+                if not rest:
+                    return
+                data = rest
+            else:
+                self.pid_seen.set()
+        self.err_feed(data)
+
+    def stop(self, why: str) -> None:
+        """Kill the remote process group (once its pid is known) and close the channel."""
+        if self.stopped.is_set():
+            return
+        self.reason.append(why)
+        self.stopped.set()
+        self.pid_seen.wait(2)
+        if self.pid:
+            with contextlib.suppress(Exception):
+                self.host._kill(self.pid[0])
+        with contextlib.suppress(Exception):
+            self.chan.close()
+
+    def execute(self, command: str, stdin: bytes | None, timeout: float) -> None:
+        chan = self.chan
+        chan.settimeout(0.5)
+        chan.exec_command(command)
+        readers = [
+            threading.Thread(
+                target=RemoteHost._drain, args=(chan.recv, self.out_feed, self.stopped), daemon=True
+            ),
+            threading.Thread(
+                target=RemoteHost._drain, args=(chan.recv_stderr, self.feed_err, self.stopped), daemon=True
+            ),
+        ]
+        for r in readers:
+            r.start()
+        if stdin:  # the reader may start slowly (a container starting): allow the command's timeout
+            chan.settimeout(timeout)
+            chan.sendall(stdin)
+            chan.settimeout(0.5)
+        chan.shutdown_write()
+        self.wait(timeout)
+        for r in readers:
+            r.join(5 if not self.stopped.is_set() else 1)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        chan = self.chan
+        while not chan.exit_status_ready() and not self.stopped.is_set():
+            if time.monotonic() > deadline:
+                self.stop("timeout")
+                return
+            if chan.closed and not chan.exit_status_ready():
+                return
+            time.sleep(0.05)
+
+    def result(self, argv: Sequence[str], timeout: float) -> Result:
+        target = self.host.target
+        why = self.reason[0] if self.reason else ""
+        if why == "cancelled":
+            raise Cancelled(f"cancelled: killed `{shlex.join(argv)[:200]}` on {target}")
+        if why == "timeout":
+            raise StepTimeout(
+                f"`{shlex.join(argv)[:200]}` on {target} did not finish within {timeout:g}s; it was killed",
+                host=str(target),
+            )
+        if not self.chan.exit_status_ready():
+            raise InfrastructureError(
+                f"SSH connection to {target} closed before `{shlex.join(argv)[:200]}` finished",
+                host=str(target),
+            )
+        code = self.chan.recv_exit_status()
+        self.chan.close()
+        return Result(code, "\n".join(self.out or []), "\n".join(self.err or []))
+
+
 def connect(
     target: Target, settings: Any, connect_timeout: float = 10.0, key: paramiko.PKey | None = None
-) -> SshHost:
-    """An SshHost for ``target`` with the key from the server's secrets and its known_hosts."""
-    host = SshHost(target, key or key_from_settings(settings), settings.known_hosts, connect_timeout)
+) -> RemoteHost:
+    """A RemoteHost for ``target`` with the key from the server's secrets and its known_hosts."""
+    host = RemoteHost(target, key or key_from_settings(settings), settings.known_hosts, connect_timeout)
     host.connect()
     return host

@@ -177,7 +177,16 @@ class HealthSpec(_Spec):
     status: int = 200
     interval: float = Field(default=1.0, gt=0)
     timeout: float = Field(default=60.0, gt=0)
-    retries: int = Field(default=3, ge=1)
+    retries: int = Field(default=3, ge=1)  # the edge's rise: passes in a row before a server gets traffic
+    fall: int = Field(default=3, ge=1)  # the edge's fall: failures in a row before it takes none
+
+
+class EdgeSpec(_Spec):
+    """The environment's HAProxy edge image: built by mlship FROM ``base_image`` (any Debian bookworm
+    image), pushed to ``repository`` (default: ``mlship-edge`` in the app image's registry)."""
+
+    base_image: str = Field(default="debian:bookworm-slim", min_length=1)
+    repository: str | None = None
 
 
 class Environment(_Spec):
@@ -187,6 +196,7 @@ class Environment(_Spec):
     container: ContainerSpec
     health: HealthSpec = Field(default_factory=lambda: HealthSpec())
     drain_seconds: float = Field(default=2.0, ge=0)
+    edge: EdgeSpec = Field(default_factory=lambda: EdgeSpec())
 
 
 class Pipeline(_Spec):

@@ -1,18 +1,20 @@
-"""The ``deploy`` and ``rollback`` steps: a health-checked swap behind a per-host edge proxy, over SSH.
+"""The ``deploy`` and ``rollback`` steps: a health-checked swap behind a per-host HAProxy edge, over SSH.
 
 For each host (``parallelism`` at a time), under the environment lock:
 
-1. pull the image (after a registry login with a throw-away client config, if configured);
-2. remove app containers the edge does not point at (left by a deploy whose worker died), then start
-   the new app container ``<name>-b<number>`` beside the old one, on ``<name>-net``;
-3. probe it from inside the network until it passes ``health.retries`` times in a row (or fails:
-   timeout, container exited) — on failure it is removed, the old one keeps serving, and the step
-   fails with its last log lines;
-4. point the edge (``<name>-edge``, started on the first deploy) at it: new connections go to it.
+1. pull the image and mlship's edge image (after a registry login with a throw-away client config);
+2. ship the build's model into the host's model volume (a helper container of the edge image);
+3. make sure the edge ``<name>-edge`` runs (first deploy: start it; the old TCP edge: take it over),
+   remove servers and app containers left by an interrupted deploy, then start the new app container
+   ``<name>-b<number>`` beside the old one on ``<name>-net``;
+4. add it to the edge at weight 0 and wait for the edge's own HTTP check (``health:``) to pass —
+   on failure it is removed, the old one keeps serving, and the step fails with its last log lines;
+5. give it the weight and set the old servers to drain: new requests go to the new container.
 
-When every host has switched, wait ``drain_seconds`` for open connections, then stop the old
-containers gracefully and remove them. If a host fails, the hosts already switched are pointed back
-at their old containers (still running) and the new ones removed. See docs/deploy.md.
+When every host has switched, the deployment is recorded; then the old servers drain (until their
+sessions end, at most ``drain_seconds``), leave the edge and their containers are stopped and removed.
+If a host fails, the hosts already switched get their old servers back (still running) and the new
+ones are removed. See docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import shlex
+import tarfile
 import time
 import uuid
 from collections.abc import Callable
@@ -28,11 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator import defaults
+from orchestrator import defaults, labels
 from orchestrator.build import artifacts
 from orchestrator.deploy import commands as remote
+from orchestrator.deploy import edge as edge_image
+from orchestrator.deploy import haproxy
 from orchestrator.deploy import policy as deployments
-from orchestrator.deploy.ssh import SshHost, Target, key_from_settings
+from orchestrator.deploy.edgectl import EdgeControl
+from orchestrator.deploy.ssh import RemoteHost, Target, key_from_settings
 from orchestrator.errors import Cancelled, DeployError, InfrastructureError, StepFailed, Superseded
 from orchestrator.models import Deployment
 from orchestrator.pipeline import Environment, HealthSpec
@@ -76,6 +83,8 @@ class Plan:
     sha: str
     action: str  # deploy | promote | rollback
     model: ModelShip | None = None  # None: the operator's model on the volume (env as written)
+    edge_image: str = ""  # the HAProxy edge image ref (in the registry)
+    edge_tag: str = ""
 
     @property
     def names(self) -> dict[str, str]:
@@ -87,13 +96,12 @@ class Plan:
 
     def app(self, name: str) -> remote.AppContainer:
         c = self.env.container
-        labels = {
-            **c.labels,
-            remote.LABEL_ROLE: "app",
-            remote.LABEL_APP: c.name,
-            remote.LABEL_BUILD: str(self.number),
-            "mlship.repo": self.repo,
-            "mlship.env": self.env_name,
+        ours = {
+            labels.ROLE: labels.ROLE_APP,
+            labels.APP: c.name,
+            labels.BUILD_NUMBER: str(self.number),
+            labels.REPO: self.repo,
+            labels.ENV: self.env_name,
         }
         env = {**c.env, **(self.model.env() if self.model else {})}
         return remote.AppContainer(
@@ -101,11 +109,25 @@ class Plan:
             image=self.image,
             network=self.names["network"],
             env=env,
-            labels=labels,
+            labels={**c.labels, **ours},
             volumes=tuple(c.volumes),
             memory=c.memory,
             cpus=c.cpus,
         )
+
+    def edge_config(self) -> haproxy.EdgeConfig:
+        h = self.env.health
+        check = haproxy.Check(h.path, h.status, max(100, int(h.interval * 1000)), h.retries, h.fall)
+        return haproxy.EdgeConfig(self.env.container.name, self.env_name, check)
+
+    def edge_labels(self) -> dict[str, str]:
+        return {
+            labels.ROLE: labels.ROLE_EDGE,
+            labels.APP: self.env.container.name,
+            labels.REPO: self.repo,
+            labels.ENV: self.env_name,
+            labels.EDGE_VERSION: self.edge_tag,
+        }
 
 
 def deploy_ref(image: str, digest: str) -> str:
@@ -122,10 +144,11 @@ class HostState:
     """One host's progress, kept for the commit and for rolling it back."""
 
     target: Target
-    ssh: SshHost | None = None
+    ssh: RemoteHost | None = None
     container: str = ""
-    previous_upstream: str = ""
+    previous: list[str] = field(default_factory=list)  # the servers that served before the switch
     edge_created: bool = False
+    added: bool = False  # the new container is a server of the edge
     switched: bool = False
     health: str = ""
     timings: dict[str, float] = field(default_factory=dict)
@@ -135,7 +158,7 @@ class HostState:
             "container": self.container,
             "health": self.health,
             "switched": self.switched,
-            "previous": self.previous_upstream.split(":")[0] if self.previous_upstream else "",
+            "previous": ",".join(self.previous),
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
@@ -147,8 +170,9 @@ class HostDeploy:
         self.ctx = ctx
         self.plan = plan
         self.state = state
-        self.ssh: SshHost = state.ssh  # type: ignore[assignment]
+        self.ssh: RemoteHost = state.ssh  # type: ignore[assignment]
         self.label = f"{state.target.host}:{state.target.port}"
+        self.edge = EdgeControl(self.run_quiet, plan.names["edge"], plan.edge_config(), self.label)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -187,6 +211,13 @@ class HostDeploy:
             )
         return res
 
+    def run_quiet(self, argv: list[str], stdin: bytes | None) -> Any:
+        """The edge's runner: captured, not logged line by line, not cancellable (short commands whose
+        half-done state we would otherwise have to guess)."""
+        return self.sh(
+            argv, check=False, capture=True, quiet=True, stdin=stdin, cancellable=False, timeout=30
+        )
+
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.monotonic()
         try:
@@ -202,6 +233,16 @@ class HostDeploy:
         status, _, restarts = res.stdout.strip().partition(" ")
         return "crashed" if not raw and restarts.strip() not in ("", "0") else status
 
+    def ip_of(self, container: str) -> str:
+        res = self.sh(remote.container_ip(container, self.plan.names["network"]), capture=True, quiet=True)
+        ip = res.stdout.strip()
+        if not ip:
+            raise DeployError(f"{container} on {self.label} has no address on {self.plan.names['network']}")
+        return str(ip)
+
+    def log(self, text: str, stream: str = "stdout") -> None:
+        self.ctx.log.line(f"[{self.label}] {text}", stream)
+
     # -- phase 1: pull, start, check, switch -------------------------------------------------------
 
     def switch(self) -> None:
@@ -211,27 +252,30 @@ class HostDeploy:
         n = self.plan.names
         if self.sh(remote.network_exists(n["network"]), check=False, quiet=True).exit_code != 0:
             self.sh(remote.network_create(n["network"]))
-        edge_up = self.status(n["edge"], raw=True) == "running"
-        if edge_up:
-            res = self.sh(remote.read_upstream(n["edge"]), check=False, capture=True, quiet=True)
-            self.state.previous_upstream = res.stdout.strip() if res.exit_code == 0 else ""
-            if self.state.previous_upstream:
-                self.remove_leftovers(self.state.previous_upstream.split(":")[0])
-        name = self.free_name(n["app"])
+        kind = self.edge_kind()
+        serving = self.timed("edge", lambda: self.prepare_edge(kind))
+        name = self.free_name(n["app"], serving)
         self.state.container = name
         self.timed("start", lambda: self.sh(remote.run(self.plan.app(name))))
         try:
-            self.timed("health", lambda: self.health_check(name, n["edge"] if edge_up else name))
+            if kind != "haproxy":
+                self.timed("edge_start", lambda: self.create_edge(kind, serving))
+            server = haproxy.Server(name, self.ip_of(name), self.plan.port)
+            self.edge.add(server)
+            self.state.added = True
+            self.edge.save()
+            self.timed("health", lambda: self.health_gate(name))
         except (StepFailed, Cancelled, InfrastructureError):
             self.remove_new()
             raise
-        self.timed("switch", lambda: self.point_edge(name, edge_up))
-        self.state.switched = True
+        self.timed("switch", lambda: self.shift(name))
 
     def pull(self) -> None:
+        images = [self.plan.image, self.plan.edge_image]
         login = self.plan.env.registry_login
         if login is None:
-            self.sh(remote.pull(self.plan.image))
+            for image in images:
+                self.sh(remote.pull(image))
             return
         config = f"{CONFIG_ROOT}/mlship-docker-{uuid.uuid4().hex}"
         self.sh(remote.make_config_dir(config))
@@ -240,12 +284,14 @@ class HostDeploy:
                 remote.login(remote.registry_of(self.plan.image), login.username, config),
                 stdin=login.password.encode() + b"\n",
             )
-            self.sh(remote.pull(self.plan.image, config=config))
+            for image in images:
+                self.sh(remote.pull(image, config=config))
         finally:
             self.sh(remote.remove_config_dir(config), check=False, cancellable=False)
 
     def upload_model(self) -> None:
-        """Stream the model (and its model.json) over stdin into ``<volume>/<sha256[:16]>/`` on the host."""
+        """Stream the model (and its model.json) as a tar into ``<volume>/<sha256[:16]>/`` on the host,
+        through a helper container of the edge image (nothing runs in the app image)."""
         m = self.plan.model
         assert m is not None and m.artifact is not None
         blobs = [(p.name, p.read_bytes()) for p in m.artifact.files()]
@@ -256,12 +302,12 @@ class HostDeploy:
                 f"(sha256 {files[0].sha256[:16]}, expected {m.sha256[:16]}); not deployed"
             )
         size = sum(f.size for f in files)
-        self.ctx.log.line(
-            f"[{self.label}] uploading model {m.sha256[:16]} ({size / 1e6:.1f} MB: "
+        self.log(
+            f"uploading model {m.sha256[:16]} ({size / 1e6:.1f} MB: "
             f"{', '.join(f.name for f in files)}) to volume {m.volume} as {m.path}"
         )
-        argv = remote.upload_model(self.plan.image, m.volume, m.mount, m.sha256[:16], files)
-        res = self.sh(argv, quiet=True, capture=True, stdin=b"".join(data for _, data in blobs), check=False)
+        argv = remote.upload_model(self.plan.edge_image, m.volume, m.mount, m.sha256[:16], files)
+        res = self.sh(argv, quiet=True, capture=True, stdin=tar_of(blobs), check=False)
         if res.exit_code != 0:
             why = (res.stderr or res.stdout).strip()[-500:]
             raise DeployError(
@@ -269,65 +315,158 @@ class HostDeploy:
                 f"code {res.exit_code}: {why}",
                 host=self.label,
             )
-        self.ctx.log.line(f"[{self.label}] {res.stdout.strip()}")
+        self.log(res.stdout.strip())
 
-    def remove_leftovers(self, serving: str) -> None:
-        """Remove this environment's app containers other than the edge's upstream ``serving``: the new
-        container of a deploy whose worker died mid-swap, which the janitor cannot reach on this host.
-        We hold the lock and the edge sends them nothing, so nobody uses them."""
+    # -- the edge ------------------------------------------------------------------------------------
+
+    def edge_kind(self) -> str:
+        """``haproxy`` (ours, running or stopped), ``legacy`` (the old TCP edge) or ``none``."""
+        edge = self.plan.names["edge"]
         res = self.sh(
-            remote.list_app_containers(self.plan.env.container.name), check=False, capture=True, quiet=True
+            remote.container_label(edge, labels.EDGE_VERSION), check=False, capture=True, quiet=True
         )
-        for c in res.stdout.split() if res.exit_code == 0 else []:
-            if c != serving:
-                self.ctx.log.line(
-                    f"[{self.label}] removing {c}: not the edge's upstream ({serving}), left "
-                    "by an interrupted deploy"
+        if res.exit_code != 0:
+            return "none"
+        version = res.stdout.strip()
+        if not version:
+            return "legacy"
+        if version != self.plan.edge_tag:
+            self.log(
+                f"the edge {edge} runs {version}, this deploy's edge image is {self.plan.edge_tag}: "
+                f"kept (see docs/deploy.md, upgrading the edge)"
+            )
+        return "haproxy"
+
+    def prepare_edge(self, kind: str) -> list[str]:
+        """The servers that serve now (for haproxy edges, after removing leftovers of interrupted
+        deploys); for the old TCP edge, the container its state file names."""
+        edge = self.plan.names["edge"]
+        if kind == "legacy":
+            res = self.sh(remote.legacy_upstream(edge), check=False, capture=True, quiet=True)
+            upstream = res.stdout.strip().rpartition(":")[0] if res.exit_code == 0 else ""
+            self.log(f"{edge} is the old TCP edge (upstream {upstream or 'none'}): this deploy replaces it")
+            self.state.previous = [upstream] if upstream else []
+            return self.state.previous
+        if kind == "none":
+            return []
+        if self.status(edge, raw=True) != "running":
+            self.log(f"starting the stopped edge {edge}")
+            self.sh(remote.start(edge))
+        self.edge.wait_ready()
+        stats = self.edge.stats()
+        serving = [s.name for s in stats.values() if s.serving]
+        for s in stats.values():
+            if not s.serving:
+                self.log(
+                    f"removing server {s.name} from the edge: not serving, left by an interrupted deploy"
                 )
+                self.edge.delete(s.name)
+        self.remove_leftovers(serving)
+        if self.edge.check_changed():
+            h = self.plan.env.health
+            self.log(
+                f"the health check changed (now GET {h.path} expecting {h.status}): reloading the edge; "
+                "it applies to every server, the serving ones included"
+            )
+            self.edge.save()
+            self.edge.reload()
+        elif len(serving) != len(stats):
+            self.edge.save()
+        self.state.previous = serving
+        return serving
+
+    def create_edge(self, kind: str, serving: list[str]) -> None:
+        """Start the HAProxy edge: on the first deploy with no servers, when taking over the old TCP
+        edge with the container it served (so the takeover moves no traffic)."""
+        publish = self.plan.env.container.publish
+        if publish is None:
+            raise DeployError(
+                f"environments.{self.plan.env_name}.container.publish is not set: the edge "
+                "needs the host port to serve on"
+            )
+        servers = [haproxy.Server(s, self.ip_of(s), self.plan.port, haproxy.FULL_WEIGHT) for s in serving]
+        n = self.plan.names
+        config = haproxy.render(self.plan.edge_config(), servers).encode()
+        self.sh(remote.write_edge_config(n["state"], self.plan.edge_image), stdin=config, capture=True)
+        edge = remote.EdgeContainer(
+            name=n["edge"] if kind == "none" else n["edge"] + "-new",
+            image=self.plan.edge_image,
+            network=n["network"],
+            state_volume=n["state"],
+            publish=int(publish),
+            port=haproxy.EDGE_PORT,
+            labels=self.plan.edge_labels(),
+        )
+        self.sh(remote.rm(edge.name), check=False, quiet=True)  # a leftover of an interrupted takeover
+        self.sh(remote.create_edge(edge), capture=True)
+        if kind == "none":
+            self.sh(remote.start(edge.name), capture=True)
+        else:
+            self.sh(remote.take_over_edge(n["edge"], edge.name), capture=True)
+        self.state.edge_created = kind == "none"
+        self.edge.wait_ready()
+        self.log(f"edge {n['edge']} (HAProxy, {self.plan.edge_tag}) serves port {publish}")
+
+    def remove_leftovers(self, serving: list[str]) -> None:
+        """Remove this environment's app containers the edge does not serve: the new container of a
+        deploy whose worker died mid-swap, or old ones a lost worker did not retire. We hold the lock
+        and the edge sends them nothing, so nobody uses them."""
+        for c in self.app_containers():
+            if c not in serving:
+                self.log(f"removing {c}: not served by the edge ({', '.join(serving) or 'none'})")
                 self.sh(remote.rm(c), check=False)
 
-    def free_name(self, base: str) -> str:
+    def app_containers(self) -> list[str]:
+        res = self.sh(
+            remote.list_app_containers(self.plan.env.container.name),
+            check=False,
+            capture=True,
+            quiet=True,
+            cancellable=False,
+        )
+        return [c for c in res.stdout.split() if c] if res.exit_code == 0 else []
+
+    def free_name(self, base: str, serving: list[str]) -> str:
         """``base``, unless a container of that name serves now (a redeploy of the same build)."""
         name, i = base, 1
         while True:
-            st = self.status(name)
-            if not st:
+            if not self.status(name):
                 return name
-            serving = self.state.previous_upstream.split(":")[0] == name
-            if not serving:
+            if name not in serving:
                 self.sh(remote.rm(name))  # a leftover of an interrupted deploy
                 return name
             i += 1
             name = f"{base}-{i}"
 
-    def health_check(self, name: str, via: str) -> None:
+    def health_gate(self, name: str) -> None:
+        """Until the edge's own check passed ``health.retries`` times in a row (the server is still at
+        weight 0); fails at once if the container stops, or after ``health.timeout``."""
         h: HealthSpec = self.plan.env.health
-        url = f"http://{name}:{self.plan.port}{h.path}"
         deadline = time.monotonic() + h.timeout
-        per_probe = max(1.0, min(5.0, h.interval * 2))
-        passes, attempts, last = 0, 0, "no probe ran"
-        self.ctx.log.line(
-            f"[{self.label}] health check {url} (expect {h.status}, {h.retries} passes in a "
-            f"row, within {h.timeout:g}s)"
+        passes, polls, last = 0, 0, "no check ran yet"
+        self.log(
+            f"health check by the edge: GET {h.path} on {name} (expect {h.status}, every {h.interval:g}s, "
+            f"{h.retries} passes in a row, within {h.timeout:g}s)"
         )
         while True:
-            attempts += 1
-            res = self.sh(remote.probe(via, url, h.status, per_probe), check=False, capture=True, quiet=True)
-            if res.exit_code == 0:
+            polls += 1
+            st = self.edge.stats().get(name)
+            if st is not None and st.healthy:
                 passes += 1
                 if passes >= h.retries:
-                    self.state.health = f"passed after {attempts} probes"
-                    self.ctx.log.line(f"[{self.label}] {name} is healthy ({attempts} probes)")
+                    self.state.health = f"passed ({st.check_desc}, {polls} polls)"
+                    self.log(f"{name} is healthy: {st.check_status} {st.check_desc}")
                     return
             else:
                 passes = 0
-                lines = (res.stderr or res.stdout).strip().splitlines()
-                last = lines[-1] if lines else f"exit {res.exit_code}"
-                st = self.status(name)
-                if st in ("exited", "dead", "restarting", "crashed", ""):
-                    self.fail_health(name, f"the container stopped ({st or 'gone'}) before it was healthy")
+                last = f"{st.status} {st.check_status} {st.check_desc}".strip() if st else "not a server"
+                container = self.status(name)
+                if container in ("exited", "dead", "restarting", "crashed", ""):
+                    self.fail_health(
+                        name, f"the container stopped ({container or 'gone'}) before it was healthy"
+                    )
             if time.monotonic() + h.interval > deadline:
-                self.fail_health(name, f"not healthy within {h.timeout:g}s ({attempts} probes; last: {last})")
+                self.fail_health(name, f"not healthy within {h.timeout:g}s (last check: {last})")
             if self.ctx.cancel.wait(h.interval):
                 self.ctx.stopped()
 
@@ -341,59 +480,34 @@ class HostDeploy:
             host=self.label,
         )
 
-    def point_edge(self, name: str, edge_up: bool) -> None:
-        n, port = self.plan.names, self.plan.port
-        publish = self.plan.env.container.publish
-        if not edge_up:
-            if publish is None:
-                raise DeployError(
-                    f"environments.{self.plan.env_name}.container.publish is not set: the edge "
-                    "proxy needs the host port to serve on"
-                )
-            if self.status(n["edge"]):  # there but not running: replace it (its state volume stays)
-                self.sh(remote.rm(n["edge"]))
-            labels = {
-                remote.LABEL_ROLE: "edge",
-                remote.LABEL_APP: self.plan.env.container.name,
-                "mlship.repo": self.plan.repo,
-                "mlship.env": self.plan.env_name,
-            }
-            self.sh(
-                remote.run_edge(
-                    n["edge"], self.plan.image, n["network"], n["state"], int(publish), port, labels
-                )
-            )
-            self.state.edge_created = True
-        self.sh(remote.set_upstream(n["edge"], f"{name}:{port}"))
-        # Through the edge's own listener: proves the path a client takes now works.
-        probe = remote.probe(
-            n["edge"], f"http://127.0.0.1:{port}{self.plan.env.health.path}", self.plan.env.health.status, 5
-        )
-        deadline = time.monotonic() + 15
-        while self.sh(probe, check=False, quiet=True).exit_code != 0:
-            if time.monotonic() > deadline:
-                raise DeployError(
-                    f"the edge {n['edge']} on {self.label} does not answer through "
-                    f"127.0.0.1:{port} after the switch",
-                    host=self.label,
-                )
-            time.sleep(0.3)
-        self.ctx.log.line(f"[{self.label}] edge {n['edge']} now sends new connections to {name}")
+    def shift(self, name: str) -> None:
+        """All new requests to ``name``; the previous servers drain (in-flight requests finish)."""
+        self.edge.weight(name, haproxy.FULL_WEIGHT)
+        self.state.switched = True
+        self.edge.state(self.state.previous, "drain")
+        self.edge.save()
+        self.log(f"edge {self.plan.names['edge']} now sends new requests to {name}")
 
     # -- phase 2: commit or undo -------------------------------------------------------------------
 
-    def retire_old(self, images_to_prune: list[str]) -> list[str]:
-        """Stop and remove every other app container of this environment; prune old images."""
-        res = self.sh(
-            remote.list_app_containers(self.plan.env.container.name),
-            capture=True,
-            quiet=True,
-            cancellable=False,
-        )
-        old = [c for c in res.stdout.split() if c and c != self.state.container]
+    def retire_old(self, drain_until: float, images_to_prune: list[str]) -> list[str]:
+        """Wait for the old servers' sessions (until ``drain_until``), remove them from the edge, stop and
+        remove every other app container of this environment; prune old images."""
+        olds = [s for s in self.edge.stats() if s != self.state.container]
         t0 = time.monotonic()
+        busy = self.edge.wait_idle(olds, drain_until)
+        if busy:
+            self.log(f"drain time over with sessions still open: {busy}; stopping anyway", "stderr")
+        self.state.timings["drain"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        self.edge.state(olds, "maint")
+        old = [c for c in self.app_containers() if c != self.state.container]
         for c in old:
             self.sh(remote.stop(c, STOP_GRACE), check=False, cancellable=False)
+        for s in olds:
+            self.edge.delete(s)
+        self.edge.save()
+        for c in old:
             self.sh(remote.rm(c), check=False, cancellable=False)
         self.state.timings["stop_old"] = time.monotonic() - t0
         for image in images_to_prune:
@@ -407,30 +521,47 @@ class HostDeploy:
         m = self.plan.model
         if m is None or not m.volume:
             return
-        argv = remote.prune_models(self.plan.image, m.volume, m.mount, keep, MODEL_PRUNE_GRACE)
+        argv = remote.prune_models(self.plan.edge_image, m.volume, m.mount, keep, MODEL_PRUNE_GRACE)
         res = self.sh(argv, check=False, capture=True, quiet=True, cancellable=False)
         out = (res.stdout if res.exit_code == 0 else res.stderr or res.stdout).strip()[-300:]
-        self.ctx.log.line(
-            f"[{self.label}] model volume {m.volume}: {out}"
+        self.log(
+            f"model volume {m.volume}: {out}"
             + ("" if res.exit_code == 0 else f" (exit code {res.exit_code}; nothing fails)"),
             "stdout" if res.exit_code == 0 else "stderr",
         )
 
     def undo(self) -> None:
-        """Point the edge back at the previous container and remove the new one (best effort)."""
-        n = self.plan.names
-        if self.state.switched and self.state.previous_upstream:
-            self.sh(
-                remote.set_upstream(n["edge"], self.state.previous_upstream), check=False, cancellable=False
-            )
-        elif self.state.switched and self.state.edge_created:
-            self.sh(remote.rm(n["edge"]), check=False, cancellable=False)
+        """Give the previous servers their traffic back and remove the new one (best effort)."""
+        if self.state.switched:
+            with contextlib.suppress(DeployError, InfrastructureError):
+                self.edge.state(self.state.previous, "ready")
+                self.edge.weight(self.state.container, 0)
+            self.state.switched = False
         self.remove_new()
-        self.state.switched = False
+        if self.state.edge_created and not self.state.previous:
+            self.sh(remote.rm(self.plan.names["edge"]), check=False, cancellable=False)
 
     def remove_new(self) -> None:
+        """Take the new container out of the edge (if it was added) and remove it."""
+        if self.state.added:
+            with contextlib.suppress(DeployError, InfrastructureError):
+                self.edge.delete(self.state.container)
+                self.edge.save()
+            self.state.added = False
         if self.state.container:
             self.sh(remote.rm(self.state.container), check=False, cancellable=False)
+
+
+def tar_of(blobs: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed tar of regular files (name, bytes), as the edge image's store-model reads it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in blobs:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o444
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 # -- the step -------------------------------------------------------------------------------------------
@@ -493,7 +624,7 @@ def _rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) ->
     par = max(1, plan.env.parallelism)
 
     def one(state: HostState) -> None:
-        state.ssh = SshHost(state.target, key, ctx.settings.known_hosts, CONNECT_TIMEOUT)
+        state.ssh = RemoteHost(state.target, key, ctx.settings.known_hosts, CONNECT_TIMEOUT)
         state.ssh.connect()
         HostDeploy(ctx, plan, state).switch()
 
@@ -510,7 +641,7 @@ def _rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) ->
                         f.result()
                     except Exception as exc:
                         errors.append(exc)
-                    if s.switched or s.container:
+                    if s.switched or s.container or s.edge_created:
                         done.append(s)
                 if errors:
                     raise errors[0]
@@ -597,7 +728,10 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
             f"{plan.env.parallelism})"
         )
         history = ctx.store.deployment_history(b.repo, env_name, limit=20)
-        plan = dataclasses.replace(plan, model=_model(ctx, plan, history))
+        edge_ref, edge_tag = _edge_image(ctx, plan)
+        plan = dataclasses.replace(
+            plan, model=_model(ctx, plan, history), edge_image=edge_ref, edge_tag=edge_tag
+        )
         if plan.model is not None:
             ctx.log.line(f"model: sha256 {plan.model.sha256[:16]}, served from {plan.model.path}")
         states = _rollout(ctx, plan, lock)
@@ -620,14 +754,14 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
             )
         )
         try:
-            if plan.env.drain_seconds:
-                ctx.log.line(f"draining old containers for {plan.env.drain_seconds:g}s")
-                time.sleep(plan.env.drain_seconds)  # not cancellable: traffic already moved
+            # Not cancellable: traffic already moved. Old servers leave once their sessions end.
+            ctx.log.line(f"draining the old servers (at most {plan.env.drain_seconds:g}s)")
+            drain_until = time.monotonic() + plan.env.drain_seconds
             prune = deployments.images_to_prune(history, image)
             keep = {d.model_sha256[:16] for d in ctx.store.deployment_records() if d.model_sha256}
             for s in states:
                 host = HostDeploy(ctx, plan, s)
-                host.retire_old(prune)
+                host.retire_old(drain_until, prune)
                 host.prune_models(keep)
         finally:
             _close(states)
@@ -635,6 +769,17 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
         ctx.log.line(f"{env_name} now runs build #{plan.number} ({image})")
     finally:
         lock.release()
+
+
+def _edge_image(ctx: StepContext, plan: Plan) -> tuple[str, str]:
+    """The edge image for this environment, in its registry (built and pushed here the first time)."""
+    spec = plan.env.edge
+    tag = edge_image.tag(spec.base_image)
+    image = edge_image.EdgeImage(edge_image.repository(plan.image, spec.repository), tag, spec.base_image)
+    login = plan.env.registry_login
+    auth = {"username": login.username, "password": login.password} if login else None
+    ref = edge_image.ensure(ctx.docker, image, auth, ctx.log.line)
+    return ref, tag
 
 
 def _rollback_image(ctx: StepContext, env_name: str) -> str:

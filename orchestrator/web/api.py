@@ -380,6 +380,18 @@ def list_environments() -> Response:
     return jsonify({"environments": environments_view()})
 
 
+@bp.get("/environments/<env>/edge")
+def inspect_edge(env: str) -> Response:
+    """The environment's HAProxy edge on every host: per-server state, weight and counters."""
+    from orchestrator.deploy.edgectl import inspect
+
+    repo = request.args.get("repo", "")
+    if not repo:
+        raise PayloadError("add ?repo=owner/name: the repository whose environment to inspect")
+    rt = get_runtime()
+    return jsonify(inspect(rt.settings, rt.store, repo, env))
+
+
 @bp.get("/openapi.json")
 def openapi() -> Response:
     from orchestrator.web.openapi import document

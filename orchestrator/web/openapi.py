@@ -414,6 +414,21 @@ def document() -> dict[str, Any]:
                 tag="environments",
             )
         },
+        "/api/v1/environments/{env}/edge": {
+            "get": _op(
+                "inspectEdge",
+                "The environment's HAProxy edge on every host: servers, weights, counters (show stat)",
+                {
+                    "200": _json({"type": "object"}, "Per host: servers and their show stat counters"),
+                    **_errors(*_READ),
+                },
+                params=[
+                    {"name": "env", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "repo", "in": "query", "required": True, "schema": {"type": "string"}},
+                ],
+                tag="environments",
+            )
+        },
         "/api/v1/deliveries": {
             "get": _op(
                 "listDeliveries",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.deploy import edge
 from orchestrator.store import Store
 from tests.deploy.helpers import DeployEnv, ExampleImages, build_example_images, cleanup, make_model_volume
 from tests.deploy.helpers import test_settings as make_settings
@@ -17,6 +18,13 @@ from tests.deploy.helpers import test_settings as make_settings
 def example_images(docker_client: Any, base_image: str, registry: Any) -> ExampleImages:
     """The real example image (root Dockerfile), pushed to the test registry as builds 1 and 2."""
     return build_example_images(docker_client, base_image, registry.addr)
+
+
+@pytest.fixture(scope="session")
+def edge_image_ref(docker_client: Any, base_image: str, registry: Any) -> str:
+    """mlship's HAProxy edge image, built FROM the test bed's base image and pushed, as a deploy does."""
+    image = edge.EdgeImage(f"{registry.addr}/{edge.REPOSITORY}", edge.tag(base_image), base_image)
+    return edge.ensure(docker_client, image, None, lambda line: None)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +41,7 @@ def deploy_env(
     docker_client: Any,
     example_images: ExampleImages,
     model_volume: str,
+    base_image: str,
     tmp_path: Path,
 ) -> Iterator[DeployEnv]:
     store = Store.from_url(redis_url)
@@ -42,6 +51,7 @@ def deploy_env(
         hosts=deploy_hosts,
         images=example_images,
         volume=model_volume,
+        edge_base_image=base_image,
     )
     try:
         yield env

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.build.log import LogWriter, Masker
+from orchestrator.build.runner import docker_factory
 from orchestrator.config import DeployTarget, Reach, RepoConfig, Secrets, Settings
+from orchestrator.deploy.haproxy import ADMIN_SOCKET, ServerStat, parse_stat, show_stat
 from orchestrator.devstack.services import free_port
 from orchestrator.models import Build, StepRecord, Trigger
 from orchestrator.pipeline import Pipeline, build_variables, load_pipeline
@@ -83,6 +85,11 @@ class DeployEnv:
     extra_hosts: list[tuple[str, int]] = field(default_factory=list)
     health_timeout: float = 60
     registry_login: bool = False
+    edge_base_image: str = "localbase/python:3.11"  # the edge image's FROM (the test bed's base image)
+    image_repository: str = ""  # default: the example image's repository
+    port: int = 5000
+    health_path: str = "/ready"
+    volume_spec: list[str] | None = None  # default: the model volume at /models
 
     @property
     def url(self) -> str:
@@ -98,27 +105,28 @@ class DeployEnv:
             "hosts": hosts,
             "container": {
                 "name": self.name,
-                "port": 5000,
+                "port": self.port,
                 "publish": self.publish,
-                "volumes": [f"{self.volume}:/models:ro"],
+                "volumes": [f"{self.volume}:/models:ro"] if self.volume_spec is None else self.volume_spec,
                 "env": self.env,
                 "labels": self.labels,
             },
             "health": {
-                "path": "/ready",
+                "path": self.health_path,
                 "status": 200,
                 "interval": 0.5,
                 "timeout": self.health_timeout,
                 "retries": 2,
             },
             "drain_seconds": 1,
+            "edge": {"base_image": self.edge_base_image},
         }
         if self.registry_login:
             env["registry_login"] = {"username": "ci", "password": "${secrets.REGISTRY_PASSWORD}"}
         doc = {
             "version": 1,
             "name": "house-price",
-            "image": self.images.repository,
+            "image": self.image_repository or self.images.repository,
             "steps": [
                 {"name": "deploy-qa", "deploy": {"environment": "qa"}},
                 {"name": "deploy-prod", "deploy": {"environment": "prod", "promote": "manual"}},
@@ -180,6 +188,7 @@ class DeployEnv:
             cancel=CancelToken(),
             record=rec,
             deadline=time.monotonic() + 600,
+            docker_factory=docker_factory(self.settings),
         )
         try:
             yield ctx
@@ -217,6 +226,20 @@ def test_settings(
             )
         },
     )
+
+
+def edge_servers(client: Any, edge: str) -> dict[str, ServerStat]:
+    """The edge's servers as its ``show stat`` reports them (the operator's view)."""
+    res = client.containers.get(edge).exec_run(
+        ["sh", "-c", f"echo '{show_stat()}' | socat stdio {ADMIN_SOCKET}"]
+    )
+    assert res.exit_code == 0, res.output
+    return parse_stat(res.output.decode())
+
+
+def serving(client: Any, edge: str) -> list[str]:
+    """The servers the edge sends new requests to."""
+    return sorted(name for name, st in edge_servers(client, edge).items() if st.serving)
 
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

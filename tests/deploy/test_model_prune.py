@@ -1,7 +1,9 @@
-"""Pruning a deploy host's model volume: remote.prune_models run for real against a Docker daemon."""
+"""The edge image's model helpers run for real against a Docker daemon: prune-models removes only old,
+unrecorded model directories; store-model stores a tar stream by hash and refuses a wrong checksum."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
@@ -12,6 +14,7 @@ import pytest
 
 from orchestrator.deploy import commands as remote
 from orchestrator.errors import DeployError
+from orchestrator.steps.deploy import tar_of
 
 pytestmark = [pytest.mark.docker]
 
@@ -39,13 +42,13 @@ def _listing(docker_client: Any, base_image: str, volume: str) -> list[str]:
 
 
 def test_only_old_unrecorded_model_directories_go(
-    docker_daemon: Any, docker_client: Any, base_image: str
+    docker_daemon: Any, docker_client: Any, base_image: str, edge_image_ref: str
 ) -> None:
     volume = f"mlship-test-models-{uuid.uuid4().hex[:8]}"
     docker_client.volumes.create(volume)
     try:
         _seed(docker_client, base_image, volume)
-        argv = remote.prune_models(base_image, volume, "/models", {KEEP}, grace=HOUR)
+        argv = remote.prune_models(edge_image_ref, volume, "/models", {KEEP}, grace=HOUR)
         env = {**os.environ, "DOCKER_HOST": docker_daemon.host}
         res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert res.returncode == 0, res.stderr
@@ -65,8 +68,8 @@ def test_keep_names_must_be_hash_prefixes(keep: set[str]) -> None:
 
 
 def test_prune_argv_is_data() -> None:
-    argv = remote.prune_models("reg/app@sha256:" + "f" * 64, "ml_vol", "/models", ["b" * 16, "a" * 16], 60)
-    assert argv[: argv.index("--")] == [
+    argv = remote.prune_models("reg/mlship-edge:t", "ml_vol", "/models", ["b" * 16, "a" * 16], 90)
+    assert argv == [
         "docker",
         "run",
         "--rm",
@@ -78,6 +81,48 @@ def test_prune_argv_is_data() -> None:
         "mlship.role=model-prune",
         "--volume",
         "ml_vol:/models",
+        "--",
+        "reg/mlship-edge:t",
+        "prune-models",
+        "/models",
+        "2",  # minutes, rounded up
+        "a" * 16,
+        "b" * 16,
     ]
-    assert argv[argv.index("--") + 1 :][:3] == ["reg/app@sha256:" + "f" * 64, "python3", "-c"]
-    assert argv[-4:] == ["/models", "60", "a" * 16, "b" * 16]
+
+
+def test_store_model_checks_every_file_and_stores_it_by_hash(
+    docker_daemon: Any, docker_client: Any, base_image: str, edge_image_ref: str
+) -> None:
+    volume = f"mlship-test-models-{uuid.uuid4().hex[:8]}"
+    docker_client.volumes.create(volume)
+    model, meta = b"model bytes" * 1000, b'{"r2": 0.9}'
+    files = [
+        remote.UploadFile("model.skops", len(model), hashlib.sha256(model).hexdigest()),
+        remote.UploadFile("model.json", len(meta), hashlib.sha256(meta).hexdigest()),
+    ]
+    env = {**os.environ, "DOCKER_HOST": docker_daemon.host}
+    stream = tar_of([("model.skops", model), ("model.json", meta)])
+    try:
+        argv = remote.upload_model(edge_image_ref, volume, "/models", KEEP, files)
+        for _ in range(2):  # a second upload of the same model (a redeploy) replaces identical bytes
+            res = subprocess.run(argv, env=env, input=stream, capture_output=True, timeout=120, check=False)
+            assert res.returncode == 0, res.stderr
+            assert res.stdout.decode().strip() == f"stored /models/{KEEP} model.skops model.json"
+        out = docker_client.containers.run(
+            base_image,
+            ["sh", "-c", f"sha256sum /models/{KEEP}/*; stat -c '%a %n' /models/{KEEP}/*; ls -A /models"],
+            remove=True,
+            volumes={volume: {"bind": "/models", "mode": "ro"}},
+        ).decode()
+        assert f"{files[0].sha256}  /models/{KEEP}/model.skops" in out
+        assert f"444 /models/{KEEP}/model.json" in out
+        assert out.split()[-1] == KEEP  # no temporary upload directory left behind
+        bad = [remote.UploadFile("model.skops", len(model), "0" * 64)]
+        argv = remote.upload_model(edge_image_ref, volume, "/models", OLD, bad)
+        res = subprocess.run(argv, env=env, input=stream, capture_output=True, timeout=120, check=False)
+        assert res.returncode != 0
+        assert f"model.skops: received sha256 {files[0].sha256}, expected {'0' * 64}" in res.stderr.decode()
+        assert _listing(docker_client, base_image, volume) == [KEEP]  # nothing half-stored
+    finally:
+        docker_client.volumes.get(volume).remove(force=True)

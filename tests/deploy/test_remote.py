@@ -129,13 +129,20 @@ def _app(**kw: object) -> remote.AppContainer:
             ],
         ),
         (
-            remote.run_edge(
-                "hp-edge", "img:1", "hp-net", "hp-edge-state", 8500, 5000, {"mlship.role": "edge"}
+            remote.create_edge(
+                remote.EdgeContainer(
+                    "hp-edge",
+                    "reg/mlship-edge:t",
+                    "hp-net",
+                    "hp-edge-state",
+                    8500,
+                    5000,
+                    {"mlship.role": "edge"},
+                )
             ),
             [
                 "docker",
-                "run",
-                "--detach",
+                "create",
                 "--name",
                 "hp-edge",
                 "--network",
@@ -149,49 +156,93 @@ def _app(**kw: object) -> remote.AppContainer:
                 "--label",
                 "mlship.role=edge",
                 "--",
-                "img:1",
-                "python3",
-                "-m",
-                "inference.edge",
+                "reg/mlship-edge:t",
                 "serve",
-                "--listen",
-                "0.0.0.0:5000",
-                "--state",
-                "/state/upstream",
             ],
         ),
         (
-            remote.probe("hp-edge", "http://hp-b7:5000/ready", 200, 2.5),
+            remote.edge_admin("hp-edge"),
+            ["docker", "exec", "--interactive", "hp-edge", "socat", "stdio", "/run/haproxy/admin.sock"],
+        ),
+        (
+            remote.rewrite_edge_config("hp-edge"),
+            ["docker", "exec", "--interactive", "hp-edge", "mlship-edge", "write-config"],
+        ),
+        (
+            remote.write_edge_config("hp-edge-state", "reg/mlship-edge:t"),
             [
                 "docker",
-                "exec",
+                "run",
+                "--interactive",
+                "--rm",
+                "--network",
+                "none",
+                "--label",
+                "mlship.role=edge-config",
+                "--volume",
+                "hp-edge-state:/state",
+                "--",
+                "reg/mlship-edge:t",
+                "write-config",
+            ],
+        ),
+        (
+            remote.take_over_edge("hp-edge", "hp-edge-new"),
+            ["sh", "-c", remote.TAKEOVER_SCRIPT, "mlship-edge-takeover", "hp-edge", "hp-edge-new"],
+        ),
+        (remote.legacy_upstream("hp-edge"), ["docker", "exec", "hp-edge", "cat", "/state/upstream"]),
+        (
+            remote.container_ip("hp-b7", "hp-net"),
+            [
+                "docker",
+                "container",
+                "inspect",
+                "--format",
+                '{{with index .NetworkSettings.Networks "hp-net"}}{{.IPAddress}}{{end}}',
+                "--",
+                "hp-b7",
+            ],
+        ),
+        (
+            remote.container_label("hp-edge", "mlship.edge-version"),
+            [
+                "docker",
+                "container",
+                "inspect",
+                "--format",
+                '{{index .Config.Labels "mlship.edge-version"}}',
+                "--",
                 "hp-edge",
-                "python3",
-                "-m",
-                "inference.edge",
-                "probe",
-                "http://hp-b7:5000/ready",
-                "--status",
-                "200",
-                "--timeout",
-                "2.5",
             ],
         ),
+        (remote.start("hp-edge"), ["docker", "start", "--", "hp-edge"]),
         (
-            remote.set_upstream("hp-edge", "hp-b7:5000"),
+            remote.upload_model(
+                "reg/mlship-edge:t",
+                "ml_vol",
+                "/models",
+                "a" * 16,
+                [remote.UploadFile("model.skops", 3, "b" * 64)],
+            ),
             [
                 "docker",
-                "exec",
+                "run",
+                "--interactive",
+                "--rm",
                 "--user",
                 "0",
-                "hp-edge",
-                "python3",
-                "-m",
-                "inference.edge",
-                "set",
-                "--state",
-                "/state/upstream",
-                "hp-b7:5000",
+                "--network",
+                "none",
+                "--label",
+                "mlship.role=model-upload",
+                "--volume",
+                "ml_vol:/models",
+                "--",
+                "reg/mlship-edge:t",
+                "store-model",
+                "/models/" + "a" * 16,
+                "model.skops",
+                "b" * 64,
             ],
         ),
         (remote.stop("hp-b6", 10), ["docker", "stop", "--time", "10", "--", "hp-b6"]),
@@ -239,6 +290,14 @@ def test_hostile_image_refs_are_positional(image: str) -> None:
 def test_bad_env_keys_are_refused(key: str) -> None:
     with pytest.raises(DeployError, match="not allowed"):
         remote.run(_app(env={key: "v"}))
+
+
+@pytest.mark.parametrize("network", ['x"}}{{.Config.Env', "a b", "-n", ""])
+def test_template_values_are_checked(network: str) -> None:
+    with pytest.raises(DeployError, match="not allowed"):
+        remote.container_ip("hp-b7", network)
+    with pytest.raises(DeployError, match="not allowed"):
+        remote.container_label("hp-b7", network)
 
 
 def test_our_labels_come_after_user_labels() -> None:

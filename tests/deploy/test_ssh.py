@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.deploy.ssh import SshHost, Target, fingerprint, load_private_key
+from orchestrator.deploy.ssh import RemoteHost, Target, fingerprint, load_private_key
 from orchestrator.devstack.services import free_port
 from orchestrator.errors import Cancelled, ConfigError, HostKeyError, InfrastructureError, StepTimeout
 from orchestrator.steps.base import CancelToken
@@ -21,10 +21,10 @@ from orchestrator.steps.base import CancelToken
 pytestmark = pytest.mark.ssh
 
 
-def _host(deploy_hosts: Any, name: str = "qa", known: Path | None = None, timeout: float = 5.0) -> SshHost:
+def _host(deploy_hosts: Any, name: str = "qa", known: Path | None = None, timeout: float = 5.0) -> RemoteHost:
     h = deploy_hosts[name]
     key = load_private_key(deploy_hosts.client_key.read_text())
-    return SshHost(Target("127.0.0.1", h.port, h.user), key, known or deploy_hosts.known_hosts, timeout)
+    return RemoteHost(Target("127.0.0.1", h.port, h.user), key, known or deploy_hosts.known_hosts, timeout)
 
 
 def test_run_returns_exit_code_and_quotes_every_value(deploy_hosts: Any, tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_closed_port_fails_fast_with_clear_error(deploy_hosts: Any) -> None:
     key = load_private_key(deploy_hosts.client_key.read_text())
     started = time.monotonic()
     with pytest.raises(InfrastructureError, match=rf"cannot reach \w+@127.0.0.1:{port}"):
-        SshHost(Target("127.0.0.1", port, "root"), key, deploy_hosts.known_hosts, 3).connect()
+        RemoteHost(Target("127.0.0.1", port, "root"), key, deploy_hosts.known_hosts, 3).connect()
     assert time.monotonic() - started < 3
 
 
@@ -155,7 +155,7 @@ def test_silent_listener_times_out_within_the_connect_timeout(deploy_hosts: Any)
     started = time.monotonic()
     try:
         with pytest.raises(InfrastructureError, match=r"cannot reach .*timeout 2s.*no SSH greeting"):
-            SshHost(Target("127.0.0.1", port, "root"), key, deploy_hosts.known_hosts, 2).connect()
+            RemoteHost(Target("127.0.0.1", port, "root"), key, deploy_hosts.known_hosts, 2).connect()
         took = time.monotonic() - started
         assert 1.5 < took < 4.5
     finally:

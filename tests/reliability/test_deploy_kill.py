@@ -2,19 +2,20 @@
 health-checked), with HTTP load on the environment's port throughout.
 
 Build 1 of the example image is deployed (in-process runner, a real checkout of the commit); build 2's
-deploy runs in a worker whose server var ``HEALTH_PATH`` points the health check at a path the app
-answers 404 (the new container runs, but never passes), and the worker's process group is killed while
+deploy runs in a worker whose server var ``APP_PORT`` makes the app listen on a port the edge does not
+check (the new container runs, but never passes), and the worker's process group is killed while
 it probes. A second worker's janitor must then mark build 2 ``error: worker lost`` within 30 s of the
 lease expiring and release the environment lock; the edge must still point at build 1, which serves
 every request of the episode. The new container was started over SSH on the deploy host, out of the
 janitor's reach: the next deploy of the environment removes it before it starts its own. A new build
-of build 2's commit with a healthy configuration (``HEALTH_PATH=/ready``) then deploys.
+of build 2's commit with a healthy configuration (``APP_PORT=5000``) then deploys.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,14 @@ from orchestrator.deploy.policy import lock_name
 from orchestrator.models import Build, BuildStatus, StepStatus, Trigger
 from orchestrator.store import Store
 from tests.deploy.conftest import example_images, model_volume  # noqa: F401  (session fixtures)
-from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, cleanup, get, wait_http
+from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, cleanup, get, serving, wait_http
 from tests.pipeline.test_worker import wait_until
 
 from .conftest import Workers
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.slow]
 
-NEVER_READY = "/never-ready"  # the app answers 404: the container runs, the health check never passes
+NEVER_READY = "5999"  # the app listens there, the edge checks port 5000: it runs, but is never healthy
 
 
 def _pipeline(env: DeployEnv) -> str:
@@ -44,7 +45,8 @@ def _pipeline(env: DeployEnv) -> str:
     doc = yaml.safe_load(env.pipeline_yaml())
     doc["steps"] = [{"name": "deploy-qa", "deploy": {"environment": "qa"}}]
     qa = doc["environments"]["qa"]
-    qa["health"].update({"path": "${HEALTH_PATH}", "timeout": 120})
+    qa["health"].update({"timeout": 120})
+    qa["container"]["env"]["PORT"] = "${APP_PORT}"  # where gunicorn listens; the edge checks port 5000
     doc["environments"] = {"qa": qa}
     return yaml.safe_dump(doc, sort_keys=False)
 
@@ -74,17 +76,24 @@ def _create(
 
 
 def _setup(
-    store: Store, settings: Any, deploy_hosts: Any, images: ExampleImages, volume: str
+    store: Store, settings: Any, deploy_hosts: Any, images: ExampleImages, volume: str, base_image: str
 ) -> tuple[DeployEnv, dict[str, str], str, Any]:
     """The QA environment, the SSH key secret, known_hosts, and settings to deploy in-process."""
-    env = DeployEnv(store=store, settings=settings, hosts=deploy_hosts, images=images, volume=volume)
+    env = DeployEnv(
+        store=store,
+        settings=settings,
+        hosts=deploy_hosts,
+        images=images,
+        volume=volume,
+        edge_base_image=base_image,
+    )
     ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
     known_hosts = str(deploy_hosts.known_hosts)
     deploying = settings.model_copy(
         update=dict(
             known_hosts=Path(known_hosts),
             secrets=Secrets(env={**settings.secrets.env, **ssh}),
-            vars={**settings.vars, "HEALTH_PATH": "/ready"},
+            vars={**settings.vars, "APP_PORT": "5000"},
         )
     )
     return env, ssh, known_hosts, deploying
@@ -111,9 +120,21 @@ def _next_deploy(store: Store, build: Build, env: DeployEnv) -> tuple[Build, str
 
 
 def _upstream(docker_client: Any, env: DeployEnv) -> str:
-    res = docker_client.containers.get(f"{env.name}-edge").exec_run(["cat", "/state/upstream"])
-    assert res.exit_code == 0, res.output
-    return str(res.output.decode().strip())
+    """The one server the edge sends new requests to."""
+    names = serving(docker_client, f"{env.name}-edge")
+    assert len(names) == 1, names
+    return f"{names[0]}:5000"
+
+
+def _hold_request(url: str) -> socket.socket:
+    """A request whose body never finishes: it keeps a session open on the server it reached."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n{"
+    )
+    return sock
 
 
 def _apps(docker_client: Any, env: DeployEnv) -> list[str]:
@@ -130,9 +151,12 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
     docker_client,
     example_images: ExampleImages,  # noqa: F811
     model_volume: str,  # noqa: F811
+    base_image: str,
     tmp_path: Path,
 ) -> None:
-    env, ssh, known_hosts, deploying = _setup(store, settings, deploy_hosts, example_images, model_volume)
+    env, ssh, known_hosts, deploying = _setup(
+        store, settings, deploy_hosts, example_images, model_volume, base_image
+    )
     load = Load(env.url, rate=50)
     try:
         sha = git_origin.commit("main", {"pipeline.yaml": _pipeline(env)}, "deploy only")
@@ -146,8 +170,12 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
 
         load.start()
         b2 = _create(store, settings, sha, example_images, 2)
-        doomed = workers.start("doomed", {"HEALTH_PATH": NEVER_READY}, env=ssh, known_hosts=known_hosts)
-        wait_until(lambda: "health check" in store.log_text(b2.id), 120, "build 2's health check to start")
+        doomed = workers.start("doomed", {"APP_PORT": NEVER_READY}, env=ssh, known_hosts=known_hosts)
+        wait_until(
+            lambda: "health check by the edge" in store.log_text(b2.id),
+            120,
+            "build 2's health check to start",
+        )
         time.sleep(1.5)  # a few failing probes
         assert docker_client.containers.get(new).status == "running"
         assert store.lock_owner(lock_name(REPO, "qa")) == str(b2.id)
@@ -155,7 +183,7 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
         doomed.wait(10)
         killed = time.monotonic()
 
-        workers.start("survivor", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
+        workers.start("survivor", {"APP_PORT": "5000"}, env=ssh, known_hosts=known_hosts)
         lost = _worker_lost(store, settings, b2.id)
         marked = time.monotonic() - killed
         assert marked < settings.lease_seconds + 30
@@ -205,12 +233,15 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
     docker_client,
     example_images: ExampleImages,  # noqa: F811
     model_volume: str,  # noqa: F811
+    base_image: str,
     tmp_path: Path,
 ) -> None:
     """The worker dies after the edge moved to build 2 but before build 1's container was retired
     (here: while the old container drains). Build 2 serves every request, the record says build 2
     (not the build 1 the edge left), and the next deploy removes build 1's container first."""
-    env, ssh, known_hosts, deploying = _setup(store, settings, deploy_hosts, example_images, model_volume)
+    env, ssh, known_hosts, deploying = _setup(
+        store, settings, deploy_hosts, example_images, model_volume, base_image
+    )
     slow_drain = yaml.safe_load(_pipeline(env))
     slow_drain["environments"]["qa"]["drain_seconds"] = 120
     load = Load(env.url, rate=50)
@@ -226,14 +257,16 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
         slow = git_origin.commit(
             "main", {"pipeline.yaml": yaml.safe_dump(slow_drain, sort_keys=False)}, "drain slowly"
         )
+        held = _hold_request(env.url)  # build 1 has a request in flight: its drain lasts
         b2 = _create(store, settings, slow, example_images, 2)
-        doomed = workers.start("doomed", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
-        wait_until(lambda: "draining old containers" in store.log_text(b2.id), 120, "build 2 to drain")
+        doomed = workers.start("doomed", {"APP_PORT": "5000"}, env=ssh, known_hosts=known_hosts)
+        wait_until(lambda: "draining the old servers" in store.log_text(b2.id), 120, "build 2 to drain")
         assert _upstream(docker_client, env) == f"{new}:5000"
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait(10)
+        held.close()
 
-        workers.start("survivor", {"HEALTH_PATH": "/ready"}, env=ssh, known_hosts=known_hosts)
+        workers.start("survivor", {"APP_PORT": "5000"}, env=ssh, known_hosts=known_hosts)
         lost = _worker_lost(store, settings, b2.id)
         assert lost.error.startswith("worker lost"), lost.error
         assert store.lock_owner(lock_name(REPO, "qa")) is None

@@ -18,7 +18,7 @@ import pytest
 from orchestrator import create_app
 from orchestrator.build.runner import run_build
 from orchestrator.config import Settings
-from orchestrator.deploy.ssh import SshHost, Target, load_private_key
+from orchestrator.deploy.ssh import RemoteHost, Target, load_private_key
 from orchestrator.devstack.services import GitOrigin
 from orchestrator.errors import HostKeyError
 from orchestrator.intake import github
@@ -280,13 +280,13 @@ def test_ssh_host_keys_are_verified(deploy_hosts: Any, tmp_path: Path) -> None:
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     with pytest.raises(HostKeyError, match="unknown"):
-        SshHost(target, key, empty, 5).connect()
+        RemoteHost(target, key, empty, 5).connect()
     other = deploy_hosts["prod"].known_hosts_line().split()
     changed = tmp_path / "changed_known_hosts"
     changed.write_text(f"[127.0.0.1]:{qa.port} {other[1]} {other[2]}\n")
     with pytest.raises(HostKeyError, match="CHANGED"):
-        SshHost(target, key, changed, 5).connect()
-    with SshHost(target, key, deploy_hosts.known_hosts, 5) as ok:
+        RemoteHost(target, key, changed, 5).connect()
+    with RemoteHost(target, key, deploy_hosts.known_hosts, 5) as ok:
         assert ok.run(["true"]).exit_code == 0
 
 
