@@ -80,9 +80,9 @@ def test_compose_file_is_valid(compose_env):
     redis_cmd = cfg["services"]["redis"]["command"]
     assert "appendonly" in " ".join(redis_cmd) and "noeviction" in redis_cmd
     assert redis_cmd[redis_cmd.index("--requirepass") + 1] == compose_env["REDIS_PASSWORD"]
-    url = cfg["services"]["worker"]["environment"]["ORCHESTRATOR_REDIS_URL"]
+    url = cfg["services"]["worker"]["environment"]["MLSHIP_REDIS_URL"]
     assert url == f"redis://:{compose_env['REDIS_PASSWORD']}@redis:6379/0"
-    assert cfg["services"]["web"]["environment"]["ORCHESTRATOR_READ_AUTH"] == "true"
+    assert cfg["services"]["web"]["environment"]["MLSHIP_READ_AUTH"] == "true"
     assert any("/var/run/docker.sock" in str(v) for v in cfg["services"]["worker"]["volumes"])
     assert set(cfg["volumes"]) >= {"redis-data", "workspace"}
     for svc in ("redis", "web", "worker"):
@@ -91,7 +91,7 @@ def test_compose_file_is_valid(compose_env):
     for svc in ("web", "worker"):  # one name: the mlship command, MLSHIP_* settings
         env = cfg["services"][svc]["environment"]
         assert env["MLSHIP_CONFIG"] == "/etc/mlship/config.yaml"
-        assert env["MLSHIP_REDIS_URL"] == "redis://redis:6379/0"
+        assert env["MLSHIP_REDIS_URL"] == url
         assert not [k for k in env if k.startswith("ORCHESTRATOR_")]
         assert cfg["services"][svc]["command"][0] == "mlship"
 
