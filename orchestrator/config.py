@@ -72,7 +72,7 @@ class Allow(_Strict):
     host_network: bool = False
 
 
-# -- issue 18: what one repository's pipeline may reach (secrets, volumes, networks, limits, hosts) --
+# -- what one repository's pipeline may reach (secrets, volumes, networks, limits, hosts) --
 # The server's own secrets: never resolvable by ${secrets.NAME}, whatever a repository lists.
 SERVER_SECRET_NAMES = frozenset(
     {
@@ -391,7 +391,6 @@ class Settings(BaseModel):
                     "server itself: a pipeline never gets those; give the repository a secret of its own"
                 )
 
-    # -- issue 18 --
     def server_secret_names(self) -> frozenset[str]:
         """Names a pipeline may never resolve: the defaults plus every name this server uses itself."""
         names = {self.ssh_key_secret, self.github_token_secret, self.csrf_secret_name, *self.api_token_names}

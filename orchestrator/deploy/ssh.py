@@ -372,12 +372,3 @@ class _Session:
         code = self.chan.recv_exit_status()
         self.chan.close()
         return Result(code, "\n".join(self.out or []), "\n".join(self.err or []))
-
-
-def connect(
-    target: Target, settings: Any, connect_timeout: float = 10.0, key: paramiko.PKey | None = None
-) -> RemoteHost:
-    """A RemoteHost for ``target`` with the key from the server's secrets and its known_hosts."""
-    host = RemoteHost(target, key or key_from_settings(settings), settings.known_hosts, connect_timeout)
-    host.connect()
-    return host

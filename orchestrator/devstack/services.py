@@ -77,7 +77,7 @@ class RedisServer:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
-    password: str | None = None  # requirepass: whoever can write Redis can run builds (issue 18)
+    password: str | None = None  # requirepass: whoever can write Redis can run builds
 
     @property
     def url(self) -> str:

@@ -197,7 +197,7 @@ class Stack:
             )
 
     def _start_redis(self) -> None:
-        password = self._secret(self.state / "redis.password", pysecrets.token_hex(16))  # issue 18
+        password = self._secret(self.state / "redis.password", pysecrets.token_hex(16))
         self.redis = RedisServer(self.state / "redis", password=password).start()
         self.redis_url = self.redis.url
 

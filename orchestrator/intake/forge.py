@@ -50,10 +50,6 @@ class Decision:
     sha: str = ""
     zen: str | None = None
 
-    @property
-    def build(self) -> bool:
-        return self.trigger is not None
-
 
 class Forge(Protocol):
     """A forge module: ``webhooks.py`` uses nothing else of it."""

@@ -48,7 +48,6 @@ log = applog.get("webhooks")
 
 EXTENSION = "mlship.webhooks"
 SUCCESS = frozenset(FINAL)  # a redelivery of these is answered from the record
-_STATUS = {SignatureError: 401, PayloadTooLarge: 413, UnsupportedContentType: 415, PayloadError: 400}
 _MAX_REASON = 1000
 
 
@@ -313,8 +312,7 @@ def _body(d: Delivery) -> dict[str, Any]:
 
 
 def _reject(d: Delivery, exc: PayloadError | SignatureError) -> Answer:
-    status = next(code for cls, code in _STATUS.items() if isinstance(exc, cls))
-    answer = _verdict(d, status, "rejected", str(exc))
+    answer = _verdict(d, exc.http_status, "rejected", str(exc))
     answer.body["error"] = exc.code
     return answer
 

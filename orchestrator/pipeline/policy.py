@@ -1,4 +1,4 @@
-"""What one repository's pipeline may reach, checked on the substituted values (issue 18).
+"""What one repository's pipeline may reach, checked on the substituted values.
 
 A pipeline is code from whoever can merge into the repository; the server configuration
 (``RepoConfig.reach`` and ``allow``) says what it may touch beyond a closed default:

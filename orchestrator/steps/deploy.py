@@ -698,7 +698,7 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
     if not image:
         raise StepFailed("nothing to deploy: no image was pushed by an earlier step (add a docker_push step)")
     plan = _plan(ctx, env_name, action, image)
-    ensure_deploy_targets(ctx.settings, b.repo, env_name, plan.env)  # issue 18: before any connection
+    ensure_deploy_targets(ctx.settings, b.repo, env_name, plan.env)  # before any connection
     lock = deployments.EnvironmentLock(ctx.store, b.repo, env_name, b.id)
     deadline = ctx.deadline if ctx.deadline != float("inf") else time.monotonic() + 3600
     lock.acquire(

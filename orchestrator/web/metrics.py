@@ -42,21 +42,6 @@ _METHODS = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
 _SEP = "|"
 
 
-def request_increments(method: str, endpoint: str, status: int, seconds: float) -> dict[str, dict[str, int]]:
-    """The counter increments that record one HTTP request (pure; see Store.incr_counters)."""
-    method = method if method in _METHODS else "OTHER"
-    endpoint = endpoint.replace(_SEP, "_")
-    buckets = {f"{endpoint}{_SEP}{le}": 1 for le in HTTP_BUCKETS if seconds <= le}
-    return {
-        "http_requests": {_SEP.join((method, endpoint, str(status))): 1},
-        "http_duration": {
-            **buckets,
-            f"{endpoint}{_SEP}+Inf": 1,
-            f"{endpoint}{_SEP}sum_us": int(seconds * 1e6),
-        },
-    }
-
-
 def _http_histogram(raw: dict[str, int]) -> HistogramMetricFamily:
     fam = HistogramMetricFamily(
         "mlship_http_request_duration_seconds",
@@ -233,7 +218,7 @@ class RequestTally:
 def _increments(
     requests: dict[tuple[str, str, int], int], durations: dict[str, list[int]]
 ) -> dict[str, dict[str, int]]:
-    """The counter increments for tallied requests (the same keys as ``request_increments``)."""
+    """The counter increments for tallied requests: cumulative histogram buckets per endpoint."""
     out: dict[str, dict[str, int]] = {"http_requests": {}, "http_duration": {}}
     for (method, endpoint, status), n in requests.items():
         method = method if method in _METHODS else "OTHER"
