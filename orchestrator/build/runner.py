@@ -50,17 +50,18 @@ __all__ = ["BuildRunner", "cancel_build", "docker_factory", "rerun_build", "run_
 log = logging.getLogger(__name__)
 CANCEL_POLL = defaults.CANCEL_POLL
 DEPLOY_TRIGGERS = {"promote": "deploy", "rollback": "rollback"}
-_DOCKER_CLIENTS: dict[str, Any] = {}
-_DOCKER_LOCK = threading.Lock()
 
 
 def docker_factory(settings: Settings) -> Callable[[], Any]:
-    """A function returning this process's DockerClient for the configured daemon (created once)."""
+    """A function returning one DockerClient for the configured daemon, created on first use and
+    then shared by every call (a worker keeps one factory in its WorkerRuntime)."""
     host = settings.docker_host or ""
+    lock = threading.Lock()
+    made: dict[str, Any] = {}
 
     def make() -> Any:
-        with _DOCKER_LOCK:
-            client = _DOCKER_CLIENTS.get(host)
+        with lock:
+            client = made.get(host)
             if client is None:
                 try:
                     client = (
@@ -73,7 +74,7 @@ def docker_factory(settings: Settings) -> Callable[[], Any]:
                     raise InfrastructureError(
                         f"cannot reach the Docker daemon at {host or 'DOCKER_HOST'}: {exc}"
                     ) from exc
-                _DOCKER_CLIENTS[host] = client
+                made[host] = client
             return client
 
     return make

@@ -14,6 +14,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rq.job import Job
@@ -34,20 +36,34 @@ log = logging.getLogger(__name__)
 JANITOR_INTERVAL = defaults.JANITOR_INTERVAL
 WORKER_LOST = "worker lost"
 
-_process: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class WorkerRuntime:
+    """What this worker process's jobs share: settings, the store, one Docker client (made on first use)."""
+
+    settings: Settings
+    store: Store
+    docker: Callable[[], Any]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerRuntime:
+        store = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
+        return cls(settings, store, docker_factory(settings))
 
 
-def configure(settings: Settings) -> None:
-    """Set the settings this process's jobs use (the CLI does it; tests may too)."""
-    _process["settings"] = settings
-    _process["store"] = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
+# RQ calls a job as a plain function by its dotted path, so the process's runtime is the one piece of
+# module state: set once by ``configure`` (``work`` does it), read by ``runtime``.
+_runtime: list[WorkerRuntime] = []
 
 
-def _settings() -> Settings:
-    if "settings" not in _process:
-        configure(load_settings())
-    settings: Settings = _process["settings"]
-    return settings
+def configure(settings: Settings) -> WorkerRuntime:
+    """Set the runtime this process's jobs use (``work`` does it; tests may too)."""
+    _runtime[:] = [WorkerRuntime.from_settings(settings)]
+    return _runtime[0]
+
+
+def runtime() -> WorkerRuntime:
+    return _runtime[0] if _runtime else configure(load_settings())
 
 
 def worker_name() -> str:
@@ -56,12 +72,12 @@ def worker_name() -> str:
 
 def run_build(ticket: str) -> str:
     """The RQ job: resolve the ticket to a build and run it. A ticket of a duplicate is dropped."""
-    settings = _settings()
-    store: Store = _process["store"]
+    rt = runtime()
+    settings, store = rt.settings, rt.store
     build_id = store.resolve_ticket(ticket)
     if build_id is None:
         return "duplicate"
-    build = run_one(settings, store, build_id, worker_name=worker_name())
+    build = run_one(settings, store, build_id, worker_name=worker_name(), docker=rt.docker)
     try:
         prune_artifacts(settings, store)
     except Exception:  # disk housekeeping never fails a build
@@ -207,8 +223,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
 
-    configure(settings)
-    store: Store = _process["store"]
+    store = configure(settings).store
     connection = rq_connection(settings.redis_url)
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
