@@ -420,7 +420,7 @@ def document() -> dict[str, Any]:
                 "The environment's HAProxy edge on every host: servers, weights, counters (show stat)",
                 {
                     "200": _json({"type": "object"}, "Per host: servers and their show stat counters"),
-                    **_errors(*_READ),
+                    **_errors(*_READ, 404, 502),
                 },
                 params=[
                     {"name": "env", "in": "path", "required": True, "schema": {"type": "string"}},
