@@ -14,14 +14,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from croniter import croniter
 from rq import Queue
 
+from orchestrator import background
 from orchestrator.build.queue import enqueuer
 from orchestrator.config import RepoConfig, Schedule, Settings
-from orchestrator.errors import OrchestratorError, StoreUnavailable
+from orchestrator.errors import OrchestratorError
 from orchestrator.models import Build, Trigger
 from orchestrator.store import Store
 
@@ -116,15 +116,4 @@ def start(
     if not settings.schedules:
         return stop
     scheduler = Scheduler(settings, store, queue, owner=owner)
-
-    def loop(*_: Any) -> None:
-        while not stop.wait(interval):
-            try:
-                scheduler.tick()
-            except StoreUnavailable:
-                continue
-            except Exception:
-                log.exception("schedule pass failed")
-
-    threading.Thread(target=loop, name="schedules", daemon=True).start()
-    return stop
+    return background.every(interval, scheduler.tick, "schedules")

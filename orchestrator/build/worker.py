@@ -20,13 +20,13 @@ from typing import Any
 
 from rq.job import Job
 
-from orchestrator import defaults
+from orchestrator import background, defaults
 from orchestrator.build import artifacts, schedules
 from orchestrator.build.queue import RUN_BUILD, build_queue, rq_connection
 from orchestrator.build.runner import docker_factory
 from orchestrator.build.runner import run_build as run_one
 from orchestrator.config import Settings, load_settings
-from orchestrator.errors import InfrastructureError, NotFound, StoreUnavailable
+from orchestrator.errors import InfrastructureError, NotFound
 from orchestrator.models import BuildStatus, StepStatus
 from orchestrator.notify import commit_status as statuses
 from orchestrator.notify import dispatch as notifications
@@ -165,24 +165,16 @@ def janitor_once(
 
 def start_janitor(settings: Settings, store: Store, interval: float = JANITOR_INTERVAL) -> threading.Event:
     """Run janitor_once every ``interval`` seconds in a daemon thread; set the returned event to stop."""
-    stop = threading.Event()
     make_docker = docker_factory(settings)
 
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                try:
-                    client = make_docker()
-                except InfrastructureError:
-                    client = None
-                janitor_once(store, client, settings=settings)
-            except StoreUnavailable:
-                continue
-            except Exception:
-                log.exception("janitor pass failed")
+    def once() -> None:
+        try:
+            client = make_docker()
+        except InfrastructureError:  # no daemon: still mark lost builds, leave their containers
+            client = None
+        janitor_once(store, client, settings=settings)
 
-    threading.Thread(target=loop, name="janitor", daemon=True).start()
-    return stop
+    return background.every(interval, once, "janitor")
 
 
 class RefusedJob(Exception):

@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from orchestrator import background
 from orchestrator.build.log import Masker
 from orchestrator.config import NotifyTarget, Settings
-from orchestrator.errors import ConfigError, StoreUnavailable
+from orchestrator.errors import ConfigError
 from orchestrator.models import Build
 from orchestrator.notify import payloads
 from orchestrator.notify.events import build_events, message
@@ -168,15 +169,4 @@ def start(settings: Settings, store: Store, interval: float = POLL) -> threading
     if not settings.notifications:
         return stop
     dispatcher = Dispatcher(settings, store)
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                dispatcher.run_once()
-            except StoreUnavailable:
-                continue
-            except Exception:
-                log.exception("notification pass failed")
-
-    threading.Thread(target=loop, name="notify", daemon=True).start()
-    return stop
+    return background.every(interval, dispatcher.run_once, "notify")
