@@ -324,6 +324,8 @@ class Settings(BaseModel):
     github_token_secret: str = Field("GITHUB_TOKEN", alias="github_token")
     csrf_secret_name: str = Field("CSRF_SECRET", alias="csrf_secret")
     vars: Mapping[str, str] = Field(default_factory=dict)
+    # FROM of mlship's HAProxy edge image where a pipeline's environment sets no edge.base_image
+    edge_base_image: str = Field("debian:bookworm-slim", min_length=1)
     notifications: Mapping[str, NotifyTarget] = Field(default_factory=dict)
     schedules: Mapping[str, Schedule] = Field(default_factory=dict)
 

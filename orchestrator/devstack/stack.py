@@ -260,6 +260,7 @@ class Stack:
             "known_hosts": str(self.known_hosts),
             "lease_seconds": 10,
             "vars": {**self.server_vars(), **(self.extra_config.get("vars") or {})},
+            "edge_base_image": self.base_image,  # nothing can be pulled here: the local base image
             "repositories": repositories,
         }
         self.config_path = self.state / "config.yaml"

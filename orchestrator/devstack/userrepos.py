@@ -95,6 +95,8 @@ class UserRepo:
             "clone_url": self.clone_url,
             "webhook_secrets": [self.secret_name],
             "triggers": {"pull_request_merged": [self.branch], "push": [self.branch]},
+            # what its pipeline may reach: the embedded QA and Prod hosts (both sshd on loopback)
+            "reach": {"deploy_targets": [{"host": "127.0.0.1"}]},
         }
 
     def push_payload(self) -> dict[str, object]:

@@ -183,9 +183,10 @@ class HealthSpec(_Spec):
 
 class EdgeSpec(_Spec):
     """The environment's HAProxy edge image: built by mlship FROM ``base_image`` (any Debian bookworm
-    image), pushed to ``repository`` (default: ``mlship-edge`` in the app image's registry)."""
+    image; default: the server's ``edge_base_image``), pushed to ``repository`` (default:
+    ``mlship-edge`` in the app image's registry)."""
 
-    base_image: str = Field(default="debian:bookworm-slim", min_length=1)
+    base_image: str | None = Field(default=None, min_length=1)
     repository: str | None = None
 
 

@@ -774,8 +774,9 @@ def _deploy(ctx: StepContext, env_name: str, action: str) -> None:
 def _edge_image(ctx: StepContext, plan: Plan) -> tuple[str, str]:
     """The edge image for this environment, in its registry (built and pushed here the first time)."""
     spec = plan.env.edge
-    tag = edge_image.tag(spec.base_image)
-    image = edge_image.EdgeImage(edge_image.repository(plan.image, spec.repository), tag, spec.base_image)
+    base = spec.base_image or ctx.settings.edge_base_image
+    tag = edge_image.tag(base)
+    image = edge_image.EdgeImage(edge_image.repository(plan.image, spec.repository), tag, base)
     login = plan.env.registry_login
     auth = {"username": login.username, "password": login.password} if login else None
     ref = edge_image.ensure(ctx.docker, image, auth, ctx.log.line)

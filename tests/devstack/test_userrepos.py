@@ -46,6 +46,7 @@ def test_a_local_repository_is_mirrored_and_refreshed(tmp_path: Path) -> None:
         "clone_url": f"file://{repo.mirror}",
         "webhook_secrets": ["WEBHOOK_SECRET_SHOP"],
         "triggers": {"pull_request_merged": ["main"], "push": ["main"]},
+        "reach": {"deploy_targets": [{"host": "127.0.0.1"}]},
     }
     (src / "app.py").write_text("print('v2')\n")
     git("add", "-A", cwd=src)
