@@ -26,12 +26,15 @@ class Workers:
         self.clone_url = clone_url
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def env(self, name: str, extra_vars: dict[str, str], **server: Any) -> dict[str, str]:
+    def env(
+        self, name: str, extra_vars: dict[str, str], reach: dict[str, Any] | None = None, **server: Any
+    ) -> dict[str, str]:
+        repo: dict[str, Any] = {"clone_url": self.clone_url, **({"reach": reach} if reach else {})}
         config = self.tmp / f"server-{name}.yaml"
         config.write_text(
             yaml.safe_dump(
                 {
-                    "repositories": {REPO: {"clone_url": self.clone_url}},
+                    "repositories": {REPO: repo},
                     "vars": {**self.settings.vars, **extra_vars},
                     **server,
                 }
@@ -39,11 +42,11 @@ class Workers:
         )
         return {
             **os.environ,
-            "ORCHESTRATOR_CONFIG": str(config),
-            "ORCHESTRATOR_REDIS_URL": self.settings.redis_url,
-            "ORCHESTRATOR_WORKSPACE": str(self.tmp / f"ws-{name}"),
-            "ORCHESTRATOR_DOCKER_HOST": self.settings.docker_host,
-            "ORCHESTRATOR_LEASE_SECONDS": str(self.settings.lease_seconds),
+            "MLSHIP_CONFIG": str(config),
+            "MLSHIP_REDIS_URL": self.settings.redis_url,
+            "MLSHIP_WORKSPACE": str(self.tmp / f"ws-{name}"),
+            "MLSHIP_DOCKER_HOST": self.settings.docker_host,
+            "MLSHIP_LEASE_SECONDS": str(self.settings.lease_seconds),
             "GITHUB_WEBHOOK_SECRET": "whsec",
         }
 
@@ -52,12 +55,13 @@ class Workers:
         name: str,
         extra_vars: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        reach: dict[str, Any] | None = None,
         **server: Any,
     ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"worker-{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "worker"],
-            env={**self.env(name, extra_vars or {}, **server), **(env or {})},
+            env={**self.env(name, extra_vars or {}, reach, **server), **(env or {})},
             start_new_session=True,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ import yaml
 
 from orchestrator.build.queue import build_queue, enqueuer
 from orchestrator.build.runner import run_build
-from orchestrator.config import Secrets
+from orchestrator.config import Reach, Secrets
 from orchestrator.deploy.policy import lock_name
 from orchestrator.models import Build, BuildStatus, StepStatus, Trigger
 from orchestrator.store import Store
@@ -75,6 +75,10 @@ def _create(
     return build
 
 
+# What this repository's pipeline may reach: the test bed's sshd hosts and its model volumes.
+REACH: dict[str, Any] = {"deploy_targets": [{"host": "127.0.0.1"}], "volume_prefix": "mlship-test-models-"}
+
+
 def _setup(
     store: Store, settings: Any, deploy_hosts: Any, images: ExampleImages, volume: str, base_image: str
 ) -> tuple[DeployEnv, dict[str, str], str, Any]:
@@ -89,8 +93,11 @@ def _setup(
     )
     ssh = {"DEPLOY_SSH_KEY": deploy_hosts.client_key.read_text()}
     known_hosts = str(deploy_hosts.known_hosts)
+    repo = settings.repositories[REPO]
+    reach = Reach.model_validate(REACH)
     deploying = settings.model_copy(
         update=dict(
+            repositories={**settings.repositories, REPO: repo.model_copy(update={"reach": reach})},
             known_hosts=Path(known_hosts),
             secrets=Secrets(env={**settings.secrets.env, **ssh}),
             vars={**settings.vars, "APP_PORT": "5000"},
@@ -170,7 +177,9 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
 
         load.start()
         b2 = _create(store, settings, sha, example_images, 2)
-        doomed = workers.start("doomed", {"APP_PORT": NEVER_READY}, env=ssh, known_hosts=known_hosts)
+        doomed = workers.start(
+            "doomed", {"APP_PORT": NEVER_READY}, env=ssh, reach=REACH, known_hosts=known_hosts
+        )
         wait_until(
             lambda: "health check by the edge" in store.log_text(b2.id),
             120,
@@ -183,7 +192,7 @@ def test_sigkill_mid_deploy_keeps_the_old_container_serving_then_rerun_deploys(
         doomed.wait(10)
         killed = time.monotonic()
 
-        workers.start("survivor", {"APP_PORT": "5000"}, env=ssh, known_hosts=known_hosts)
+        workers.start("survivor", {"APP_PORT": "5000"}, env=ssh, reach=REACH, known_hosts=known_hosts)
         lost = _worker_lost(store, settings, b2.id)
         marked = time.monotonic() - killed
         assert marked < settings.lease_seconds + 30
@@ -259,14 +268,14 @@ def test_sigkill_after_the_switch_records_what_the_edge_serves(
         )
         held = _hold_request(env.url)  # build 1 has a request in flight: its drain lasts
         b2 = _create(store, settings, slow, example_images, 2)
-        doomed = workers.start("doomed", {"APP_PORT": "5000"}, env=ssh, known_hosts=known_hosts)
+        doomed = workers.start("doomed", {"APP_PORT": "5000"}, env=ssh, reach=REACH, known_hosts=known_hosts)
         wait_until(lambda: "draining the old servers" in store.log_text(b2.id), 120, "build 2 to drain")
         assert _upstream(docker_client, env) == f"{new}:5000"
         os.killpg(doomed.pid, signal.SIGKILL)
         doomed.wait(10)
         held.close()
 
-        workers.start("survivor", {"APP_PORT": "5000"}, env=ssh, known_hosts=known_hosts)
+        workers.start("survivor", {"APP_PORT": "5000"}, env=ssh, reach=REACH, known_hosts=known_hosts)
         lost = _worker_lost(store, settings, b2.id)
         assert lost.error.startswith("worker lost"), lost.error
         assert store.lock_owner(lock_name(REPO, "qa")) is None

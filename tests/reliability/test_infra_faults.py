@@ -77,11 +77,15 @@ def silent_host() -> Any:
 
 @pytest.mark.ssh
 def test_ssh_host_that_accepts_then_hangs_times_out_clearly(
-    redis_url, store, deploy_hosts, silent_host, tmp_path: Path
+    redis_url, store, deploy_hosts, silent_host, tmp_path: Path, registry, base_image, docker_client
 ) -> None:
+    from orchestrator.deploy import edge
     from tests.deploy.helpers import test_settings
 
     s = test_settings(redis_url, deploy_hosts, tmp_path / "ws")
+    # The edge image is looked up before any host is contacted: have it in the registry already.
+    edge_repo = f"{registry.addr}/mlship-edge"
+    edge.ensure(docker_client, edge.EdgeImage(edge_repo, edge.tag(base_image), base_image), None, print)
     doc = {
         "version": 1,
         "name": "hang",
@@ -91,6 +95,7 @@ def test_ssh_host_that_accepts_then_hangs_times_out_clearly(
             "qa": {
                 "hosts": [{"host": "127.0.0.1", "port": silent_host, "user": "root"}],
                 "container": {"name": "hang", "publish": 18999},
+                "edge": {"base_image": base_image, "repository": edge_repo},
             }
         },
     }
