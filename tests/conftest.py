@@ -165,3 +165,11 @@ def git_origin(tmp_path: Path) -> GitOrigin:
     if shutil.which("git") is None:
         unavailable("git is not installed")
     return GitOrigin(tmp_path / "git").create()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end modules run first. Each runs the example on its fixed names and ports
+    (8500/8600); in one full run a Prod container of theirs was removed mid-module by something an
+    earlier module left behind (not yet found; each passes on its own and after the devstack tests).
+    The sort is stable: every other test keeps its order."""
+    items.sort(key=lambda item: 0 if "tests/e2e/" in item.nodeid else 1)
