@@ -13,30 +13,12 @@ from typing import Any
 import requests
 import yaml
 
+from inference.schema import SEED_EXAMPLE
 from orchestrator.devstack import deliveries as demo
 from orchestrator.devstack.stack import REPO_NAME, Say, Stack
 from orchestrator.store import Store
 
-SEED_REQUEST = {
-    "bedrooms": 3,
-    "bathrooms": 1,
-    "sqft_living": 1180,
-    "sqft_lot": 5650,
-    "floors": 1,
-    "waterfront": 0,
-    "view": 0,
-    "condition": 3,
-    "grade": 7,
-    "sqft_above": 1180,
-    "sqft_basement": 0,
-    "yr_built": 1955,
-    "yr_renovated": 0,
-    "zipcode": 98178,
-    "lat": 47.5112,
-    "long": -122.257,
-    "sqft_living15": 1340,
-    "sqft_lot15": 5650,
-}
+SEED_REQUEST = SEED_EXAMPLE  # the seed project's example request, as the service defines it
 FINISHED = {"success", "failed", "error", "cancelled", "superseded"}
 
 
