@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.deploy import commands as remote
 from orchestrator.errors import DeployError
-from orchestrator.steps.deploy import tar_of
+from orchestrator.deploy.swap import tar_of
 
 pytestmark = [pytest.mark.docker]
 

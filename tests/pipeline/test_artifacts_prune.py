@@ -13,7 +13,7 @@ from orchestrator.config import Settings, load_settings
 from orchestrator.errors import ConfigError, DeployError
 from orchestrator.models import BuildStatus, Deployment, Trigger
 from orchestrator.pipeline import load_pipeline
-from orchestrator.steps.deploy import _model
+from orchestrator.deploy.plan import ship_model
 from orchestrator.store import Store
 
 MODEL = "model/model.skops"
@@ -109,7 +109,7 @@ def test_deploying_a_pruned_build_says_so_unless_a_host_has_its_model(tmp_path: 
         match=r"cannot ship the model of build #7: the artifacts of build 7 were "
         r"removed .*re-run that build",
     ):
-        _model(ctx, plan, [])  # type: ignore[arg-type]
+        ship_model(ctx, plan, [])  # type: ignore[arg-type]
     earlier = Deployment(
         repo="r",
         environment="prod",
@@ -123,7 +123,7 @@ def test_deploying_a_pruned_build_says_so_unless_a_host_has_its_model(tmp_path: 
         model_sha256="ab" * 32,
         model_path="/models/abababababababab/model.skops",
     )
-    ship = _model(ctx, plan, [earlier])  # type: ignore[arg-type]
+    ship = ship_model(ctx, plan, [earlier])  # type: ignore[arg-type]
     assert ship is not None and (ship.sha256, ship.path) == (earlier.model_sha256, earlier.model_path)
 
 
