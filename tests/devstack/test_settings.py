@@ -83,7 +83,8 @@ def test_env_keys_are_every_scalar_field() -> None:
             "redis_url", "queue", "workspace", "public_url", "secrets_dir", "api_tokens", "read_auth",
             "max_body_bytes", "max_rows_per_page", "lease_seconds", "build_timeout", "delivery_ttl_days",
             "keep_artifacts", "docker_host", "known_hosts", "ssh_key", "github_api_url", "github_token",
-            "csrf_secret", "edge_base_image",
+            "csrf_secret", "edge_base_image", "retention_days", "retention_builds", "log_retention_days",
+            "max_log_bytes", "redis_maxmemory",
         ]
     )  # fmt: skip
 
