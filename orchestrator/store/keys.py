@@ -25,7 +25,7 @@ class Keys:
         return self.p + f"build:{build_id}:log"
 
     def build_log_cap(self, build_id: int) -> str:
-        """Hash of a build's log size and what its cap dropped (bytes, dropped_lines/_bytes, marked)."""
+        """Hash of a build's log size and what its cap dropped (bytes, dropped_lines/_bytes, marker)."""
         return self.p + f"build:{build_id}:logcap"
 
     def build_pruned(self, build_id: int) -> str:

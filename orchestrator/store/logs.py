@@ -48,7 +48,7 @@ class Logs(StoreBase):
         self, build_id: int, cap: int, step: str = "", dropped_lines: int = 0, dropped_bytes: int = 0
     ) -> LogCap:
         """Add what a writer dropped on its side; if the cap dropped anything, append the build's one
-        marker line with the final count. Safe to call more than once (the marker is written once)."""
+        marker line with the count so far (replacing an earlier one): one marker, the final count."""
         keys = [self.k.build_log(build_id), self.k.build_log_cap(build_id)]
         args = [dropped_lines, dropped_bytes, f"{time.time():.3f}", step, MARKER.format(cap=cap)]
         with self.available():
