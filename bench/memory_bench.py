@@ -48,7 +48,7 @@ def phase(w: Workload, name: str, n: int, work: Callable[[int], object]) -> dict
         "per_item": (after - before) / n,
         "seconds": time.monotonic() - t0,
     }
-    print(f"{name:>9}: {n:6d} × → {after - before:>12,d} B   {row['per_item']:>10,.0f} B each")
+    print(f"{name:>9}: {n:6d} x -> {after - before:>12,d} B   {row['per_item']:>10,.0f} B each")
     return row
 
 
@@ -89,7 +89,7 @@ def run(w: Workload, n: int, log_bytes: int) -> dict[str, dict[str, float]]:
     time.sleep(1.0)  # UNLINK frees in the background
     after = used_memory(w.rt)
     results["pruned"] = {"n": n, "bytes": after - before, "per_item": (after - before) / n, "seconds": 0.0}
-    print(f"{'pruned':>9}: {n:6d} × → {after - before:>12,d} B   {(after - before) / n:>10,.0f} B each")
+    print(f"{'pruned':>9}: {n:6d} x -> {after - before:>12,d} B   {(after - before) / n:>10,.0f} B each")
     return results
 
 
