@@ -195,7 +195,8 @@ def test_soak_memory_stays_bounded_and_no_build_is_lost(tmp_path) -> None:
         kept, pruned = _check_every_build(store, t)
         print(
             f"soak: {DELIVERIES} deliveries ({t.junk} junk), {len(t.builds)} builds "
-            f"({len(t.big)} with 1 MB logs) in {seconds:.0f} s; kept {kept}, pruned {pruned}; peak used_memory {peak.peak / MB:.1f} MB, "
+            f"({len(t.big)} with 1 MB logs) in {seconds:.0f} s; kept {kept}, pruned {pruned}; "
+            f"peak used_memory {peak.peak / MB:.1f} MB, "
             f"bound {bound / MB:.1f} MB (baseline {baseline / MB:.1f} MB)"
         )
         assert len(t.big) == BIG_BUILDS
