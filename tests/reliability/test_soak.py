@@ -1,7 +1,8 @@
 """Soak: deliveries (30% unsigned or badly signed junk) through the real Flask app, builds with
 1 MB logs through the real LogWriter, retention pruning concurrently in its background thread, on a
 Redis of the test's own. Redis memory stays under a derived bound; every acknowledged build is
-readable or pruned by the rules (tombstone naming the rule, never a deployed or unfinished one).
+readable or pruned by the rules (tombstone naming the rule; never an unfinished one, nor a deployed
+one while an environment's history, its last ``HISTORY`` records, names it).
 
 Bounded in CI: 2,000 deliveries, 50 big builds (a few minutes at most). The full run (issue 19:
 20,000 deliveries, 500 builds with 1 MB logs): ``MLSHIP_SOAK=full`` or ``bench/soak.py``.
@@ -37,6 +38,7 @@ from orchestrator.build import retention
 from orchestrator.devstack.services import RedisServer
 from orchestrator.models import BuildStatus, Deployment
 from orchestrator.store import Store
+from orchestrator.store.deployments import HISTORY
 
 from .workload import REPOS, Workload, settings
 
@@ -65,6 +67,9 @@ class Tally:
     big: set[int] = field(default_factory=set)
     unfinished: set[int] = field(default_factory=set)
     deployed: set[int] = field(default_factory=set)
+    deploys: dict[str, list[tuple[int, float]]] = field(
+        default_factory=dict
+    )  # repo → (build, when), in order
     old: set[int] = field(default_factory=set)
 
 
@@ -104,6 +109,7 @@ def _run_build(w: Workload, t: Tally, build_id: int, q: int) -> None:
         b = w.rt.store.get_build(build_id)
         w.rt.store.set_deployment(Deployment(b.repo, "qa", b.id, b.number, b.image, b.sha))
         t.deployed.add(build_id)
+        t.deploys.setdefault(b.repo, []).append((build_id, time.time()))
     elif q % OLD_EVERY == 11:  # finished long ago: the days rule prunes it even among the newest
         w.rt.store.update_build(build_id, finished_at=time.time() - (RETENTION_DAYS + 10) * 86400)
         t.old.add(build_id)
@@ -153,7 +159,11 @@ def _check_every_build(store: Store, t: Tally) -> tuple[int, int]:
         stone = store.tombstone(build_id)
         assert stone is not None, f"build {build_id} is neither readable nor pruned: lost"
         assert stone.reason in _allowed_reasons(repo), stone
-        assert build_id not in t.unfinished and build_id not in t.deployed, stone
+        assert build_id not in t.unfinished, stone
+        if build_id in t.deployed:  # only once HISTORY later deploys pushed it out of qa's history
+            order = [b for b, _ in t.deploys[repo]]
+            later = order.index(build_id) + HISTORY
+            assert later < len(order) and stone.pruned_at >= t.deploys[repo][later][1] - 0.01, stone
         if stone.reason.startswith("not among"):
             assert rank >= RETENTION_BUILDS, (build_id, rank)
         else:
@@ -161,7 +171,7 @@ def _check_every_build(store: Store, t: Tally) -> tuple[int, int]:
         pruned += 1
     for repo, ids in newest.items():  # the newest N of each repository are all there (or old)
         assert all(store.r.exists(store.k.build(i)) or i in t.old for i in ids[:RETENTION_BUILDS]), repo
-    for build_id in t.unfinished | t.deployed:
+    for build_id in t.unfinished | {d.build_id for d in store.deployment_records()}:
         assert store.get_build(build_id).id == build_id
     return kept, pruned
 

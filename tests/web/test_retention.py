@@ -3,6 +3,7 @@ what goes, what never goes (unfinished, deployed, in history), what pages and th
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from orchestrator import Runtime
 from orchestrator.build import retention
 from orchestrator.build.queue import enqueuer
 from orchestrator.build.retention import Plan, Rules, plan
+from orchestrator.intake.github import sign
 from orchestrator.models import Deployment, Trigger
 from orchestrator.store.notifications import Notification
 from orchestrator.store.retention import BuildMeta
@@ -202,3 +204,29 @@ def test_a_dangling_dedup_key_does_not_block_a_build(rt: Runtime) -> None:
         trigger, pipeline="pipeline.yaml", triggered_by="api", enqueue=enqueuer(rt.queue, 600)
     )
     assert created and build.sha == trigger.sha
+
+
+def test_a_redelivery_whose_build_was_pruned_is_answered_from_its_record(redis_url: str) -> None:
+    from tests.reliability.workload import SECRET, Workload, settings
+
+    w = Workload(settings(redis_url))
+    p = w._merged
+    p["pull_request"]["merge_commit_sha"] = "ef" * 20
+    body = json.dumps(p).encode()
+    headers = {
+        "X-GitHub-Event": "pull_request",
+        "X-GitHub-Delivery": "d-pruned-1",
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": sign(SECRET.encode(), body),
+    }
+    first = w.client.post("/webhooks/github", data=body, headers=headers)
+    assert first.status_code == 202
+    build_id = first.get_json()["build"]
+    w.finish(build_id, 1000)
+    assert w.rt.store.prune_builds([(build_id, "test rule")], time.time()) == [build_id]
+    again = w.client.post("/webhooks/github", data=body, headers=headers)
+    assert again.status_code == 202
+    got = again.get_json()
+    assert got["build"] == build_id and got["verdict"] == "queued"
+    assert got["pruned"].endswith("was pruned by retention: test rule")
+    assert w.rt.store.latest_build_id() == build_id  # nothing built twice
