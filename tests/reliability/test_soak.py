@@ -98,10 +98,10 @@ class Peak:
 
 def _run_build(w: Workload, t: Tally, build_id: int, q: int) -> None:
     """The q-th queued build: left unfinished, or run (big log, or small and maybe deployed/old)."""
-    if q % UNFINISHED_EVERY == 5:
+    big = q % BIG_EVERY == 0 and len(t.big) < BIG_BUILDS
+    if q % UNFINISHED_EVERY == 5 and not big:
         t.unfinished.add(build_id)
         return
-    big = q % BIG_EVERY == 0 and len(t.big) < BIG_BUILDS
     w.finish(build_id, BIG_LOG if big else SMALL_LOG)
     if big:
         t.big.add(build_id)
