@@ -7,6 +7,7 @@ contributes and any web process answers the same numbers.
 - ``mlship_queue_depth``: jobs waiting in the RQ build queue
 - ``mlship_step_duration_seconds{kind}``: gauge histogram over the steps of the most recent builds
 - ``mlship_http_requests_total{method,endpoint,status}`` and ``mlship_http_request_duration_seconds``
+- ``mlship_redis_used_memory_bytes`` and ``mlship_redis_maxmemory_bytes``: Redis memory against its limit
 - ``mlship_store_up``: 1 when Redis answered this scrape
 """
 
@@ -117,6 +118,15 @@ class RedisCollector:
         for verdict, n in sorted(store.counters("gates").items()):
             gates.add_metric([verdict], n)
         yield gates
+        memory = store.memory()
+        yield GaugeMetricFamily(
+            "mlship_redis_used_memory_bytes", "Redis used_memory", value=memory["used_memory"]
+        )
+        yield GaugeMetricFamily(
+            "mlship_redis_maxmemory_bytes",
+            "Redis maxmemory (0: no limit); with noeviction, writes fail past it",
+            value=memory["maxmemory"],
+        )
         yield GaugeMetricFamily(
             "mlship_queue_depth", "Build jobs waiting in the queue", value=self.rt.queue.count
         )
