@@ -131,6 +131,25 @@ def delivery_id(value: str, header: str, forge: str) -> str:
     return value
 
 
+def event_name(value: str | None, header: str, forge: str, pattern: re.Pattern[str], form: str) -> str:
+    """The event header's value: present (else "is this a <forge> delivery?") and of ``form``."""
+    event = (value or "").strip()
+    if not event:
+        raise PayloadError(f"missing {header} header: is this a {forge} webhook delivery?")
+    if not pattern.match(event):
+        raise PayloadError(f"{header} must be {form}")
+    return event
+
+
+def named_repository(payload: Mapping[str, Any], key: str, field: str, label: str) -> str | None:
+    """``payload[key][field]`` (the repository's full name), or None when ``key`` is absent: the
+    delivery is not about one repository."""
+    value = payload.get(key)
+    if value is None:
+        return None
+    return string(obj(value, key), field, label, required=True)
+
+
 def parse_json(body: bytes) -> dict[str, Any]:
     """The JSON object of a delivery, for every forge (call only after the delivery is verified)."""
     try:
