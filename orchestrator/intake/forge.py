@@ -23,10 +23,9 @@ import orjson
 
 from orchestrator.config import RepoConfig
 from orchestrator.errors import ConfigError, PayloadError
-from orchestrator.models import Trigger
+from orchestrator.models import Trigger, is_sha
 
 ZERO_SHA = "0" * 40
-_SHA = re.compile(r"[0-9a-f]{40}\Z")
 # Forges send UUIDs; anything key-safe and short is accepted so other senders (tests, a relay) work.
 DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 
@@ -340,7 +339,7 @@ def head_of(commits: Any, after: str) -> Mapping[str, Any]:
 
 
 def commit_sha(value: Any, where: str) -> str:
-    if isinstance(value, str) and _SHA.match(value.lower()):
+    if isinstance(value, str) and is_sha(value.lower()):
         return value.lower()
     raise PayloadError(f"'{where}' must be a commit sha of 40 hex characters", field=where)
 
