@@ -198,8 +198,9 @@ class Deployment:
         }
 
     def host_runs(self) -> dict[str, dict[str, Any]]:
-        """What each host runs (a record written before ``runs`` existed: every host, its build)."""
-        return {h: self.runs.get(h) or self.run() for h in self.hosts} | self.runs
+        """What each host runs; a host missing runs nothing recorded (a record written before
+        ``runs`` existed: every host runs its build)."""
+        return dict(self.runs) if self.runs else {h: self.run() for h in self.hosts}
 
     def build_ids(self) -> set[int]:
         """Every build some host of this record runs."""
