@@ -111,6 +111,16 @@ class Cancelled(OrchestratorError):
     step_status = "cancelled"
 
 
+class Fenced(OrchestratorError):
+    """This worker no longer holds the build's lease or the environment's lock (it stalled past its
+    lease and the janitor, or another deploy, took over). It stops at once and changes nothing more on
+    any host, not even to roll back: the new holder owns them. The build ends ``error`` like a lost
+    worker's."""
+
+    code = "fenced"
+    http_status = 409
+
+
 class StepTimeout(StepFailed):
     """A step or the whole build exceeded its timeout."""
 

@@ -159,7 +159,14 @@ class Delivery:
 
 @dataclass
 class Deployment:
-    """What runs in one environment now: which build, image and container."""
+    """What runs in one environment now: which build, image and container.
+
+    The top-level fields are the environment's build: the one every host runs. ``runs`` says what
+    each host runs (host → build_id, build_number, image, container, model_sha256, model_path); it is
+    written after every batch of a rollout, so when a deploy stopped between batches (its worker
+    died) the record is ``mixed`` and the top-level fields still name the build the whole
+    environment ran before (see docs/deploy.md, mixed fleets).
+    """
 
     repo: str
     environment: str
@@ -174,6 +181,33 @@ class Deployment:
     # The model the build shipped from its artifacts ("" = the operator's model on the volume).
     model_sha256: str = ""
     model_path: str = ""  # MODEL_PATH inside the container, e.g. /models/<sha256[:16]>/model.skops
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # host → what it runs
+    mixed: bool = False  # hosts run different builds (a rollout stopped between batches)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def run(self) -> dict[str, Any]:
+        """What a host running the environment's build runs."""
+        return {
+            "build_id": self.build_id,
+            "build_number": self.build_number,
+            "image": self.image,
+            "container": self.container,
+            "model_sha256": self.model_sha256,
+            "model_path": self.model_path,
+        }
+
+    def host_runs(self) -> dict[str, dict[str, Any]]:
+        """What each host runs; a host missing runs nothing recorded (a record written before
+        ``runs`` existed: every host runs its build)."""
+        return dict(self.runs) if self.runs else {h: self.run() for h in self.hosts}
+
+    def build_ids(self) -> set[int]:
+        """Every build some host of this record runs."""
+        return {self.build_id} | {int(r["build_id"]) for r in self.runs.values()}
+
+    def model_sha256s(self) -> set[str]:
+        """Every shipped model some host of this record serves."""
+        shas = {self.model_sha256} | {str(r.get("model_sha256") or "") for r in self.runs.values()}
+        return shas - {""}

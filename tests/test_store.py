@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from rq import Queue
@@ -132,10 +133,65 @@ def test_locks_are_owned_and_expire(store):
 
 
 def test_expired_lease_is_claimed_once(store):
-    store.renew_lease(5, seconds=-1)
+    store.start_lease(5, "tok", seconds=-1)
     assert store.expired_leases() == [5]
     assert store.claim_expired(5)
     assert not store.claim_expired(5)
+    assert not store.r.exists(store.k.lease(5))  # the token goes with it: its holder is fenced
+
+
+def test_lease_is_renewed_only_by_its_holder_before_it_expires(store):
+    store.start_lease(7, "holder", seconds=30)
+    before = store.r.zscore(store.k.running(), "7")
+    assert store.renew_lease(7, "holder", 60)
+    assert store.r.zscore(store.k.running(), "7") > before + 25
+    assert not store.renew_lease(7, "someone-else", 60)
+    assert not store.renew_lease(7, "", 60)
+    assert store.r.get(store.k.lease(7)) == "holder"
+
+
+def test_an_expired_lease_is_not_renewed_even_by_its_holder(store):
+    store.start_lease(8, "holder", seconds=-1)  # ran out (the worker stalled past it)
+    assert not store.renew_lease(8, "holder", 60)
+    assert store.expired_leases() == [8]  # still the janitor's to claim
+    assert store.claim_expired(8)
+    assert not store.renew_lease(8, "holder", 60)  # and no renewal brings it back
+    assert store.r.zscore(store.k.running(), "8") is None
+
+
+def test_fence_check_in_one_round_trip(store):
+    store.start_lease(9, "holder", seconds=30)
+    assert store.acquire_lock("deploy:acme/a:qa", "9", ttl=30, build_id=9)
+    lock = [("deploy:acme/a:qa", "9")]
+    assert store.fence_check(9, "holder", lock) == "ok"
+    assert store.fence_check(9, "intruder", lock) == "the build lease was taken over"
+    assert store.fence_check(9, "holder", lock, now=time.time() + 31) == "the build lease expired"
+    assert store.fence_check(9, "holder", [("deploy:acme/a:qa", "10")]) == "lost the lock deploy:acme/a:qa"
+    assert store.fence_check(9, "", lock) == "ok"  # no lease to check: the lock only
+    assert store.release_build_locks(9) == ["deploy:acme/a:qa"]  # the janitor frees it ...
+    assert store.acquire_lock("deploy:acme/a:qa", "10", ttl=30, build_id=10)  # ... the next deploy
+    assert store.fence_check(9, "holder", lock) == "lost the lock deploy:acme/a:qa"
+    assert store.claim_expired(9, now=time.time() + 31)
+    assert store.fence_check(9, "holder", lock) == "the build lease was taken over"
+    assert store.fence_check(10, "", [("deploy:acme/a:qa", "10")]) == "ok"
+
+
+def test_fence_counts_checks_and_stays_fenced(store):
+    from orchestrator.deploy.fence import Fence
+    from orchestrator.errors import Fenced
+
+    store.start_lease(11, "holder", seconds=30)
+    fence = Fence(store, 11, "holder", [])
+    fence.check("starting hp-b1")
+    assert fence.checks == 1 and fence.holds() and fence.checks == 2
+    store.release_lease(11)
+    with pytest.raises(Fenced, match="fenced before starting hp-b2 on h:22: the build lease was taken"):
+        fence.check("starting hp-b2 on h:22")
+    store.start_lease(11, "holder", seconds=30)  # even if it came back: once fenced, always fenced
+    with pytest.raises(Fenced):
+        fence.check("the edge change")
+    assert fence.checks == 3 and not fence.holds()
+    assert Fenced.step_status == "error" and Fenced.code == "fenced"
 
 
 def test_deployment_record_and_history(store):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import threading
 import time
 import traceback
@@ -87,12 +88,14 @@ class Monitor(threading.Thread):
     slow kill never delays the lease renewal.
     """
 
-    def __init__(self, store: Store, build_id: int, lease_seconds: float) -> None:
+    def __init__(self, store: Store, build_id: int, lease_seconds: float, token: str = "") -> None:
         super().__init__(name=f"heartbeat-{build_id}", daemon=True)
         self.store = store
         self.build_id = build_id
         self.lease_seconds = lease_seconds
+        self.token = token
         self.cancel_requested = False
+        self.lease_lost = False  # a renewal was refused: the janitor took the lease (or it ran out)
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self._token: CancelToken | None = None
@@ -122,9 +125,15 @@ class Monitor(threading.Thread):
         while not self._stop_event.wait(0.1):
             now = time.monotonic()
             try:
-                if now - last_renew >= self.lease_seconds / 3:
-                    self.store.renew_lease(self.build_id, self.lease_seconds)
+                if not self.lease_lost and now - last_renew >= self.lease_seconds / 3:
                     last_renew = now
+                    if not self.store.renew_lease(self.build_id, self.token, self.lease_seconds):
+                        # Stalled past the lease (SIGSTOP, swap, a partition): the build is not ours
+                        # any more. Deploys stop at their next fence check; nothing renews it again.
+                        self.lease_lost = True
+                        log.error(
+                            "build %s: its lease was lost; this worker no longer owns it", self.build_id
+                        )
                 if now - last_poll >= CANCEL_POLL:
                     last_poll = now
                     if not self.cancel_requested and self.store.cancel_requested(self.build_id):
@@ -164,6 +173,7 @@ class BuildRunner:
         self.steps = steps
         self.workspace: Path | None = None
         self.masker: Masker | None = None
+        self.lease_token = ""  # set when the build is claimed; deploys fence on it
 
     def run(self) -> Build | None:
         """Claim and run the build; None if it is not queued any more (cancelled, taken, finished)."""
@@ -176,8 +186,9 @@ class BuildRunner:
             worker=self.worker_name,
         ):
             return None
-        self.store.renew_lease(self.build_id, self.settings.lease_seconds)
-        monitor = Monitor(self.store, self.build_id, self.settings.lease_seconds)
+        self.lease_token = secrets.token_hex(16)
+        self.store.start_lease(self.build_id, self.lease_token, self.settings.lease_seconds)
+        monitor = Monitor(self.store, self.build_id, self.settings.lease_seconds, self.lease_token)
         monitor.start()
         build = self.store.get_build(self.build_id)
         logw = LogWriter(
@@ -345,6 +356,7 @@ class BuildRunner:
             deadline=deadline,
             docker_factory=self.docker,
             save=lambda: self._save(build),
+            lease_token=self.lease_token,
         )
         monitor.watch(token, deadline, detail)
         try:

@@ -93,7 +93,9 @@ def prune_artifacts(settings: Settings, store: Store) -> list[int]:
     if len(ids) <= keep:
         return []
     pruned = []
-    for build_id in artifacts.prune_candidates(ids, keep, {d.build_id for d in store.deployment_records()}):
+    for build_id in artifacts.prune_candidates(
+        ids, keep, {i for d in store.deployment_records() for i in d.build_ids()}
+    ):
         with contextlib.suppress(NotFound):  # a build Redis no longer knows: nothing can deploy it
             if not store.get_build(build_id).status.finished:
                 continue

@@ -47,11 +47,21 @@ def servers_from(stats: dict[str, haproxy.ServerStat]) -> list[haproxy.Server]:
 class EdgeControl:
     """The runtime API of the edge container ``edge``, reached through ``run``."""
 
-    def __init__(self, run: Runner, edge: str, config: haproxy.EdgeConfig, where: str) -> None:
+    def __init__(
+        self,
+        run: Runner,
+        edge: str,
+        config: haproxy.EdgeConfig,
+        where: str,
+        fence: Callable[[str], None] | None = None,
+    ) -> None:
         self.run = run
         self.edge = edge
         self.config = config
         self.where = where
+        # Called before every change (add/weight/state/del, save, reload) with what it changes; it
+        # raises to stop a deploy that no longer holds its lease and lock (deploy/fence.py).
+        self.fence = fence or (lambda what: None)
 
     def _send(self, commands: Sequence[str]) -> str:
         res = self.run(remote.edge_admin(self.edge), haproxy.join(commands))
@@ -65,6 +75,7 @@ class EdgeControl:
 
     def api(self, commands: Sequence[str]) -> None:
         """Run mutating commands; raise with HAProxy's own words if one was refused."""
+        self.fence(f"the edge change `{'; '.join(commands)}` on {self.where}")
         errors = haproxy.errors_in(self._send(commands))
         if errors:
             raise DeployError(
@@ -90,6 +101,7 @@ class EdgeControl:
     def save(self) -> None:
         """Re-render the mounted config with the servers the edge has now."""
         text = haproxy.render(self.config, servers_from(self.stats()))
+        self.fence(f"saving the edge config on {self.where}")
         res = self.run(remote.rewrite_edge_config(self.edge), text.encode())
         if res.exit_code != 0:
             raise DeployError(
@@ -106,6 +118,7 @@ class EdgeControl:
 
     def reload(self) -> None:
         """Apply the saved config (new check settings) without dropping connections."""
+        self.fence(f"reloading the edge on {self.where}")
         res = self.run(remote.reload_edge(self.edge), None)
         if res.exit_code != 0:
             raise DeployError(f"reloading the edge {self.edge} on {self.where} failed: {res.stderr.strip()}")

@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,12 +111,37 @@ def rollback_target(
     history: Sequence[Deployment], current: Deployment | None, to_build: int | None = None
 ) -> Deployment | None:
     """The deployment a rollback goes back to: the newest one older than the current deployment
-    (or the newest of build id ``to_build``). History is newest first."""
+    (or the newest of build id ``to_build``). History is newest first. A mixed fleet (a rollout that
+    stopped between batches) goes back to the build the whole environment ran: the record's own."""
     if to_build is not None:
         return next((d for d in history if d.build_id == to_build), None)
     if current is None:
         return None
+    if current.mixed:
+        return next((d for d in history if d.build_id == current.build_id), None)
     return next((d for d in history if d.build_number < current.build_number), None)
+
+
+def after_batch(
+    current: Deployment | None, new: Deployment, switched: Mapping[str, str]
+) -> tuple[Deployment, bool]:
+    """The record once the hosts ``switched`` (so far, in this rollout: host → its new container)
+    serve ``new`` (the record of the whole deployment: every host of the environment), and whether
+    it is complete.
+
+    Until every host switched, the record is ``mixed``: each host's ``runs`` entry says what it runs
+    (new, or what it ran before; a host with nothing recorded is left out), and the top-level fields
+    keep naming the environment's build from before (the new one if nothing was deployed yet).
+    """
+    fresh = {h: new.run() | {"container": c} for h, c in switched.items()}
+    if all(h in switched for h in new.hosts):
+        return dataclasses.replace(new, runs={h: fresh[h] for h in new.hosts}, mixed=False), True
+    prior = current.host_runs() if current is not None else {}
+    runs = {h: fresh.get(h) or prior[h] for h in new.hosts if h in fresh or h in prior}
+    builds = {int(r["build_id"]) for r in runs.values()}
+    base = current if current is not None else new
+    mixed = len(builds) > 1 or len(runs) < len(new.hosts)
+    return dataclasses.replace(base, hosts=list(new.hosts), runs=runs, mixed=mixed), False
 
 
 def images_to_keep(history: Sequence[Deployment], new_image: str, keep: int = KEEP_DEPLOYMENTS) -> set[str]:

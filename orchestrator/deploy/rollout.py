@@ -7,11 +7,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from orchestrator import defaults
 from orchestrator.deploy import policy as deployments
+from orchestrator.deploy.fence import Fence
 from orchestrator.deploy.plan import (
     Plan,
     deploy_ref,
@@ -23,7 +25,7 @@ from orchestrator.deploy.plan import (
 )
 from orchestrator.deploy.ssh import RemoteHost, key_from_settings
 from orchestrator.deploy.swap import HostDeploy, HostState
-from orchestrator.errors import Cancelled, DeployError, StepFailed, Superseded
+from orchestrator.errors import Cancelled, DeployError, Fenced, StepFailed, Superseded
 from orchestrator.models import Deployment
 from orchestrator.pipeline.policy import ensure_deploy_targets
 
@@ -33,8 +35,15 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = defaults.DEPLOY_CONNECT_TIMEOUT
 
 
-def rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> list[HostState]:
-    """Phase 1 on every host, ``parallelism`` at a time; undo the switched hosts if one fails."""
+def rollout(
+    ctx: StepContext,
+    plan: Plan,
+    lock: deployments.EnvironmentLock,
+    fence: Fence,
+    on_batch: Callable[[list[HostState]], None] = lambda switched: None,
+) -> list[HostState]:
+    """Phase 1 on every host, ``parallelism`` at a time, ``on_batch`` (the hosts switched so far)
+    after each batch; undo the switched hosts if one fails, unless this deploy was fenced."""
     key = key_from_settings(ctx.settings, ctx.settings.deploy_key_name(ctx.build.repo))
     states = [HostState(t) for t in targets(plan.env)]
     done: list[HostState] = []
@@ -43,7 +52,7 @@ def rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> 
     def one(state: HostState) -> None:
         state.ssh = RemoteHost(state.target, key, ctx.settings.known_hosts, CONNECT_TIMEOUT)
         state.ssh.connect()
-        HostDeploy(ctx, plan, state).switch()
+        HostDeploy(ctx, plan, state, fence).switch()
 
     try:
         for i in range(0, len(states), par):
@@ -61,23 +70,46 @@ def rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> 
                     if s.switched or s.container or s.edge_created:
                         done.append(s)
                 if errors:
-                    raise errors[0]
+                    raise next((e for e in errors if isinstance(e, Fenced)), errors[0])
+            on_batch([s for s in states if s.switched])
     except BaseException as exc:
-        if done:
-            ctx.log.line(
-                f"rolling back {len(done)} host(s) already changed: "
-                + ", ".join(str(s.target) for s in done),
-                "stderr",
-            )
-        for s in reversed(done):
-            with contextlib.suppress(Exception):
-                HostDeploy(ctx, plan, s).undo()
-        close(states)
-        record_outcome(ctx, plan, states, "failed")
-        if isinstance(exc, Cancelled):
-            ctx.stopped()
-        raise
+        unwind(ctx, plan, states, done, fence, exc)
     return states
+
+
+def unwind(
+    ctx: StepContext,
+    plan: Plan,
+    states: list[HostState],
+    done: list[HostState],
+    fence: Fence,
+    exc: BaseException,
+) -> NoReturn:
+    """After a failure: undo the hosts this deploy changed (if it still holds lease and lock), record
+    the outcome and raise."""
+    if isinstance(exc, Fenced) or (done and not fence.holds()):
+        fenced(ctx, plan, states, fence.fenced or exc)
+    if done:
+        ctx.log.line(
+            f"rolling back {len(done)} host(s) already changed: " + ", ".join(str(s.target) for s in done),
+            "stderr",
+        )
+    for s in reversed(done):
+        with contextlib.suppress(Exception):
+            HostDeploy(ctx, plan, s, fence).undo()
+    close(states)
+    record_outcome(ctx, plan, states, "failed")
+    if isinstance(exc, Cancelled):
+        ctx.stopped()
+    raise exc
+
+
+def fenced(ctx: StepContext, plan: Plan, states: list[HostState], exc: BaseException) -> NoReturn:
+    """Stop without touching a host again: another deploy may own them now (no undo, no record)."""
+    ctx.log.line(f"{exc}; hosts are left as they are, not rolled back", "stderr")
+    close(states)
+    record_outcome(ctx, plan, states, "fenced")
+    raise exc if isinstance(exc, Fenced) else Fenced(str(exc))
 
 
 def close(states: list[HostState]) -> None:
@@ -151,33 +183,41 @@ def run(ctx: StepContext, env_name: str, action: str) -> None:
         )
         if plan.model is not None:
             ctx.log.line(f"model: sha256 {plan.model.sha256[:16]}, served from {plan.model.path}")
-        states = rollout(ctx, plan, lock)
-        # Every edge now sends traffic to the new containers: record that before draining and
-        # retiring the old ones, so a worker lost (or a failure) from here on leaves a record that
-        # says what is served; the next deploy removes the old containers left behind.
-        ctx.store.set_deployment(
-            Deployment(
-                repo=b.repo,
-                environment=env_name,
-                build_id=plan.build_id,
-                build_number=plan.number,
-                image=image,
-                sha=b.sha,
-                container=states[0].container,
-                hosts=[str(s.target) for s in states],
-                action=action,
-                model_sha256=plan.model.sha256 if plan.model else "",
-                model_path=plan.model.path if plan.model else "",
-            )
+        fence = Fence(ctx.store, b.id, ctx.lease_token, [(lock.name, lock.owner)])
+        record = Deployment(
+            repo=b.repo,
+            environment=env_name,
+            build_id=plan.build_id,
+            build_number=plan.number,
+            image=image,
+            sha=b.sha,
+            hosts=[str(t) for t in targets(plan.env)],
+            action=action,
+            model_sha256=plan.model.sha256 if plan.model else "",
+            model_path=plan.model.path if plan.model else "",
         )
+
+        def record_batch(switched: list[HostState]) -> None:
+            # After every batch, so the record always says which host runs what: a worker lost
+            # between batches leaves a mixed record, not one naming the old build everywhere.
+            # Once every edge sends traffic to the new containers it is complete, written before
+            # the old ones are drained and retired (the next deploy removes those left behind).
+            new = dataclasses.replace(record, container=switched[0].container if switched else "")
+            fence.check("recording the deployment")
+            current = ctx.store.get_deployment(b.repo, env_name)
+            hosts = {str(s.target): s.container for s in switched}
+            dep, complete = deployments.after_batch(current, new, hosts)
+            ctx.store.set_deployment(dep, complete=complete)
+
+        states = rollout(ctx, plan, lock, fence, record_batch)
         try:
             # Not cancellable: traffic already moved. Old servers leave once their sessions end.
             ctx.log.line(f"draining the old servers (at most {plan.env.drain_seconds:g}s)")
             drain_until = time.monotonic() + plan.env.drain_seconds
             prune = deployments.images_to_prune(history, image)
-            keep = {d.model_sha256[:16] for d in ctx.store.deployment_records() if d.model_sha256}
+            keep = {m[:16] for d in ctx.store.deployment_records() for m in d.model_sha256s()}
             for s in states:
-                host = HostDeploy(ctx, plan, s)
+                host = HostDeploy(ctx, plan, s, fence)
                 host.retire_old(drain_until, prune)
                 host.prune_models(keep)
         finally:

@@ -18,6 +18,7 @@ from orchestrator import defaults, labels
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import haproxy
 from orchestrator.deploy.edgectl import EdgeControl
+from orchestrator.deploy.fence import Fence, NoFence
 from orchestrator.deploy.plan import Plan
 from orchestrator.deploy.ssh import RemoteHost, Target
 from orchestrator.errors import Cancelled, DeployError, InfrastructureError, StepFailed
@@ -60,13 +61,16 @@ class HostState:
 class HostDeploy:
     """The swap on one host. Every remote command goes through ``sh``; output goes to the build log."""
 
-    def __init__(self, ctx: StepContext, plan: Plan, state: HostState) -> None:
+    def __init__(self, ctx: StepContext, plan: Plan, state: HostState, fence: Fence | None = None) -> None:
         self.ctx = ctx
         self.plan = plan
         self.state = state
         self.ssh: RemoteHost = state.ssh  # type: ignore[assignment]
         self.label = f"{state.target.host}:{state.target.port}"
-        self.edge = EdgeControl(self.run_quiet, plan.names["edge"], plan.edge_config(), self.label)
+        self.fence = fence or NoFence()
+        self.edge = EdgeControl(
+            self.run_quiet, plan.names["edge"], plan.edge_config(), self.label, fence=self.fence.check
+        )
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -80,7 +84,11 @@ class HostDeploy:
         stdin: bytes | None = None,
         cancellable: bool = True,
         timeout: float = COMMAND_TIMEOUT,
+        change: str = "",
     ) -> Any:
+        """Run ``argv`` on the host; a ``change`` (what it changes) passes the fence first."""
+        if change:
+            self.fence.check(f"{change} on {self.label}")
         if not quiet:
             self.ctx.log.line(f"[{self.label}] $ {shlex.join(argv)}")
 
@@ -145,12 +153,12 @@ class HostDeploy:
             self.timed("model", self.upload_model)
         n = self.plan.names
         if self.sh(remote.network_exists(n["network"]), check=False, quiet=True).exit_code != 0:
-            self.sh(remote.network_create(n["network"]))
+            self.sh(remote.network_create(n["network"]), change="creating the network")
         kind = self.edge_kind()
         serving = self.timed("edge", lambda: self.prepare_edge(kind))
         name = self.free_name(n["app"], serving)
         self.state.container = name
-        self.timed("start", lambda: self.sh(remote.run(self.plan.app(name))))
+        self.timed("start", lambda: self.sh(remote.run(self.plan.app(name)), change=f"starting {name}"))
         try:
             if kind != "haproxy":
                 self.timed("edge_start", lambda: self.create_edge(kind, serving))
@@ -201,7 +209,9 @@ class HostDeploy:
             f"{', '.join(f.name for f in files)}) to volume {m.volume} as {m.path}"
         )
         argv = remote.upload_model(self.plan.edge_image, m.volume, m.mount, m.sha256[:16], files)
-        res = self.sh(argv, quiet=True, capture=True, stdin=tar_of(blobs), check=False)
+        res = self.sh(
+            argv, quiet=True, capture=True, stdin=tar_of(blobs), check=False, change="uploading the model"
+        )
         if res.exit_code != 0:
             why = (res.stderr or res.stdout).strip()[-500:]
             raise DeployError(
@@ -245,7 +255,7 @@ class HostDeploy:
             return []
         if self.status(edge, raw=True) != "running":
             self.log(f"starting the stopped edge {edge}")
-            self.sh(remote.start(edge))
+            self.sh(remote.start(edge), change=f"starting the edge {edge}")
         self.edge.wait_ready()
         stats = self.edge.stats()
         serving = [s.name for s in stats.values() if s.serving]
@@ -281,7 +291,12 @@ class HostDeploy:
         servers = [haproxy.Server(s, self.ip_of(s), self.plan.port, haproxy.FULL_WEIGHT) for s in serving]
         n = self.plan.names
         config = haproxy.render(self.plan.edge_config(), servers).encode()
-        self.sh(remote.write_edge_config(n["state"], self.plan.edge_image), stdin=config, capture=True)
+        self.sh(
+            remote.write_edge_config(n["state"], self.plan.edge_image),
+            stdin=config,
+            capture=True,
+            change="writing the edge config",
+        )
         edge = remote.EdgeContainer(
             name=n["edge"] if kind == "none" else n["edge"] + "-new",
             image=self.plan.edge_image,
@@ -291,12 +306,13 @@ class HostDeploy:
             port=haproxy.EDGE_PORT,
             labels=self.plan.edge_labels(),
         )
-        self.sh(remote.rm(edge.name), check=False, quiet=True)  # a leftover of an interrupted takeover
-        self.sh(remote.create_edge(edge), capture=True)
+        # (first: a leftover of an interrupted takeover)
+        self.sh(remote.rm(edge.name), check=False, quiet=True, change=f"removing {edge.name}")
+        self.sh(remote.create_edge(edge), capture=True, change="creating the edge")
         if kind == "none":
-            self.sh(remote.start(edge.name), capture=True)
+            self.sh(remote.start(edge.name), capture=True, change="starting the edge")
         else:
-            self.sh(remote.take_over_edge(n["edge"], edge.name), capture=True)
+            self.sh(remote.take_over_edge(n["edge"], edge.name), capture=True, change="taking over the edge")
         self.state.edge_created = kind == "none"
         self.edge.wait_ready()
         self.log(f"edge {n['edge']} (HAProxy, {self.plan.edge_tag}) serves port {publish}")
@@ -308,7 +324,7 @@ class HostDeploy:
         for c in self.app_containers():
             if c not in serving:
                 self.log(f"removing {c}: not served by the edge ({', '.join(serving) or 'none'})")
-                self.sh(remote.rm(c), check=False)
+                self.sh(remote.rm(c), check=False, change=f"removing {c}")
 
     def app_containers(self) -> list[str]:
         res = self.sh(
@@ -327,7 +343,7 @@ class HostDeploy:
             if not self.status(name):
                 return name
             if name not in serving:
-                self.sh(remote.rm(name))  # a leftover of an interrupted deploy
+                self.sh(remote.rm(name), change=f"removing {name}")  # a leftover of an interrupted deploy
                 return name
             i += 1
             name = f"{base}-{i}"
@@ -397,15 +413,17 @@ class HostDeploy:
         self.edge.state(olds, "maint")
         old = [c for c in self.app_containers() if c != self.state.container]
         for c in old:
-            self.sh(remote.stop(c, STOP_GRACE), check=False, cancellable=False)
+            self.sh(remote.stop(c, STOP_GRACE), check=False, cancellable=False, change=f"stopping {c}")
         for s in olds:
             self.edge.delete(s)
         self.edge.save()
         for c in old:
-            self.sh(remote.rm(c), check=False, cancellable=False)
+            self.sh(remote.rm(c), check=False, cancellable=False, change=f"removing {c}")
         self.state.timings["stop_old"] = time.monotonic() - t0
         for image in images_to_prune:
-            self.sh(remote.image_rm(image), check=False, cancellable=False, quiet=True)
+            self.sh(
+                remote.image_rm(image), check=False, cancellable=False, quiet=True, change="pruning images"
+            )
         return old
 
     def prune_models(self, keep: set[str]) -> None:
@@ -416,7 +434,7 @@ class HostDeploy:
         if m is None or not m.volume:
             return
         argv = remote.prune_models(self.plan.edge_image, m.volume, m.mount, keep, MODEL_PRUNE_GRACE)
-        res = self.sh(argv, check=False, capture=True, quiet=True, cancellable=False)
+        res = self.sh(argv, check=False, capture=True, quiet=True, cancellable=False, change="pruning models")
         out = (res.stdout if res.exit_code == 0 else res.stderr or res.stdout).strip()[-300:]
         self.log(
             f"model volume {m.volume}: {out}"
@@ -433,7 +451,9 @@ class HostDeploy:
             self.state.switched = False
         self.remove_new()
         if self.state.edge_created and not self.state.previous:
-            self.sh(remote.rm(self.plan.names["edge"]), check=False, cancellable=False)
+            self.sh(
+                remote.rm(self.plan.names["edge"]), check=False, cancellable=False, change="removing the edge"
+            )
 
     def remove_new(self) -> None:
         """Take the new container out of the edge (if it was added) and remove it."""
@@ -443,7 +463,12 @@ class HostDeploy:
                 self.edge.save()
             self.state.added = False
         if self.state.container:
-            self.sh(remote.rm(self.state.container), check=False, cancellable=False)
+            self.sh(
+                remote.rm(self.state.container),
+                check=False,
+                cancellable=False,
+                change=f"removing {self.state.container}",
+            )
 
 
 def tar_of(blobs: list[tuple[str, bytes]]) -> bytes:

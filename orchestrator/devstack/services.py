@@ -210,6 +210,9 @@ class DockerDaemon:
     proc: subprocess.Popen[bytes] | None = None
     started_here: bool = False
     log_path: Path | None = None
+    # More dockerd options for a daemon started here (a second "host" on this machine: its own
+    # bridge and address pool, its published ports on its own loopback address with ``--ip``).
+    extra_args: tuple[str, ...] = ()
 
     @staticmethod
     def answers(host: str) -> bool:
@@ -267,6 +270,7 @@ class DockerDaemon:
                     self.host,
                     "--pidfile",
                     str(work / "docker.pid"),
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -388,6 +392,7 @@ class SshdHost:
     port: int = field(default_factory=free_port)
     user: str = field(default_factory=lambda: os.environ.get("USER") or "root")
     proc: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"  # another loopback address stands for another machine
 
     @property
     def host_key(self) -> Path:
@@ -395,7 +400,7 @@ class SshdHost:
 
     def known_hosts_line(self) -> str:
         pub = (self.directory / "ssh_host_ed25519_key.pub").read_text().split()
-        return f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n"
+        return f"[{self.address}]:{self.port} {pub[0]} {pub[1]}\n"
 
     def start(self) -> SshdHost:
         exe = require_program("sshd", "openssh-server")
@@ -407,7 +412,7 @@ class SshdHost:
         auth.chmod(0o600)
         cfg = self.directory / "sshd_config"
         cfg.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+            f"Port {self.port}\nListenAddress {self.address}\nHostKey {self.host_key}\n"
             f"AuthorizedKeysFile {auth}\nPidFile {self.directory / 'sshd.pid'}\n"
             "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nMaxSessions 50\nMaxStartups 50\n"
@@ -419,7 +424,7 @@ class SshdHost:
             stderr=subprocess.DEVNULL,
         )
         wait_for(
-            lambda: port_open(self.port),
+            lambda: port_open(self.port, self.address),
             defaults.SERVICE_START_TIMEOUT,
             f"sshd '{self.name}' on port {self.port}",
         )

@@ -98,6 +98,7 @@ class StepContext:
     deadline: float
     docker_factory: Callable[[], Any] = field(default=lambda: None)
     save: Callable[[], None] = field(default=lambda: None)  # persist record/build fields now
+    lease_token: str = ""  # the runner's hold on the build's lease ("" = no runner, no lease to fence)
     _docker: Any = None
 
     @property

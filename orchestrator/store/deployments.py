@@ -16,14 +16,17 @@ class Deployments(StoreBase):
             raw = self.r.get(self.k.deployment(repo, env))
         return Deployment(**json.loads(raw)) if raw else None
 
-    def set_deployment(self, dep: Deployment) -> None:
+    def set_deployment(self, dep: Deployment, complete: bool = True) -> None:
+        """Record what runs in the environment now; a ``complete`` deployment (every host runs its
+        build) also enters the history that rollback and promote deploy from."""
         raw = json.dumps(dep.to_dict())
         history = self.k.deployment_history(dep.repo, dep.environment)
         with self.available():
             pipe = self.r.pipeline(transaction=True)
             pipe.set(self.k.deployment(dep.repo, dep.environment), raw)
-            pipe.lpush(history, raw)
-            pipe.ltrim(history, 0, HISTORY - 1)
+            if complete:
+                pipe.lpush(history, raw)
+                pipe.ltrim(history, 0, HISTORY - 1)
             pipe.sadd(self.k.environments(), json.dumps([dep.repo, dep.environment]))
             pipe.execute()
 

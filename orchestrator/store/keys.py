@@ -56,6 +56,10 @@ class Keys:
     def running(self) -> str:
         return self.p + "running"
 
+    def lease(self, build_id: int) -> str:
+        """The token of the runner holding a running build's lease (the fence: see leases.py)."""
+        return self.p + f"lease:{build_id}"
+
     def cancel(self, build_id: int) -> str:
         return self.p + f"cancel:{build_id}"
 

@@ -1,8 +1,14 @@
-"""Liveness of running builds (leases the janitor reaps), cancel requests, and named locks."""
+"""Liveness of running builds (leases the janitor reaps), cancel requests, and named locks.
+
+A lease is held by a token the runner picks when it claims the build: only that token renews it,
+and not once it expired or the janitor took it. A deploy checks lease and lock before every remote
+change (``fence_check``), so a runner that stalled past its lease stops instead of deploying on.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -11,14 +17,56 @@ from orchestrator.store.scripts import lua
 
 
 class Leases(StoreBase):
-    def renew_lease(self, build_id: int, seconds: float) -> None:
-        """Mark the build as alive until now + seconds (called by the worker's heartbeat)."""
+    def start_lease(self, build_id: int, token: str, seconds: float) -> None:
+        """Give the runner that just claimed the build its lease: ``token`` holds it until now + seconds."""
+        with self.available(), self.r.pipeline(transaction=True) as pipe:
+            pipe.set(self.k.lease(build_id), token, px=self._lease_ttl_ms(seconds))
+            pipe.zadd(self.k.running(), {str(build_id): time.time() + seconds})
+            pipe.execute()
+
+    def renew_lease(self, build_id: int, token: str, seconds: float) -> bool:
+        """Extend the lease to now + seconds if ``token`` still holds it and it has not expired
+        (the heartbeat). False once the janitor took it or it ran out: the runner is fenced."""
+        now = time.time()
         with self.available():
-            self.r.zadd(self.k.running(), {str(build_id): time.time() + seconds})
+            return bool(
+                self.r.eval(
+                    lua("renew_lease"),
+                    2,
+                    self.k.running(),
+                    self.k.lease(build_id),
+                    str(build_id),
+                    token,
+                    repr(now),
+                    repr(now + seconds),
+                    self._lease_ttl_ms(seconds),
+                )
+            )
+
+    @staticmethod
+    def _lease_ttl_ms(seconds: float) -> int:
+        # The token outlives its lease (the janitor deletes it when it claims the build); a day
+        # bounds what a build whose runner and janitor both vanished leaves behind.
+        return int(max(seconds, 0) * 1000) + 86_400_000
+
+    def fence_check(
+        self, build_id: int, token: str, locks: Sequence[tuple[str, str]], now: float | None = None
+    ) -> str:
+        """One round trip: "ok" if ``token`` still holds the build's unexpired lease ("" = no lease to
+        check) and each (lock name, owner) is still owned; else what was lost."""
+        keys = [self.k.running(), self.k.lease(build_id), *(self.k.lock(n) for n, _ in locks)]
+        args = [str(build_id), token, repr(now or time.time()), *(o for _, o in locks)]
+        with self.available():
+            answer = str(self.r.eval(lua("fence_check"), len(keys), *keys, *args))
+        if answer.startswith("lock:"):
+            return f"lost the lock {locks[int(answer[5:])][0]}"
+        return answer
 
     def release_lease(self, build_id: int) -> None:
-        with self.available():
-            self.r.zrem(self.k.running(), str(build_id))
+        with self.available(), self.r.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.k.running(), str(build_id))
+            pipe.delete(self.k.lease(build_id))
+            pipe.execute()
 
     def expired_leases(self, now: float | None = None) -> list[int]:
         with self.available():
@@ -37,6 +85,7 @@ class Leases(StoreBase):
                     return False
                 pipe.multi()
                 pipe.zrem(key, str(build_id))
+                pipe.delete(self.k.lease(build_id))  # its holder's renewals and fence checks now fail
                 return bool(pipe.execute()[0])
             except redis.WatchError:
                 return False

@@ -372,7 +372,8 @@ def list_deliveries() -> Response:
 
 
 def environments_view(history: int = 10) -> list[dict[str, Any]]:
-    """Every (repo, environment) with what runs there now and its recent history."""
+    """Every (repo, environment) with what runs there now (``runs``: per host; ``mixed`` when hosts
+    run different builds) and its recent history."""
     store = get_runtime().store
     out = []
     for repo, env in store.environments():
@@ -381,7 +382,7 @@ def environments_view(history: int = 10) -> list[dict[str, Any]]:
             {
                 "repo": repo,
                 "environment": env,
-                "current": current.to_dict() if current else None,
+                "current": current.to_dict() | {"runs": current.host_runs()} if current else None,
                 "history": [d.to_dict() for d in store.deployment_history(repo, env, limit=history)],
             }
         )

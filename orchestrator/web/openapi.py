@@ -204,6 +204,17 @@ _SCHEMAS: dict[str, Any] = {
             "action": {"type": "string"},
             "model_sha256": {"type": "string", "description": "the model shipped ('' = the operator's)"},
             "model_path": {"type": "string", "description": "MODEL_PATH in the container"},
+            "runs": {
+                "type": "object",
+                "description": "what each host runs (host → build_id, build_number, image, container, "
+                "model_sha256, model_path), written after every batch of a rollout",
+                "additionalProperties": {"type": "object"},
+            },
+            "mixed": {
+                "type": "boolean",
+                "description": "hosts run different builds (a rollout stopped between batches); the "
+                "top-level fields name the build the whole environment ran before",
+            },
         },
     },
     "Environment": {

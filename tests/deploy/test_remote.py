@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 
 import pytest
 
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy.plan import deploy_ref
-from orchestrator.deploy.policy import images_to_keep, images_to_prune, rollback_target, superseded_by
+from orchestrator.deploy.policy import (
+    after_batch,
+    images_to_keep,
+    images_to_prune,
+    rollback_target,
+    superseded_by,
+)
 from orchestrator.errors import DeployError
 from orchestrator.models import Deployment
 
@@ -387,3 +394,75 @@ def test_prune_never_touches_current_or_rollback_target() -> None:
     prune = images_to_prune(history, "img:6", keep=3)
     assert "img:5" not in prune and "img:6" not in prune and "img:1" in prune
     assert set(prune).isdisjoint(keep)
+
+
+A, B, C = "u@a:22", "u@b:22", "u@c:22"
+
+
+def _whole(n: int, hosts: list[str]) -> Deployment:
+    return dataclasses.replace(_dep(n), hosts=hosts, container=f"hp-b{n}", model_sha256=f"m{n}")
+
+
+def _runs(dep: Deployment) -> dict[str, tuple[int, str]]:
+    return {h: (r["build_number"], r["container"]) for h, r in dep.host_runs().items()}
+
+
+@pytest.mark.parametrize(
+    "current,switched,top,mixed,complete,runs",
+    [
+        # The first batch of two switched over a complete #4: A runs #5, B still #4; the record
+        # still names #4 (the environment's build), and says mixed.
+        (4, {A: "hp-b5"}, 4, True, False, {A: (5, "hp-b5"), B: (4, "hp-b4")}),
+        # Every host switched: complete, the record names #5 everywhere.
+        (4, {A: "hp-b5", B: "hp-b5-2"}, 5, False, True, {A: (5, "hp-b5"), B: (5, "hp-b5-2")}),
+        # Nothing deployed before: B runs nothing, so the fleet is mixed; the record names #5.
+        (None, {A: "hp-b5"}, 5, True, False, {A: (5, "hp-b5")}),
+        # A redeploy of the same build: the hosts differ only by container, not mixed.
+        (5, {A: "hp-b5-2"}, 5, False, False, {A: (5, "hp-b5-2"), B: (5, "hp-b5")}),
+    ],
+)
+def test_after_batch(
+    current: int | None,
+    switched: dict[str, str],
+    top: int,
+    mixed: bool,
+    complete: bool,
+    runs: dict[str, tuple[int, str]],
+) -> None:
+    before = _whole(current, [A, B]) if current else None
+    dep, done = after_batch(before, _whole(5, [A, B]), switched)
+    assert (dep.build_number, dep.mixed, done, dep.hosts) == (top, mixed, complete, [A, B])
+    assert _runs(dep) == runs
+
+
+def test_after_batch_over_a_mixed_record_and_a_changed_host_list() -> None:
+    """A deploy of #6 over the mixed record a lost #5 left (A: #5, B: #4), with host C added and
+    nothing of A switched yet: the record keeps #4, forgets no host it knows, and C runs nothing."""
+    mixed, _ = after_batch(_whole(4, [A, B]), _whole(5, [A, B]), {A: "hp-b5"})
+    dep, done = after_batch(mixed, _whole(6, [A, B, C]), {B: "hp-b6"})
+    assert (dep.build_number, dep.mixed, done) == (4, True, False)
+    assert _runs(dep) == {A: (5, "hp-b5"), B: (6, "hp-b6")}
+    assert dep.build_ids() == {104, 105, 106} and dep.model_sha256s() == {"m4", "m5", "m6"}
+    final, done = after_batch(dep, _whole(6, [A, B, C]), {B: "hp-b6", A: "hp-b6", C: "hp-b6"})
+    assert done and not final.mixed and final.build_ids() == {106}
+
+
+@pytest.mark.parametrize(
+    "history,current,expected",
+    [
+        # A mixed fleet rolls back to the build the whole environment ran (the record's own) ...
+        ([4, 3], 4, 4),
+        # ... which must be in the history: a first deploy that stopped half-way has nothing to go to.
+        ([], 5, None),
+    ],
+)
+def test_rollback_of_a_mixed_fleet(history: list[int], current: int, expected: int | None) -> None:
+    record = dataclasses.replace(_dep(current), mixed=True)
+    target = rollback_target([_dep(n) for n in history], record)
+    assert (target.build_number if target else None) == expected
+
+
+def test_old_records_read_as_every_host_running_their_build() -> None:
+    raw = {"repo": "r", "environment": "qa", "build_id": 1, "build_number": 1, "image": "i", "sha": "s"}
+    old = Deployment(**{**raw, "hosts": [A, B], "container": "hp-b1"})
+    assert not old.mixed and _runs(old) == {A: (1, "hp-b1"), B: (1, "hp-b1")}

@@ -110,7 +110,7 @@ def test_a_lost_worker_notifies_build_error(redis_url: str, tmp_path: Path, stor
     )
     build_id = new_build(store)
     store.update_build(build_id, status="running", started_at=time.time(), worker="gone.1")
-    store.renew_lease(build_id, -1)  # its lease already ran out
+    store.start_lease(build_id, "t", -1)  # its lease already ran out
     assert janitor_once(store, None, settings=settings) == [build_id]
     assert store.get_build(build_id).status is BuildStatus.ERROR
     (n,) = store.notifications.for_build(build_id)

@@ -224,6 +224,37 @@ def test_deliveries_and_environments_pages(client, rt):
     assert "abc-123" in d and "signature does not match" in d and "v-rejected" in d
     e = client.get("/environments").get_data(as_text=True)
     assert "prod" in e and "reg/house-price:3" in e and "prod-1:22" in e
+    assert "mixed fleet" not in e
+
+
+def test_environments_page_and_api_show_a_mixed_fleet(client, rt):
+    """A rollout that stopped after its first batch: host a runs #4, host b still #3."""
+    from orchestrator.models import Deployment
+
+    def run(n: int) -> dict[str, object]:
+        return {"build_id": n, "build_number": n, "image": f"reg/hp:{n}", "container": f"hp-b{n}"}
+
+    rt.store.set_deployment(
+        Deployment(
+            repo=REPO,
+            environment="qa",
+            build_id=3,
+            build_number=3,
+            image="reg/hp:3",
+            sha="c" * 40,
+            hosts=["u@a:22", "u@b:22"],
+            runs={"u@a:22": run(4), "u@b:22": run(3)},
+            mixed=True,
+        ),
+        complete=False,
+    )
+    e = client.get("/environments").get_data(as_text=True)
+    assert "mixed fleet" in e and "hp-b4" in e and "reg/hp:4" in e and "hp-b3" in e
+    (env,) = client.get("/api/v1/environments").get_json()["environments"]
+    cur = env["current"]
+    assert cur["mixed"] is True and cur["build_number"] == 3
+    assert {h: r["build_number"] for h, r in cur["runs"].items()} == {"u@a:22": 4, "u@b:22": 3}
+    assert env["history"] == []  # an incomplete deployment never enters the history
 
 
 def test_unknown_build_page_is_a_404_page(client):
