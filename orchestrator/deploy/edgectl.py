@@ -75,6 +75,10 @@ class EdgeControl:
     def stats(self) -> dict[str, haproxy.ServerStat]:
         return haproxy.parse_stat(self._send([haproxy.show_stat()]))
 
+    def timings(self) -> str:
+        """The ring of per-request timings (``show events timing``), as HAProxy prints it."""
+        return self._send([haproxy.show_timings()])
+
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Until the admin socket answers (a just-started edge)."""
         deadline = time.monotonic() + timeout

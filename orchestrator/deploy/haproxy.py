@@ -29,6 +29,7 @@ EDGE_PORT = (
 )
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 FULL_WEIGHT = 100
+TIMING_RING = "timing"  # the ring the frontend logs every request into, for an analysis's p99
 MAX_WEIGHT = 256
 STATES = ("ready", "drain", "maint")
 # What the runtime API answers on success; anything else a mutating command prints is an error.
@@ -113,6 +114,11 @@ def set_state(name: str, state: str) -> str:
 def del_server(name: str) -> list[str]:
     """Deleting needs maintenance first; the API refuses while the server still has connections."""
     return [set_state(name, "maint"), f"shutdown sessions server {_ref(name)}", f"del server {_ref(name)}"]
+
+
+def show_timings() -> str:
+    """The ring of per-request timings the frontend logs (``<counter> <server> <Tr ms> <status>``)."""
+    return f"show events {TIMING_RING}"
 
 
 def show_stat() -> str:

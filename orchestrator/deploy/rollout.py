@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator import defaults
 from orchestrator.deploy import policy as deployments
+from orchestrator.deploy import strategy as strategies
 from orchestrator.deploy.plan import (
     Plan,
     deploy_ref,
@@ -33,8 +34,15 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = defaults.DEPLOY_CONNECT_TIMEOUT
 
 
-def rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> list[HostState]:
-    """Phase 1 on every host, ``parallelism`` at a time; undo the switched hosts if one fails."""
+def rollout(
+    ctx: StepContext,
+    plan: Plan,
+    lock: deployments.EnvironmentLock,
+    strategy: strategies.Switch | strategies.Progressive | None = None,
+) -> list[HostState]:
+    """Phase 1 on every host, ``parallelism`` at a time, then the strategy's traffic moves; undo the
+    changed hosts if one fails."""
+    strat = strategy or strategies.Switch()
     key = key_from_settings(ctx.settings, ctx.settings.deploy_key_name(ctx.build.repo))
     states = [HostState(t) for t in targets(plan.env)]
     done: list[HostState] = []
@@ -43,7 +51,7 @@ def rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> 
     def one(state: HostState) -> None:
         state.ssh = RemoteHost(state.target, key, ctx.settings.known_hosts, CONNECT_TIMEOUT)
         state.ssh.connect()
-        HostDeploy(ctx, plan, state).switch()
+        HostDeploy(ctx, plan, state).switch(shift=strat.per_host)
 
     try:
         for i in range(0, len(states), par):
@@ -62,6 +70,7 @@ def rollout(ctx: StepContext, plan: Plan, lock: deployments.EnvironmentLock) -> 
                         done.append(s)
                 if errors:
                     raise errors[0]
+        strat.run([HostDeploy(ctx, plan, s) for s in states])
     except BaseException as exc:
         if done:
             ctx.log.line(
@@ -151,26 +160,27 @@ def run(ctx: StepContext, env_name: str, action: str) -> None:
         )
         if plan.model is not None:
             ctx.log.line(f"model: sha256 {plan.model.sha256[:16]}, served from {plan.model.path}")
-        states = rollout(ctx, plan, lock)
+        strat = strategies.for_step(ctx, plan)
+        states = rollout(ctx, plan, lock, strat)
         # Every edge now sends traffic to the new containers: record that before draining and
         # retiring the old ones, so a worker lost (or a failure) from here on leaves a record that
         # says what is served; the next deploy removes the old containers left behind.
-        ctx.store.set_deployment(
-            Deployment(
-                repo=b.repo,
-                environment=env_name,
-                build_id=plan.build_id,
-                build_number=plan.number,
-                image=image,
-                sha=b.sha,
-                container=states[0].container,
-                hosts=[str(s.target) for s in states],
-                action=action,
-                model_sha256=plan.model.sha256 if plan.model else "",
-                model_path=plan.model.path if plan.model else "",
-            )
+        recorded = Deployment(
+            repo=b.repo,
+            environment=env_name,
+            build_id=plan.build_id,
+            build_number=plan.number,
+            image=image,
+            sha=b.sha,
+            container=states[0].container,
+            hosts=[str(s.target) for s in states],
+            action=action,
+            model_sha256=plan.model.sha256 if plan.model else "",
+            model_path=plan.model.path if plan.model else "",
         )
+        ctx.store.set_deployment(recorded)
         try:
+            strat.watch(states, current, recorded)  # keeps the old containers; may roll back
             # Not cancellable: traffic already moved. Old servers leave once their sessions end.
             ctx.log.line(f"draining the old servers (at most {plan.env.drain_seconds:g}s)")
             drain_until = time.monotonic() + plan.env.drain_seconds

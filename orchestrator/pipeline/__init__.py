@@ -26,6 +26,7 @@ from orchestrator.errors import PipelineError
 from orchestrator.gate.spec import ModelCheckSpec, check_model_check
 from orchestrator.masking import Masker
 from orchestrator.pipeline.policy import Policy, check_pipeline
+from orchestrator.pipeline.strategy import Strategy, StrategySpec
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32
@@ -103,6 +104,7 @@ class DockerPushSpec(_Spec):
 class DeploySpec(_Spec):
     environment: str
     promote: Literal["auto", "manual"] = "auto"
+    strategy: Strategy = Field(default_factory=StrategySpec)  # switch | canary | shadow (+ watch)
 
 
 class RollbackSpec(_Spec):
