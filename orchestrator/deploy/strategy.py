@@ -97,6 +97,12 @@ class Progressive:
     # -- phase 1: canary (or the baseline of a watch), then the switch --------------------------------
 
     def run(self, hosts: Sequence[HostDeploy]) -> None:
+        if not any(h.state.previous for h in hosts):
+            self.log("first deploy here: no stable version to compare with, switching")
+            for h in hosts:
+                h.shift(h.state.container)
+            self.info["state"] = "switched (first deploy)"
+            return
         self.mark(hosts)
         try:
             try:

@@ -1,0 +1,124 @@
+"""Canary deploys on the test bed: real sshd host, HAProxy edge, registry; the tests send the traffic.
+
+Build 1 is the stable version; build 2 is the candidate, good or faulty by its env (see
+tests/deploy/canary_app.py). The canary gives the candidate 10% then 50% of the requests for 2 s each,
+judged by the edge's numbers; a failed interval returns all traffic to build 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import DeployError
+from tests.deploy.canary_app import build_canary_images
+from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, edge_servers
+
+pytestmark = [pytest.mark.ssh, pytest.mark.docker, pytest.mark.slow]
+
+ANALYSIS = {"max_error_rate": 0.02, "max_p99_ratio_vs_stable": 2.5, "min_requests": 10}
+CANARY = {"canary": {"steps": [10, 50, 100], "interval": "2s", "analysis": ANALYSIS}}
+RATE = 80
+
+
+@pytest.fixture(scope="session")
+def canary_images(docker_client: Any, base_image: str, registry: Any) -> ExampleImages:
+    return build_canary_images(docker_client, base_image, registry.addr)
+
+
+@pytest.fixture
+def canary_env(deploy_env: DeployEnv, canary_images: ExampleImages) -> Iterator[DeployEnv]:
+    """Build 1 (stable, 20 ms per request) deployed; the next deploy-qa is a canary."""
+    env = deploy_env
+    env.images, env.port, env.env, env.volume_spec = canary_images, 5000, {"DELAY_MS": "20"}, []
+    env.deploy(env.new_build(1))
+    env.strategy = CANARY
+    yield env
+
+
+def _weights(client: Any, env: DeployEnv) -> dict[str, tuple[str, int]]:
+    return {n: (s.status, s.weight) for n, s in edge_servers(client, f"{env.name}-edge").items()}
+
+
+def _share(row: dict[str, Any]) -> float:
+    return float(row["candidate"]["requests"] / (row["candidate"]["requests"] + row["stable"]["requests"]))
+
+
+def _canary(env: DeployEnv, fault: dict[str, str]) -> tuple[Any, dict[str, Any], Exception | None]:
+    """Deploy build 2 with ``fault`` in its env under constant load; (step context, load, error)."""
+    env.env = {"DELAY_MS": "20", **fault}
+    b2 = env.new_build(2)
+    load = Load(env.url, rate=RATE, path="/work")
+    load.start()
+    err: Exception | None = None
+    with env.context(b2) as ctx:
+        from orchestrator.steps.deploy import deploy
+
+        try:
+            deploy(ctx)
+        except DeployError as exc:
+            err = exc
+    result = load.stop()
+    return ctx, result, err
+
+
+def test_a_good_version_reaches_100_percent_with_no_failed_request(
+    canary_env: DeployEnv, docker_client: Any
+) -> None:
+    env = canary_env
+    ctx, result, err = _canary(env, {})
+    assert err is None, err
+    assert result["failed"] == 0 and result["requests"] > 300, result
+    strategy = ctx.record.details["strategy"]
+    assert strategy["state"] == "done"
+    rows = strategy["intervals"]
+    assert [r["phase"] for r in rows] == ["canary 10%", "canary 50%"], rows
+    assert all(r["verdict"] == "pass" for r in rows), rows
+    # The weights were shares: about 10% then 50% of the requests went to the candidate.
+    share = [_share(r) for r in rows]
+    assert 0.03 < share[0] < 0.2 and 0.35 < share[1] < 0.65, share
+    assert rows[0]["candidate"]["p99_ms"] is not None and rows[0]["stable"]["p99_ms"] >= 20
+    assert _weights(docker_client, env) == {f"{env.name}-b2": ("UP", 100)}
+    assert env.store.get_deployment(REPO, "qa").build_number == 2  # type: ignore[union-attr]
+    log = env.log(ctx.build)
+    assert "[canary] canary 10%: stable " in log and "| candidate " in log
+    assert "[canary] canary 50%: pass" in log
+    assert env.store.rollout_markers() == []
+
+
+def test_a_version_with_10_percent_errors_is_rolled_back_at_its_first_step(
+    canary_env: DeployEnv, docker_client: Any
+) -> None:
+    env = canary_env
+    ctx, result, err = _canary(env, {"ERROR_EVERY": "10"})
+    assert isinstance(err, DeployError) and "canary 10% failed the analysis: error rate" in str(err), err
+    rows = ctx.record.details["strategy"]["intervals"]
+    assert [(r["phase"], r["verdict"]) for r in rows] == [("canary 10%", "fail")], rows
+    assert ctx.record.details["strategy"]["state"] == "rolled back"
+    first = rows[0]
+    assert first["candidate"]["errors"] >= 1 and first["stable"]["errors"] == 0
+    # Clients saw failures only from the candidate's share: 500s, at most 10% of the first interval.
+    assert result["failed"] >= 1 and set(result["failures"]) == {"HTTP 500"}, result
+    interval_requests = first["candidate"]["requests"] + first["stable"]["requests"]
+    assert result["failed"] <= 0.10 * interval_requests, (result, first)
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
+    assert env.store.get_deployment(REPO, "qa").build_number == 1  # type: ignore[union-attr]
+    assert [c.name for c in docker_client.containers.list(filters={"name": f"^{env.name}-b2"})] == []
+
+
+def test_a_slow_version_is_rolled_back_by_the_latency_rule(canary_env: DeployEnv, docker_client: Any) -> None:
+    env = canary_env
+    ctx, result, err = _canary(env, {"DELAY_MS": "100"})  # 5x the stable 20 ms
+    assert isinstance(err, DeployError), err
+    assert "canary 10% failed the analysis: p99 " in str(err) and "max_p99_ratio_vs_stable 2.5" in str(err)
+    (row,) = ctx.record.details["strategy"]["intervals"]
+    assert row["candidate"]["p99_ms"] >= 100 and row["stable"]["p99_ms"] < 60, row
+    assert result["failed"] == 0, result
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
+    deadline = time.monotonic() + 10
+    while docker_client.containers.list(all=True, filters={"name": f"^{env.name}-b2"}):
+        assert time.monotonic() < deadline, "the candidate container was not removed"
+        time.sleep(0.2)
