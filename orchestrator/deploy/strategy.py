@@ -246,17 +246,20 @@ class Progressive:
                 left -= time.monotonic() - t0
 
     def command(self) -> None:
-        cmd = self.ctx.store.pop_deploy_command(self.ctx.build.id)
-        if cmd is None:
+        got = self.ctx.store.pop_deploy_command(self.ctx.build.id)
+        if got is None:
             return
-        self.log(f"manual command: {cmd}")
+        cmd, by = got
+        self.log(f"manual command: {cmd}" + (f" (by {by})" if by else ""))
         if cmd == "pause" and not self.paused:
             self.paused, self.info["state"] = True, "paused"
         elif cmd == "resume" and self.paused:
             self.paused, self.info["state"] = False, "running"
         elif cmd == "abort":
             self.info["state"] = "aborted"
-            raise DeployError("aborted by hand: all traffic goes back to the stable version")
+            raise DeployError(
+                f"aborted by hand{f' ({by})' if by else ''}: all traffic goes back to the stable version"
+            )
         elif cmd == "promote":
             self.paused = False
             raise Promoted()

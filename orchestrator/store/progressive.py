@@ -19,20 +19,24 @@ def _field(repo: str, env: str) -> str:
 
 
 class Progressive(StoreBase):
-    def push_deploy_command(self, build_id: int, command: str) -> None:
+    def push_deploy_command(self, build_id: int, command: str, by: str = "") -> None:
         if command not in COMMANDS:
             raise ValueError(f"unknown deploy command {command!r}: one of {', '.join(COMMANDS)}")
         key = self.k.deploy_control(build_id)
         with self.available():
             pipe = self.r.pipeline(transaction=True)
-            pipe.rpush(key, command)
+            pipe.rpush(key, json.dumps({"command": command, "by": by}))
             pipe.expire(key, CONTROL_TTL)
             pipe.execute()
 
-    def pop_deploy_command(self, build_id: int) -> str | None:
+    def pop_deploy_command(self, build_id: int) -> tuple[str, str] | None:
+        """The oldest command not yet read: (command, who sent it)."""
         with self.available():
             raw = self.r.lpop(self.k.deploy_control(build_id))
-        return raw.decode() if isinstance(raw, bytes) else raw
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return str(data["command"]), str(data.get("by") or "")
 
     def set_rollout_marker(self, repo: str, env: str, marker: dict[str, Any]) -> None:
         with self.available():
