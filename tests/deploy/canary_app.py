@@ -2,7 +2,8 @@
 (shared by tests/deploy/test_canary.py and bench/canary_bench.py).
 
 ``GET /work`` answers ``ok``; ``ERROR_EVERY=N`` makes every N-th one a 500 (exactly 1/N of them, so an
-interval's error rate is known), ``DELAY_MS`` delays each. ``POST /predict`` answers
+interval's error rate is known), ``DELAY_MS`` delays each; once the file ``/tmp/fail`` exists (a test
+creates it with ``docker exec``) every 5th one is a 500. ``POST /predict`` answers
 ``{"predictions": [sum(row) + OFFSET for rows]}``, except that with ``CHANGE_EVERY=N`` the prediction
 of every N-th row is shifted by ``CHANGE_BY``. ``GET /ready`` is the health check (no fault).
 Python's standard library only: no package install in the image.
@@ -51,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
             n = count[0]
         if DELAY:
             time.sleep(DELAY)
-        if ERROR_EVERY and n % ERROR_EVERY == 0:
+        if (ERROR_EVERY and n % ERROR_EVERY == 0) or (n % 5 == 0 and os.path.exists("/tmp/fail")):
             return self.answer(500, "injected failure\\n")
         return self.answer(200, "ok\\n")
 

@@ -7,6 +7,7 @@ judged by the edge's numbers; a failed interval returns all traffic to build 1.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -122,3 +123,137 @@ def test_a_slow_version_is_rolled_back_by_the_latency_rule(canary_env: DeployEnv
     while docker_client.containers.list(all=True, filters={"name": f"^{env.name}-b2"}):
         assert time.monotonic() < deadline, "the candidate container was not removed"
         time.sleep(0.2)
+
+
+class Running:
+    """A deploy of build 2 in a thread, so the test can act while it runs."""
+
+    def __init__(self, env: DeployEnv, fault: dict[str, str] | None = None) -> None:
+        env.env = {"DELAY_MS": "20", **(fault or {})}
+        self.build = env.new_build(2)
+        self.env = env
+        self.error: Exception | None = None
+        self.ctx: Any = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    def _run(self) -> None:
+        from orchestrator.steps.deploy import deploy
+
+        with self.env.context(self.build) as ctx:
+            self.ctx = ctx
+            self.ready.set()
+            try:
+                deploy(ctx)
+            except Exception as exc:
+                self.error = exc
+
+    def strategy(self) -> dict[str, Any]:
+        return dict(self.ctx.record.details.get("strategy") or {})
+
+    def wait_for(self, what: str, predicate: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.strategy()):
+            assert self.thread.is_alive() or predicate(self.strategy()), (what, self.error, self.strategy())
+            assert time.monotonic() < deadline, f"not {what} within {timeout}s: {self.strategy()}"
+            time.sleep(0.1)
+
+    def join(self) -> None:
+        self.thread.join(90)
+        assert not self.thread.is_alive()
+
+
+def test_abort_mid_canary_returns_all_traffic_to_stable(canary_env: DeployEnv, docker_client: Any) -> None:
+    env = canary_env
+    env.strategy = {"canary": {**CANARY["canary"], "interval": "3s"}}
+    load = Load(env.url, rate=RATE, path="/work")
+    load.start()
+    run = Running(env)
+    run.wait_for("at 50%", lambda st: st.get("percent") == 50)
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 50), f"{env.name}-b2": ("UP", 50)}
+    env.store.push_deploy_command(run.build.id, "abort", "alice")
+    run.join()
+    result = load.stop()
+    assert isinstance(run.error, DeployError) and "aborted by hand (alice)" in str(run.error), run.error
+    assert run.strategy()["state"] == "aborted"
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
+    assert result["failed"] == 0, result
+    assert env.store.get_deployment(REPO, "qa").build_number == 1  # type: ignore[union-attr]
+    assert "manual command: abort (by alice)" in env.log(run.build)
+
+
+def test_pause_holds_the_canary_and_promote_now_switches(canary_env: DeployEnv, docker_client: Any) -> None:
+    env = canary_env
+    load = Load(env.url, rate=RATE, path="/work")
+    load.start()
+    run = Running(env)
+    run.wait_for("at 10%", lambda st: st.get("percent") == 10)
+    env.store.push_deploy_command(run.build.id, "pause", "bob")
+    run.wait_for("paused", lambda st: st.get("state") == "paused")
+    held = len(run.strategy()["intervals"])
+    time.sleep(3.0)  # longer than the 2 s interval: a paused canary judges nothing and moves nowhere
+    assert len(run.strategy()["intervals"]) == held and run.strategy()["percent"] == 10
+    assert _weights(docker_client, env)[f"{env.name}-b2"] == ("UP", 10)
+    env.store.push_deploy_command(run.build.id, "resume", "bob")
+    env.store.push_deploy_command(run.build.id, "promote", "bob")
+    run.join()
+    result = load.stop()
+    assert run.error is None, run.error
+    st = run.strategy()
+    assert st["state"] == "done" and "canary 50%" not in [r["phase"] for r in st["intervals"]], st
+    assert _weights(docker_client, env) == {f"{env.name}-b2": ("UP", 100)}
+    assert result["failed"] == 0, result
+
+
+WATCH = {
+    "duration": "6s",
+    "interval": "2s",
+    "analysis": {"max_error_rate_vs_stable": 0.02, "min_requests": 10},
+}
+
+
+def test_a_regression_during_the_watch_rolls_back(canary_env: DeployEnv, docker_client: Any) -> None:
+    env = canary_env
+    env.strategy = {"watch": WATCH}
+    load = Load(env.url, rate=RATE, path="/work")
+    load.start()
+    run = Running(env)
+    run.wait_for("watching", lambda st: st.get("state") == "watching")
+    # The switch happened; the old container is kept (drained) while the watch runs.
+    assert _weights(docker_client, env)[f"{env.name}-b1"][0].startswith("DRAIN")
+    assert env.store.get_deployment(REPO, "qa").build_number == 2  # type: ignore[union-attr]
+    docker_client.containers.get(f"{env.name}-b2").exec_run(["touch", "/tmp/fail"])
+    run.join()
+    result = load.stop()
+    assert isinstance(run.error, DeployError) and "found a regression: error rate" in str(run.error), (
+        run.error
+    )
+    st = run.strategy()
+    assert st["state"] == "rolled back" and run.ctx.record.details["outcome"] == "rolled back"
+    assert st["baseline"]["requests"] > 50 and st["baseline"]["errors"] == 0
+    failed = [r for r in st["intervals"] if r["verdict"] == "fail"]
+    assert failed and failed[0]["candidate"]["errors"] >= 2, st["intervals"]
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
+    dep = env.store.get_deployment(REPO, "qa")
+    assert dep is not None and dep.build_number == 1
+    assert [d.build_number for d in env.store.deployment_history(REPO, "qa", 5)] == [1]
+    assert set(result["failures"]) <= {"HTTP 500"}, result
+    assert [
+        c.name for c in docker_client.containers.list(all=True, filters={"name": f"^{env.name}-b2"})
+    ] == []
+
+
+def test_a_quiet_watch_keeps_the_new_version(canary_env: DeployEnv, docker_client: Any) -> None:
+    env = canary_env
+    env.strategy = {"watch": {**WATCH, "duration": "4s"}}
+    load = Load(env.url, rate=RATE, path="/work")
+    load.start()
+    run = Running(env)
+    run.join()
+    result = load.stop()
+    assert run.error is None, run.error
+    assert [r["verdict"] for r in run.strategy()["intervals"]] == ["", "pass", "pass"]  # baseline, 2 watches
+    assert _weights(docker_client, env) == {f"{env.name}-b2": ("UP", 100)}
+    assert result["failed"] == 0, result
