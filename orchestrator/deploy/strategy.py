@@ -20,6 +20,7 @@ after recording the deployment. Manual commands (pause, resume, abort, promote) 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.deploy import analysis as an
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import haproxy
+from orchestrator.deploy.lost import stable_commands
 from orchestrator.errors import DeployError, InfrastructureError
 from orchestrator.pipeline.strategy import AnalysisSpec, StrategySpec
 
@@ -272,11 +274,7 @@ class Progressive:
         effort per host (the rollout's undo then removes the candidate)."""
         for h in hosts:
             try:
-                h.edge.api(
-                    [haproxy.set_state(s, "ready") for s in h.state.previous]
-                    + [haproxy.set_weight(s, haproxy.FULL_WEIGHT) for s in h.state.previous]
-                    + ([haproxy.set_weight(h.state.container, 0)] if h.state.added else [])
-                )
+                h.edge.api(stable_commands(h.state.previous, h.state.container if h.state.added else ""))
                 h.edge.save()
                 h.state.switched = False
             except (DeployError, InfrastructureError) as exc:
@@ -354,11 +352,14 @@ class Progressive:
 
     def mark(self, hosts: Sequence[HostDeploy]) -> None:
         """Tell the janitor what to reset if this worker is lost half-way (orchestrator/build/worker.py)."""
+        c = self.plan.edge_config()
         marker = {
             "repo": self.plan.repo,
             "environment": self.plan.env_name,
             "build_id": self.ctx.build.id,
             "edge": self.plan.names["edge"],
+            "app": c.app,
+            "check": dataclasses.asdict(c.check),
             "hosts": {
                 str(h.state.target): {"stable": list(h.state.previous), "candidate": h.state.container}
                 for h in hosts

@@ -257,3 +257,27 @@ def test_a_quiet_watch_keeps_the_new_version(canary_env: DeployEnv, docker_clien
     assert [r["verdict"] for r in run.strategy()["intervals"]] == ["", "pass", "pass"]  # baseline, 2 watches
     assert _weights(docker_client, env) == {f"{env.name}-b2": ("UP", 100)}
     assert result["failed"] == 0, result
+
+
+def test_a_lost_workers_canary_is_returned_to_stable_by_the_janitor(
+    canary_env: DeployEnv, docker_client: Any
+) -> None:
+    from orchestrator.build.worker import janitor_once
+
+    env = canary_env
+    env.strategy = {"canary": {**CANARY["canary"], "interval": "60s"}}
+    run = Running(env)
+    run.wait_for("at 10%", lambda st: st.get("percent") == 10)
+    assert _weights(docker_client, env)[f"{env.name}-b1"] == ("UP", 90)
+    # The worker stops renewing its lease (as if its machine died); the janitor reaps the build.
+    env.store.renew_lease(run.build.id, -5)
+    assert janitor_once(env.store, None, settings=env.settings) == [run.build.id]
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100), f"{env.name}-b2": ("UP", 0)}
+    saved = docker_client.containers.get(f"{env.name}-edge").exec_run(["cat", "/state/haproxy.cfg"]).output
+    lines = [x.strip() for x in saved.decode().splitlines() if x.strip().startswith("server ")]
+    assert any(x.startswith(f"server {env.name}-b1 ") and x.endswith("weight 100") for x in lines), lines
+    assert any(x.startswith(f"server {env.name}-b2 ") and x.endswith("weight 0") for x in lines), lines
+    assert env.store.rollout_markers() == []
+    assert "canary returned to stable: " in env.log(run.build)
+    env.store.push_deploy_command(run.build.id, "abort", "test")  # the thread standing in for the worker
+    run.join()
