@@ -176,3 +176,132 @@ def _p99_ratio(limit: float, stable: Window, cand: Window, baseline: str, missin
             f"max_p99_ratio_vs_stable {limit:g}"
         ]
     return []
+
+
+# -- shadow traffic: the same live requests answered by stable and candidate -------------------------
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """One mirrored request and both answers, as the edge's shadow.lua recorded them."""
+
+    stable_status: int  # 0: no answer
+    candidate_status: int
+    request: str
+    stable: str
+    candidate: str
+
+
+_UNESCAPE = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text) and text[i + 1] in _UNESCAPE:
+            out.append(_UNESCAPE[text[i + 1]])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def parse_shadow_dump(text: str) -> tuple[dict[str, int], list[ShadowPair]]:
+    """``mlship shadow dump`` → (its counters: sampled, recorded, dropped, large; the pairs)."""
+    counts: dict[str, int] = {}
+    pairs = []
+    for line in text.splitlines():
+        if line.startswith("# "):
+            words = line[2:].split()
+            counts = {k: int(v) for k, v in zip(words[::2], words[1::2], strict=False) if v.isdigit()}
+            continue
+        parts = line.split("\t")
+        if len(parts) != 5 or not parts[0].isdigit() or not parts[1].isdigit():
+            continue
+        pairs.append(ShadowPair(int(parts[0]), int(parts[1]), *(_unescape(p) for p in parts[2:])))
+    return counts, pairs
+
+
+def _predictions(body: str, pointer: str) -> list[Any] | None:
+    import json
+
+    from orchestrator.gate.protocol import resolve
+
+    try:
+        value = resolve(json.loads(body), pointer)
+    except Exception:  # not JSON, or nothing at the pointer: this answer cannot be compared
+        return None
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _diff(s: Any, c: Any) -> float | None:
+    """|candidate - stable| for numbers; None for labels (compared for equality only)."""
+    if isinstance(s, (int, float)) and isinstance(c, (int, float)) and not isinstance(s, bool):
+        return abs(float(c) - float(s))
+    return None
+
+
+def shadow_report(
+    pairs: Iterable[ShadowPair], pointer: str, tolerance: float, show: int = 5
+) -> dict[str, Any]:
+    """The distribution of prediction differences over the rows of every pair both sides answered."""
+    rows = changed = failed = 0
+    diffs: list[float] = []
+    largest: list[tuple[float, dict[str, Any]]] = []
+    n = 0
+    for p in pairs:
+        n += 1
+        s = _predictions(p.stable, pointer) if 200 <= p.stable_status < 300 else None
+        c = _predictions(p.candidate, pointer) if 200 <= p.candidate_status < 300 else None
+        if s is None:
+            failed += 1  # the stable side did not answer: nothing to compare with
+            continue
+        if c is None or len(s) != len(c):
+            # The candidate failed where the stable one answered: every row of it changed.
+            rows, changed = rows + len(s), changed + len(s)
+            largest.append(
+                (float("inf"), {"request": p.request[:200], "stable": s, "candidate": p.candidate[:200]})
+            )
+            continue
+        for sv, cv in zip(s, c, strict=True):
+            rows += 1
+            d = _diff(sv, cv)
+            moved = (d > tolerance) if d is not None else sv != cv
+            if d is not None:
+                diffs.append(d)
+            if moved:
+                changed += 1
+                largest.append(
+                    (d if d is not None else 1.0, {"request": p.request[:200], "stable": sv, "candidate": cv})
+                )
+    largest.sort(key=lambda x: -x[0])
+    return {
+        "requests": n,
+        "failed": failed,  # the stable side answered no 2xx, or no predictions at the pointer
+        "rows": rows,
+        "changed": changed,
+        "share_changed": round(changed / rows, 4) if rows else 0.0,
+        "mean_abs_diff": round(sum(diffs) / len(diffs), 6) if diffs else 0.0,
+        "max_abs_diff": round(max(diffs), 6) if diffs else 0.0,
+        "largest": [x for _, x in largest[:show]],
+    }
+
+
+def judge_shadow(spec: Any, report: dict[str, Any]) -> Verdict:
+    """``max_mean_abs_diff``, ``max_share_changed`` over the rows compared so far (``ShadowAnalysisSpec``)."""
+    compared = report["requests"] - report["failed"]
+    if compared < spec.min_requests:
+        return Verdict(INSUFFICIENT, [f"{compared} requests compared, min_requests is {spec.min_requests}"])
+    fails = []
+    if spec.max_share_changed is not None and report["share_changed"] > spec.max_share_changed:
+        fails.append(
+            f"{_pct(report['share_changed'])} of rows changed ({report['changed']}/{report['rows']}) > "
+            f"max_share_changed {_pct(spec.max_share_changed)}"
+        )
+    if spec.max_mean_abs_diff is not None and report["mean_abs_diff"] > spec.max_mean_abs_diff:
+        fails.append(
+            f"mean |diff| {report['mean_abs_diff']:g} > max_mean_abs_diff {spec.max_mean_abs_diff:g}"
+        )
+    return Verdict(FAIL, fails) if fails else Verdict(PASS)

@@ -75,6 +75,10 @@ class EdgeControl:
     def stats(self) -> dict[str, haproxy.ServerStat]:
         return haproxy.parse_stat(self._send([haproxy.show_stat()]))
 
+    def query(self, command: str) -> str:
+        """A read-only command's answer as HAProxy prints it (e.g. ``mlship shadow dump``)."""
+        return self._send([command])
+
     def timings(self) -> str:
         """The ring of per-request timings (``show events timing``), as HAProxy prints it."""
         return self._send([haproxy.show_timings()])

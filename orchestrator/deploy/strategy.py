@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from orchestrator.steps.base import StepContext
 
 POLL = 0.25  # seconds between checks for a cancel or a manual command while an interval runs
+SHADOW_POLL = 2.0  # seconds between reads of the edges' shadow answers (each read judges all so far)
 
 
 class Promoted(Exception):
@@ -108,7 +109,9 @@ class Progressive:
         self.mark(hosts)
         try:
             try:
-                if self.spec.canary is not None:
+                if self.spec.shadow is not None:
+                    self.shadow(hosts)
+                elif self.spec.canary is not None:
                     self.canary(hosts)
                 elif self.spec.watch is not None:
                     self.log(
@@ -137,6 +140,73 @@ class Progressive:
             stable = self.judged(hosts, f"canary {pct}%", c.analysis, c.interval)
             self.baseline = stable
         self.info["percent"] = 100
+
+    def shadow(self, hosts: Sequence[HostDeploy]) -> None:
+        """Mirror ``percent`` of the live requests to stable and candidate (their answers are never sent
+        to a client), compare the predictions; raise with the diff report if the rules fail."""
+        sh = self.spec.shadow
+        assert sh is not None
+        starts = []
+        for h in hosts:
+            stable = f"{h.ip_of(h.state.previous[0])}:{self.plan.port}"
+            cand = f"{h.ip_of(h.state.container)}:{self.plan.port}"
+            starts.append((h, haproxy.shadow_start(sh.percent, sh.path, stable, cand)))
+        pairs: list[an.ShadowPair] = []
+        try:
+            for h, cmd in starts:
+                h.edge.api([cmd])
+            self.log(
+                f"shadow: {sh.percent}% of POST {sh.path} copied to the candidate for {sh.duration:g}s "
+                "(its answers are compared, never served)"
+            )
+            self.shadow_loop(hosts, pairs)
+        finally:
+            for h in hosts:
+                with contextlib.suppress(DeployError, InfrastructureError):
+                    h.edge.api([haproxy.shadow_stop()])
+
+    def shadow_loop(self, hosts: Sequence[HostDeploy], pairs: list[an.ShadowPair]) -> None:
+        sh = self.spec.shadow
+        assert sh is not None
+        left, n = sh.duration, 0
+        while True:
+            step = min(SHADOW_POLL, left)
+            self.wait(step)
+            left, n = left - step, n + 1
+            for h in hosts:
+                pairs += an.parse_shadow_dump(h.edge.query(haproxy.shadow_dump()))[1]
+            report = an.shadow_report(pairs, sh.prediction, sh.analysis.tolerance)
+            verdict = an.judge_shadow(sh.analysis, report)
+            self.shadow_row(n, step, report, verdict)
+            if verdict.status == an.FAIL:
+                raise DeployError(
+                    f"shadow stopped the candidate: {'; '.join(verdict.reasons)}{_largest(report)}"
+                )
+            if left <= 0:
+                if verdict.status == an.PASS:
+                    return
+                raise DeployError(f"shadow: too little traffic to judge: {'; '.join(verdict.reasons)}")
+
+    def shadow_row(self, n: int, seconds: float, report: dict[str, Any], verdict: an.Verdict) -> None:
+        compared = report["requests"] - report["failed"]
+        self.info["diff"] = report
+        self.rows.append(
+            {
+                "phase": f"shadow {n}",
+                "at": round(time.time(), 1),
+                "seconds": round(seconds, 2),
+                "stable": {"requests": report["requests"], "errors": report["failed"]},
+                "candidate": {"requests": compared, "errors": report["changed"]},
+                "verdict": "",
+                "reasons": [],
+            }
+        )
+        self.log(
+            f"shadow {n}: {report['requests']} requests mirrored, {report['rows']} rows compared, "
+            f"{report['changed']} changed ({report['share_changed'] * 100:.2f}%), mean |diff| "
+            f"{report['mean_abs_diff']:g}, max |diff| {report['max_abs_diff']:g}"
+        )
+        self.row_verdict(verdict)
 
     def weights(self, hosts: Sequence[HostDeploy], pct: int) -> None:
         """The candidate gets ``pct`` of the requests: weight pct, each stable server 100 - pct."""
@@ -378,6 +448,11 @@ class Progressive:
 
     def log(self, text: str, stream: str = "stdout") -> None:
         self.ctx.log.line(f"[{self.spec.kind}] {text}", stream)
+
+
+def _largest(report: dict[str, Any]) -> str:
+    shown = [f"{x['request']} -> stable {x['stable']}, candidate {x['candidate']}" for x in report["largest"]]
+    return ("; largest differences: " + " | ".join(shown)) if shown else ""
 
 
 def _fmt(w: an.Window) -> str:

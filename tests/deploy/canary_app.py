@@ -4,8 +4,9 @@
 ``GET /work`` answers ``ok``; ``ERROR_EVERY=N`` makes every N-th one a 500 (exactly 1/N of them, so an
 interval's error rate is known), ``DELAY_MS`` delays each; once the file ``/tmp/fail`` exists (a test
 creates it with ``docker exec``) every 5th one is a 500. ``POST /predict`` answers
-``{"predictions": [sum(row) + OFFSET for rows]}``, except that with ``CHANGE_EVERY=N`` the prediction
-of every N-th row is shifted by ``CHANGE_BY``. ``GET /ready`` is the health check (no fault).
+``{"predictions": [sum(row) for row in rows]}``, except that with ``CHANGED_DIGITS=k`` the prediction
+of each row whose first value mod 10 is below k (k/10 of rows whose first values cycle 0..9) is
+shifted by ``CHANGE_BY``. ``GET /ready`` is the health check (no fault).
 Python's standard library only: no package install in the image.
 """
 
@@ -23,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ERROR_EVERY = int(os.environ.get("ERROR_EVERY", "0"))
 DELAY = float(os.environ.get("DELAY_MS", "0")) / 1000
-CHANGE_EVERY = int(os.environ.get("CHANGE_EVERY", "0"))
+CHANGED_DIGITS = int(os.environ.get("CHANGED_DIGITS", "0"))
 CHANGE_BY = float(os.environ.get("CHANGE_BY", "1"))
 lock, count = threading.Lock(), [0]
 
@@ -62,7 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         preds = []
         for r in rows:
             p = float(sum(r))
-            if CHANGE_EVERY and int(r[0]) % CHANGE_EVERY == 0:
+            if int(r[0]) % 10 < CHANGED_DIGITS:
                 p += CHANGE_BY
             preds.append(p)
         return self.answer(200, json.dumps({"predictions": preds}), "application/json")

@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.deploy import analysis as an
 from orchestrator.deploy.haproxy import ServerStat, show_timings
+from orchestrator.errors import DeployError
 from orchestrator.pipeline.strategy import AnalysisSpec
 
 
@@ -150,3 +151,66 @@ def test_baseline_is_named_in_a_watch() -> None:
         _spec(max_error_rate_vs_stable=0.0), an.Window(500, 0, 5.0), an.Window(100, 1, 5.0), "baseline"
     )
     assert v.reasons == ["error rate 1.00% vs baseline 0.00%: +1.00% > max_error_rate_vs_stable 0.00%"]
+
+
+def test_shadow_commands() -> None:
+    from orchestrator.deploy import haproxy
+
+    assert (
+        haproxy.shadow_start(20, "/predict", "10.0.0.2:5000", "10.0.0.3:5000")
+        == "mlship shadow start 20 /predict 10.0.0.2:5000 10.0.0.3:5000"
+    )
+    assert haproxy.shadow_stop() == "mlship shadow stop"
+    assert haproxy.shadow_dump() == "mlship shadow dump"
+    for bad in (("/p x", "10.0.0.2:1"), ("/p;show", "10.0.0.2:1"), ("p", "10.0.0.2:1"), ("/p", "host:1")):
+        with pytest.raises(DeployError, match="shadow"):
+            haproxy.shadow_start(20, bad[0], bad[1], "10.0.0.3:5000")
+    with pytest.raises(DeployError, match=r"outside 1\.\.100"):
+        haproxy.shadow_start(0, "/predict", "10.0.0.2:5000", "10.0.0.3:5000")
+
+
+DUMP = (
+    "# sampled 5 recorded 4 dropped 0 large 1\n"
+    '200\t200\t{"rows": [[0, 1]]}\t{"predictions": [1.0]}\t{"predictions": [6.0]}\n'
+    '200\t200\t{"rows": [[4, 1], [5, 1]]}\t{"predictions": [5.0, 6.0]}\t{"predictions": [5.0, 6.5]}\n'
+    '200\t500\t{"rows": [[7, 1]]}\t{"predictions": [8.0]}\tinjected\\tfailure\\n\n'
+    '503\t200\t{"rows": [[9, 1]]}\tdown\t{"predictions": [10.0]}\n'
+)
+
+
+def test_parse_shadow_dump() -> None:
+    counts, pairs = an.parse_shadow_dump(DUMP)
+    assert counts == {"sampled": 5, "recorded": 4, "dropped": 0, "large": 1}
+    assert len(pairs) == 4
+    assert pairs[2] == an.ShadowPair(
+        200, 500, '{"rows": [[7, 1]]}', '{"predictions": [8.0]}', "injected\tfailure\n"
+    )
+
+
+def test_shadow_report_and_rules() -> None:
+    from orchestrator.pipeline.strategy import ShadowAnalysisSpec
+
+    _, pairs = an.parse_shadow_dump(DUMP)
+    report = an.shadow_report(pairs, "/predictions", 1e-9)
+    # Rows: 1 (diff 5), 2 (diffs 0 and 0.5), 1 from the candidate's 500 (changed); the stable 503 is skipped.
+    assert {k: v for k, v in report.items() if k != "largest"} == {
+        "requests": 4,
+        "failed": 1,
+        "rows": 4,
+        "changed": 3,
+        "share_changed": 0.75,
+        "mean_abs_diff": round(5.5 / 3, 6),
+        "max_abs_diff": 5.0,
+    }
+    assert report["largest"][0]["candidate"] == "injected\tfailure\n"  # a failed answer ranks first
+    assert report["largest"][1] == {"request": '{"rows": [[0, 1]]}', "stable": 1.0, "candidate": 6.0}
+    spec = ShadowAnalysisSpec(max_share_changed=0.5, max_mean_abs_diff=2.0, min_requests=3)
+    assert an.judge_shadow(spec, report) == an.Verdict(
+        "fail", ["75.00% of rows changed (3/4) > max_share_changed 50.00%"]
+    )
+    strict = ShadowAnalysisSpec(max_mean_abs_diff=1.0, min_requests=3)
+    assert an.judge_shadow(strict, report).reasons == ["mean |diff| 1.83333 > max_mean_abs_diff 1"]
+    assert an.judge_shadow(ShadowAnalysisSpec(max_share_changed=1.0, min_requests=4), report) == an.Verdict(
+        "insufficient", ["3 requests compared, min_requests is 4"]
+    )
+    assert an.shadow_report(pairs, "/predictions", 1.0)["changed"] == 2  # 0.5 is within the tolerance

@@ -281,3 +281,95 @@ def test_a_lost_workers_canary_is_returned_to_stable_by_the_janitor(
     assert "canary returned to stable: " in env.log(run.build)
     env.store.push_deploy_command(run.build.id, "abort", "test")  # the thread standing in for the worker
     run.join()
+
+
+class PostLoad(threading.Thread):
+    """POST /predict at a constant rate; checks every answer is the stable version's (sum of the row)."""
+
+    def __init__(self, url: str, rate: float = 40.0) -> None:
+        super().__init__(daemon=True)
+        self.url, self.rate = url, rate
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.failed: list[str] = []
+        self.not_stable: list[str] = []
+
+    def run(self) -> None:
+        import http.client
+        import json
+
+        host, _, port = self.url.removeprefix("http://").partition(":")
+        i = 0
+        while not self.stop_event.wait(1.0 / self.rate):
+            i += 1
+            row = [i % 10, 1]
+            try:
+                conn = http.client.HTTPConnection(host, int(port), timeout=5)
+                conn.request(
+                    "POST", "/predict", json.dumps({"rows": [row]}), {"Content-Type": "application/json"}
+                )
+                r = conn.getresponse()
+                body = r.read()
+                conn.close()
+            except OSError as exc:
+                self.failed.append(str(exc))
+                continue
+            self.sent += 1
+            if r.status != 200:
+                self.failed.append(f"HTTP {r.status}")
+            elif json.loads(body) != {"predictions": [float(sum(row))]}:
+                self.not_stable.append(body.decode())
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(10)
+
+
+SHADOW = {"percent": 50, "duration": "20s", "analysis": {"max_share_changed": 0.05, "min_requests": 30}}
+
+
+def test_shadow_stops_a_candidate_that_differs_on_30_percent_of_rows(
+    canary_env: DeployEnv, docker_client: Any
+) -> None:
+    env = canary_env
+    env.strategy = {"shadow": SHADOW}
+    load = PostLoad(env.url)
+    load.start()
+    run = Running(env, {"CHANGED_DIGITS": "3", "CHANGE_BY": "5"})
+    run.join()
+    load.stop()
+    assert isinstance(run.error, DeployError), run.error
+    assert "shadow stopped the candidate: " in str(run.error) and "of rows changed" in str(run.error), (
+        run.error
+    )
+    assert "largest differences: " in str(run.error)
+    st = run.strategy()
+    assert st["state"] == "rolled back"
+    diff = st["diff"]
+    assert 0.15 < diff["share_changed"] < 0.45 and diff["rows"] >= 30, diff
+    assert diff["max_abs_diff"] == 5.0 and 1.0 < diff["mean_abs_diff"] < 2.5, diff
+    assert all(x["candidate"] - x["stable"] == 5.0 for x in diff["largest"]), diff
+    # No client got a candidate answer: every one of them was the stable version's.
+    assert load.sent > 100 and load.failed == [] and load.not_stable == [], (
+        load.sent,
+        load.failed[:3],
+        load.not_stable[:3],
+    )
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
+    assert env.store.get_deployment(REPO, "qa").build_number == 1  # type: ignore[union-attr]
+
+
+def test_shadow_of_an_equal_candidate_switches(canary_env: DeployEnv, docker_client: Any) -> None:
+    env = canary_env
+    env.strategy = {
+        "shadow": {**SHADOW, "duration": "4s", "analysis": {"max_share_changed": 0.0, "min_requests": 10}}
+    }
+    load = PostLoad(env.url)
+    load.start()
+    run = Running(env)
+    run.join()
+    load.stop()
+    assert run.error is None, run.error
+    assert run.strategy()["diff"]["changed"] == 0 and run.strategy()["diff"]["rows"] >= 10
+    assert load.failed == [] and load.not_stable == []
+    assert _weights(docker_client, env) == {f"{env.name}-b2": ("UP", 100)}

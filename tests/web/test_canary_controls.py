@@ -84,6 +84,24 @@ def test_build_page_shows_the_interval_table_and_the_buttons(client: Any, seed: 
     assert "canary-abort-btn" not in finished
 
 
+def test_build_page_shows_the_shadow_diff(client: Any, seed: Any) -> None:
+    diff = {
+        "requests": 60,
+        "failed": 0,
+        "rows": 60,
+        "changed": 18,
+        "share_changed": 0.3,
+        "mean_abs_diff": 1.5,
+        "max_abs_diff": 5.0,
+        "largest": [{"request": '{"rows": [[0, 1]]}', "stable": 1.0, "candidate": 6.0}],
+    }
+    st = {"kind": "shadow", "state": "rolled back", "intervals": [], "diff": diff}
+    step = StepRecord("deploy-qa", "deploy", StepStatus.FAILED, details={"strategy": st})
+    html = client.get(f"/builds/{seed.build('failed', steps=[step]).id}").get_data(as_text=True)
+    assert "60 mirrored requests, 60 rows compared, 18 changed (30.00%)" in html
+    assert "<code>{&#34;rows&#34;: [[0, 1]]}</code>" in html and ">6.0<" in html
+
+
 def test_metrics_show_the_latest_interval(client: Any, rt: Any) -> None:
     rt.store.set_analysis(REPO, "qa", ROW)
     text = client.get("/metrics").get_data(as_text=True)
