@@ -79,6 +79,12 @@ class EdgeControl:
         """A read-only command's answer as HAProxy prints it (e.g. ``mlship shadow dump``)."""
         return self._send([command])
 
+    def stats_and_timings(self) -> tuple[dict[str, haproxy.ServerStat], str]:
+        """``show stat`` and the timing ring in one round trip (an analysis reads both each interval)."""
+        text = self._send([haproxy.show_stat(), haproxy.show_timings()])
+        stat, _, events = text.lstrip().partition("\n\n")
+        return haproxy.parse_stat(stat), events
+
     def timings(self) -> str:
         """The ring of per-request timings (``show events timing``), as HAProxy prints it."""
         return self._send([haproxy.show_timings()])

@@ -89,6 +89,7 @@ class Progressive:
         self.spec = spec
         self.baseline: an.Window | None = None  # the stable side before the switch (for a watch)
         self.paused = False
+        self.last: Snapshot | None = None  # the end of the previous interval (None: read anew)
         self.rows: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {"kind": spec.kind, "state": "running", "intervals": self.rows}
         if spec.watch is not None:
@@ -209,12 +210,16 @@ class Progressive:
         self.row_verdict(verdict)
 
     def weights(self, hosts: Sequence[HostDeploy], pct: int) -> None:
-        """The candidate gets ``pct`` of the requests: weight pct, each stable server 100 - pct."""
+        """The candidate gets ``pct`` of the requests: weight pct, each stable server 100 - pct. The
+        next interval starts now (its numbers are read right after the change)."""
         for h in hosts:
             h.edge.api(
                 [haproxy.set_weight(h.state.container, pct)]
                 + [haproxy.set_weight(s, haproxy.FULL_WEIGHT - pct) for s in h.state.previous]
             )
+        self.info.setdefault("started_at", round(time.time(), 3))  # the candidate's first traffic
+        self.last = self.snapshot(hosts)[0]
+        for h in hosts:
             h.edge.save()
         self.log(f"canary: {pct}% of the requests to the new version on {len(hosts)} host(s)")
 
@@ -243,27 +248,25 @@ class Progressive:
     # -- one interval ------------------------------------------------------------------------------------
 
     def snapshot(self, hosts: Sequence[HostDeploy]) -> tuple[Snapshot, list[list[an.Timing]]]:
+        """Every host's counters and timing ring, one round trip per host."""
         stats, seqs, timings = [], [], []
         for h in hosts:
-            stats.append(h.edge.stats())
-            t = self.timings_of(h)
+            st, events = h.edge.stats_and_timings()
+            t = an.parse_timings(events)  # an edge of an older image has no ring: no p99 numbers
+            stats.append(st)
             timings.append(t)
             seqs.append(an.last_seq(t))
         return Snapshot(stats, seqs), timings
 
-    def timings_of(self, h: HostDeploy) -> list[an.Timing]:
-        try:
-            return an.parse_timings(h.edge.timings())
-        except (DeployError, InfrastructureError):
-            return []  # an edge of an older image has no ring: the p99 rules then have no numbers
-
     def interval(
         self, hosts: Sequence[HostDeploy], phase: str, spec: AnalysisSpec | None, seconds: float
     ) -> tuple[an.Window, an.Window]:
-        """Wait ``seconds`` (minding cancel and manual commands); the stable and candidate numbers."""
-        before, _ = self.snapshot(hosts)
+        """Wait ``seconds`` (minding cancel and manual commands); the stable and candidate numbers.
+        Intervals follow each other: one interval's end is the next one's start (one read, not two)."""
+        before = self.last if self.last is not None else self.snapshot(hosts)[0]
         self.wait(seconds)
         after, timings = self.snapshot(hosts)
+        self.last = after
         s_req = s_err = c_req = c_err = 0
         s_times: list[int] = []
         c_times: list[int] = []
@@ -340,15 +343,21 @@ class Progressive:
     # -- returning to stable ---------------------------------------------------------------------------
 
     def to_stable(self, hosts: Sequence[HostDeploy], why: str) -> None:
-        """Every host: the stable servers at full weight and ready, the candidate at weight 0. Best
-        effort per host (the rollout's undo then removes the candidate)."""
+        """Every host: the stable servers at full weight and ready, the candidate at weight 0 (all
+        hosts first, then their configs saved). Best effort per host (the rollout's undo then
+        removes the candidate)."""
+        moved = []
         for h in hosts:
             try:
                 h.edge.api(stable_commands(h.state.previous, h.state.container if h.state.added else ""))
-                h.edge.save()
                 h.state.switched = False
+                moved.append(h)
             except (DeployError, InfrastructureError) as exc:
                 h.log(f"could not return the edge to the stable servers: {exc}", "stderr")
+        self.info["returned_at"] = round(time.time(), 3)  # every edge sends the candidate nothing
+        for h in moved:
+            with contextlib.suppress(DeployError, InfrastructureError):
+                h.edge.save()
         if self.info["state"] not in ("aborted",):
             self.info["state"] = "rolled back"
         self.info["reason"] = why[:500]
@@ -364,6 +373,7 @@ class Progressive:
         from orchestrator.deploy.swap import HostDeploy
 
         hosts = [HostDeploy(self.ctx, self.plan, s) for s in states]
+        self.last = None  # the watch's intervals start after the switch
         base = self.baseline or an.Window()
         self.info["state"], self.info["baseline"] = "watching", base.as_dict()
         self.log(
