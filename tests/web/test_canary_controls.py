@@ -110,3 +110,15 @@ def test_metrics_show_the_latest_interval(client: Any, rt: Any) -> None:
     assert f'mlship_deploy_analysis_error_rate{{{labels},side="candidate"}} 0.125' in text
     assert f'mlship_deploy_analysis_p99_seconds{{{labels},side="stable"}} 0.031' in text
     assert f'mlship_deploy_analysis_pass{{environment="qa",phase="canary 10%",repo="{REPO}"}} 0.0' in text
+
+
+def test_cli_sends_the_command(live_server: Any, seed: Any, rt: Any) -> None:
+    from .test_real_worker import cli
+
+    b = _canary_build(seed)
+    done = cli(live_server.url, "canary", str(b.id), "pause")
+    assert done.returncode == 0, done.stderr
+    assert "pause: sent; the deploy acts within a second" in done.stderr
+    bad = cli(live_server.url, "canary", str(b.id), "explode")
+    assert bad.returncode == 2 and "invalid choice: 'explode'" in bad.stderr
+    assert rt.store.pop_deploy_command(b.id) == ("pause", "API_TOKEN")
