@@ -178,6 +178,68 @@ def _p99_ratio(limit: float, stable: Window, cand: Window, baseline: str, missin
     return []
 
 
+# -- the service's own Prometheus histogram ---------------------------------------------------------------
+
+
+def parse_histogram(text: str, name: str) -> dict[float, float]:
+    """A ``/metrics`` answer (HTTP headers and all) → {upper bound (s): cumulative count} of histogram
+    ``name``, summed over its label sets; {} if it is not there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, sep, body = text.partition("\r\n\r\n")
+    body = body if sep else text
+    out: dict[float, float] = {}
+    try:
+        families = list(text_string_to_metric_families(body))
+    except ValueError:
+        return {}
+    base = name.removesuffix("_bucket")
+    for fam in families:
+        if fam.name != base:
+            continue
+        for sample in fam.samples:
+            if sample.name == base + "_bucket" and "le" in sample.labels:
+                le = float(sample.labels["le"])
+                out[le] = out.get(le, 0.0) + float(sample.value)
+    return out
+
+
+def histogram_delta(before: Mapping[float, float], after: Mapping[float, float]) -> dict[float, float]:
+    """The interval's buckets (a counter reset, e.g. a restart, counts from 0)."""
+    if any(after.get(le, 0.0) < v for le, v in before.items()):
+        return dict(after)
+    return {le: v - before.get(le, 0.0) for le, v in after.items()}
+
+
+def histogram_p99(buckets: Mapping[float, float]) -> float | None:
+    """The 99th percentile in ms, interpolated within its bucket as Prometheus' histogram_quantile
+    does (the +Inf bucket: the highest finite bound); None without observations."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    total = buckets[bounds[-1]]
+    rank = 0.99 * total
+    prev_le, prev_count = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return round(prev_le * 1000, 3)
+            inside = count - prev_count
+            frac = (rank - prev_count) / inside if inside > 0 else 1.0
+            return round((prev_le + (le - prev_le) * frac) * 1000, 3)
+        prev_le, prev_count = le, count
+    return round(prev_le * 1000, 3)
+
+
+def add_buckets(parts: Iterable[Mapping[float, float]]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for part in parts:
+        for le, v in part.items():
+            out[le] = out.get(le, 0.0) + v
+    return out
+
+
 # -- shadow traffic: the same live requests answered by stable and candidate -------------------------
 
 

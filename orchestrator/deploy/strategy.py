@@ -76,6 +76,7 @@ class Snapshot:
 
     stats: list[dict[str, haproxy.ServerStat]]
     seqs: list[int]
+    histograms: list[dict[str, dict[float, float]]]  # per host, per server (with ``prometheus:`` only)
 
 
 class Progressive:
@@ -96,6 +97,9 @@ class Progressive:
             self.info["watch"] = {"duration": spec.watch.duration, "interval": spec.watch.interval}
         if spec.canary is not None:
             self.info["steps"] = list(spec.canary.steps)
+        analysis = spec.canary.analysis if spec.canary else spec.watch.analysis if spec.watch else None
+        self.prometheus = analysis.prometheus if analysis is not None else None
+        self.ips: dict[tuple[str, str], str] = {}
         ctx.record.details["strategy"] = self.info
 
     # -- phase 1: canary (or the baseline of a watch), then the switch --------------------------------
@@ -249,14 +253,48 @@ class Progressive:
 
     def snapshot(self, hosts: Sequence[HostDeploy]) -> tuple[Snapshot, list[list[an.Timing]]]:
         """Every host's counters and timing ring, one round trip per host."""
-        stats, seqs, timings = [], [], []
+        stats, seqs, timings, hists = [], [], [], []
         for h in hosts:
             st, events = h.edge.stats_and_timings()
             t = an.parse_timings(events)  # an edge of an older image has no ring: no p99 numbers
             stats.append(st)
             timings.append(t)
             seqs.append(an.last_seq(t))
-        return Snapshot(stats, seqs), timings
+            hists.append(self.histograms(h) if self.prometheus is not None else {})
+        return Snapshot(stats, seqs, hists), timings
+
+    def histograms(self, h: HostDeploy) -> dict[str, dict[float, float]]:
+        """Every stable and candidate server's latency histogram, fetched from inside the edge."""
+        prom = self.prometheus
+        assert prom is not None
+        out = {}
+        for server in [*h.state.previous, h.state.container]:
+            key = (h.label, server)
+            if key not in self.ips:
+                self.ips[key] = h.ip_of(server)
+            res = h.sh(
+                remote.edge_fetch(self.plan.names["edge"], f"{self.ips[key]}:{self.plan.port}"),
+                stdin=remote.http_get(prom.path),
+                check=False,
+                capture=True,
+                quiet=True,
+                cancellable=False,
+                timeout=15,
+            )
+            out[server] = an.parse_histogram(res.stdout, prom.histogram) if res.exit_code == 0 else {}
+        return out
+
+    def histogram_p99s(
+        self, hosts: Sequence[HostDeploy], before: Snapshot, after: Snapshot
+    ) -> tuple[float | None, float | None]:
+        """(stable p99, candidate p99) in ms from the histograms' growth over the interval."""
+        stable: list[dict[float, float]] = []
+        cand: list[dict[float, float]] = []
+        for i, h in enumerate(hosts):
+            for server, buckets in after.histograms[i].items():
+                delta = an.histogram_delta(before.histograms[i].get(server, {}), buckets)
+                (cand if server == h.state.container else stable).append(delta)
+        return an.histogram_p99(an.add_buckets(stable)), an.histogram_p99(an.add_buckets(cand))
 
     def interval(
         self, hosts: Sequence[HostDeploy], phase: str, spec: AnalysisSpec | None, seconds: float
@@ -280,6 +318,9 @@ class Progressive:
             s_times += an.times_of(fresh, h.state.previous)
             c_times += an.times_of(fresh, new)
         stable, cand = an.window(s_req, s_err, s_times), an.window(c_req, c_err, c_times)
+        if self.prometheus is not None:
+            sp, cp = self.histogram_p99s(hosts, before, after)
+            stable, cand = dataclasses.replace(stable, p99_ms=sp), dataclasses.replace(cand, p99_ms=cp)
         self.rows.append(
             {
                 "phase": phase,

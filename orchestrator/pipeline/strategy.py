@@ -47,9 +47,17 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PrometheusSpec(_Spec):
+    """The service's own latency histogram: p99 from its buckets' growth over the interval."""
+
+    path: str = Field(default="/metrics", pattern=r"^/[A-Za-z0-9._~/%?=&+-]*$")
+    histogram: str = Field(default="http_request_duration_seconds", pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+
+
 class AnalysisSpec(_Spec):
     """Rules over one interval's edge numbers. Error rate = 5xx answers / requests of that interval;
-    p99 = the 99th percentile of the edge's per-request server response time (``%Tr``) in it."""
+    p99 = the 99th percentile of the edge's per-request server response time (``%Tr``) in it, or,
+    with ``prometheus``, of the service's own histogram (its buckets' growth over the interval)."""
 
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_error_rate_vs_stable: float | None = Field(default=None, ge=0, le=1)  # candidate - stable
@@ -58,6 +66,7 @@ class AnalysisSpec(_Spec):
     min_requests: int = Field(default=20, ge=0)  # the candidate's requests in one interval
     on_insufficient: Literal["wait", "fail", "proceed"] = "wait"
     max_wait: int = Field(default=3, ge=1, le=100)  # wait: extra intervals, then fail
+    prometheus: PrometheusSpec | None = None  # p99 from the service's histogram instead of the edge's
 
     @model_validator(mode="after")
     def _some_rule(self) -> AnalysisSpec:

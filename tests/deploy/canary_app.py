@@ -3,7 +3,8 @@
 
 ``GET /work`` answers ``ok``; ``ERROR_EVERY=N`` makes every N-th one a 500 (exactly 1/N of them, so an
 interval's error rate is known), ``DELAY_MS`` delays each; once the file ``/tmp/fail`` exists (a test
-creates it with ``docker exec``) every 5th one is a 500. ``POST /predict`` answers
+creates it with ``docker exec``) every 5th one is a 500. ``GET /metrics`` is a Prometheus histogram
+``app_request_seconds`` of the ``/work`` answers' time. ``POST /predict`` answers
 ``{"predictions": [sum(row) for row in rows]}``, except that with ``CHANGED_DIGITS=k`` the prediction
 of each row whose first value mod 10 is below k (k/10 of rows whose first values cycle 0..9) is
 shifted by ``CHANGE_BY``. ``GET /ready`` is the health check (no fault).
@@ -27,6 +28,30 @@ DELAY = float(os.environ.get("DELAY_MS", "0")) / 1000
 CHANGED_DIGITS = int(os.environ.get("CHANGED_DIGITS", "0"))
 CHANGE_BY = float(os.environ.get("CHANGE_BY", "1"))
 lock, count = threading.Lock(), [0]
+BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+hist = [0] * (len(BOUNDS) + 1)
+
+
+def observe(seconds):
+    with lock:
+        for i, le in enumerate(BOUNDS):
+            if seconds <= le:
+                hist[i] += 1
+                break
+        else:
+            hist[-1] += 1
+
+
+def metrics():
+    lines = ["# TYPE app_request_seconds histogram"]
+    with lock:
+        total = 0
+        for le, n in zip(BOUNDS, hist):
+            total += n
+            lines.append(f'app_request_seconds_bucket{{le="{le}"}} {total}')
+        lines.append(f'app_request_seconds_bucket{{le="+Inf"}} {total + hist[-1]}')
+        lines.append(f"app_request_seconds_count {total + hist[-1]}")
+    return "\\n".join(lines) + "\\n"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,13 +71,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/ready":
             return self.answer(200, "ready\\n")
+        if self.path == "/metrics":
+            return self.answer(200, metrics())
         if self.path != "/work":
             return self.answer(404, "no such page\\n")
+        t0 = time.monotonic()
         with lock:
             count[0] += 1
             n = count[0]
         if DELAY:
             time.sleep(DELAY)
+        observe(time.monotonic() - t0)
         if (ERROR_EVERY and n % ERROR_EVERY == 0) or (n % 5 == 0 and os.path.exists("/tmp/fail")):
             return self.answer(500, "injected failure\\n")
         return self.answer(200, "ok\\n")

@@ -214,3 +214,70 @@ def test_shadow_report_and_rules() -> None:
         "insufficient", ["3 requests compared, min_requests is 4"]
     )
     assert an.shadow_report(pairs, "/predictions", 1.0)["changed"] == 2  # 0.5 is within the tolerance
+
+
+METRICS = (
+    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    "# HELP http_request_duration_seconds Time per request\n"
+    "# TYPE http_request_duration_seconds histogram\n"
+    'http_request_duration_seconds_bucket{path="/a",le="0.01"} 50\n'
+    'http_request_duration_seconds_bucket{path="/a",le="0.1"} 90\n'
+    'http_request_duration_seconds_bucket{path="/a",le="+Inf"} 100\n'
+    'http_request_duration_seconds_bucket{path="/b",le="0.01"} 50\n'
+    'http_request_duration_seconds_bucket{path="/b",le="0.1"} 100\n'
+    'http_request_duration_seconds_bucket{path="/b",le="+Inf"} 100\n'
+    'http_request_duration_seconds_sum{path="/a"} 4.0\n'
+    'http_request_duration_seconds_count{path="/a"} 100\n'
+)
+
+
+def test_parse_histogram_sums_label_sets() -> None:
+    assert an.parse_histogram(METRICS, "http_request_duration_seconds") == {
+        0.01: 100.0,
+        0.1: 190.0,
+        float("inf"): 200.0,
+    }
+    assert an.parse_histogram(METRICS, "other_seconds") == {}
+    assert an.parse_histogram("HTTP/1.0 404 Not Found\r\n\r\nnope {", "x") == {}
+
+
+@pytest.mark.parametrize(
+    ("buckets", "p99"),
+    [
+        ({}, None),
+        ({0.01: 0.0, float("inf"): 0.0}, None),
+        ({0.01: 100.0, 0.1: 200.0, float("inf"): 200.0}, 98.2),  # rank 198: 0.01 + 0.09 * 98/100
+        ({0.01: 100.0, float("inf"): 200.0}, 10.0),  # in the +Inf bucket: the highest finite bound
+        ({0.005: 99.0, 0.01: 100.0, float("inf"): 100.0}, 5.0),
+    ],
+)
+def test_histogram_p99(buckets: dict[float, float], p99: float | None) -> None:
+    assert an.histogram_p99(buckets) == p99
+
+
+def test_histogram_delta_and_reset() -> None:
+    before = {0.01: 10.0, float("inf"): 20.0}
+    assert an.histogram_delta(before, {0.01: 15.0, float("inf"): 30.0}) == {0.01: 5.0, float("inf"): 10.0}
+    assert an.histogram_delta(before, {0.01: 1.0, float("inf"): 2.0}) == {0.01: 1.0, float("inf"): 2.0}
+    assert an.add_buckets([{0.01: 1.0}, {0.01: 2.0, 0.1: 3.0}]) == {0.01: 3.0, 0.1: 3.0}
+
+
+def test_edge_fetch_argv() -> None:
+    from orchestrator.deploy import commands as remote
+
+    assert remote.edge_fetch("hp-edge", "10.0.0.3:5000") == [
+        "docker",
+        "exec",
+        "--interactive",
+        "hp-edge",
+        "socat",
+        "-t",
+        "5",
+        "stdio",
+        "TCP:10.0.0.3:5000",
+    ]
+    assert remote.http_get("/metrics") == b"GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n"
+    with pytest.raises(DeployError):
+        remote.edge_fetch("hp-edge", "10.0.0.3:5000,fork")
+    with pytest.raises(DeployError):
+        remote.http_get("/metrics HTTP/1.1\r\nX: y")

@@ -373,3 +373,19 @@ def test_shadow_of_an_equal_candidate_switches(canary_env: DeployEnv, docker_cli
     assert run.strategy()["diff"]["changed"] == 0 and run.strategy()["diff"]["rows"] >= 10
     assert load.failed == [] and load.not_stable == []
     assert _weights(docker_client, env) == {f"{env.name}-b2": ("UP", 100)}
+
+
+def test_the_latency_rule_can_read_the_services_own_histogram(
+    canary_env: DeployEnv, docker_client: Any
+) -> None:
+    env = canary_env
+    prom = {"path": "/metrics", "histogram": "app_request_seconds"}
+    env.strategy = {"canary": {**CANARY["canary"], "analysis": {**ANALYSIS, "prometheus": prom}}}
+    ctx, result, err = _canary(env, {"DELAY_MS": "100"})
+    assert isinstance(err, DeployError) and "max_p99_ratio_vs_stable 2.5" in str(err), err
+    (row,) = ctx.record.details["strategy"]["intervals"]
+    # Interpolated within the app's buckets, as histogram_quantile does (20 ms lands in 0.01..0.025 s,
+    # 100 ms plus overhead in 0.1..0.25 s), not the edge's per-request times.
+    assert 10 < row["stable"]["p99_ms"] <= 25 and 100 < row["candidate"]["p99_ms"] <= 250, row
+    assert result["failed"] == 0, result
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
