@@ -317,6 +317,15 @@ class Settings(BaseModel):
     build_timeout: float = Field(3600.0, gt=0)
     delivery_ttl_days: float = Field(8.0, ge=7)
     keep_artifacts: int = Field(20, ge=1)  # newest builds whose artifact directories the worker keeps
+    # Retention (docs/reliability.md): finished builds older than retention_days, or beyond the newest
+    # retention_builds of their repository, are pruned with their logs; 0 turns a rule off. Deployed
+    # builds and those in an environment's history are always kept, unfinished ones too.
+    retention_days: float = Field(30.0, ge=0)
+    retention_builds: int = Field(200, ge=0)
+    log_retention_days: float = Field(0.0, ge=0)  # logs of kept builds pruned sooner; 0: as long as the build
+    max_log_bytes: int = Field(20 * 1024 * 1024, ge=0)  # per build; past it lines are dropped; 0: no cap
+    # maxmemory of the Redis that mlship starts itself (standalone); compose sets its own (docker-compose.yml)
+    redis_maxmemory: str = Field("512mb", pattern=r"^[0-9]+(b|kb|mb|gb)?$")
     docker_host: str | None = None
     known_hosts: Path | None = None
     ssh_key_secret: str = Field("DEPLOY_SSH_KEY", alias="ssh_key")

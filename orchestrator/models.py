@@ -115,6 +115,7 @@ class Build:
     deploys: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     worker: str = ""
+    log_pruned: str = ""  # why retention removed this build's log (empty: the log is there)
 
     @property
     def duration(self) -> float | None:

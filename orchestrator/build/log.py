@@ -5,6 +5,11 @@ lines, masks each complete line and queues it; a flusher thread sends a batch ev
 ``flush_interval`` seconds or as soon as ``flush_bytes`` are pending, so a step that prints
 megabytes costs a few hundred round trips, and a quiet step's last line still shows within 0.2 s.
 If Redis is briefly unreachable, lines stay queued (up to ``max_pending_bytes``) and go out later.
+
+A build's log is capped at ``max_bytes`` (the ``max_log_bytes`` setting) of line text, counted in
+Redis across every writer of the build (``Store.append_log_capped``). Past it lines are dropped: once
+Redis says the cap was reached, the writer drops further lines itself (no traffic for them) and
+counts them; ``close`` appends the one marker line with the final count (``Store.close_log``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class LogWriter:
         flush_interval: float = 0.2,
         max_line: int = 64 * 1024,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        max_bytes: int = 0,
     ) -> None:
         self.store = store
         self.build_id = build_id
@@ -53,6 +59,10 @@ class LogWriter:
         self._wake = threading.Event()
         self._closed = False
         self.dropped = 0
+        self.max_bytes = max_bytes  # the build's log cap (0: none)
+        self._capped = False  # Redis dropped a line: the cap is reached, drop the rest here
+        self._capped_lines = 0
+        self._capped_bytes = 0
         self._thread = threading.Thread(target=self._run, name=f"log-{build_id}", daemon=True)
         self._thread.start()
 
@@ -79,6 +89,11 @@ class LogWriter:
         step, stream = key
         masked = [(step, stream, self.masker(line)) for line in lines]
         size = sum(len(t) for _, _, t in masked)
+        if self._capped:
+            with self._lock:
+                self._capped_lines += len(masked)
+                self._capped_bytes += sum(len(t.encode()) for _, _, t in masked)
+            return
         with self._lock:
             self._pending.extend(masked)
             self._pending_bytes += size
@@ -95,7 +110,8 @@ class LogWriter:
             for i in range(0, len(batch), 2000):
                 chunk = batch[i : i + 2000]
                 try:
-                    self.store.append_log(self.build_id, chunk)
+                    _, dropped = self.store.append_log_capped(self.build_id, chunk, self.max_bytes)
+                    self._capped = self._capped or dropped > 0
                 except StoreUnavailable:
                     self._requeue(batch[i:])
                     return
@@ -130,5 +146,9 @@ class LogWriter:
         while True:
             self.flush()
             if not self._pending or time.monotonic() > deadline:
-                return
+                break
             time.sleep(0.2)
+        with contextlib.suppress(StoreUnavailable):  # the janitor writes the marker of a lost build
+            self.store.close_log(
+                self.build_id, self.max_bytes, self.step, self._capped_lines, self._capped_bytes
+            )

@@ -180,7 +180,12 @@ class BuildRunner:
         monitor = Monitor(self.store, self.build_id, self.settings.lease_seconds)
         monitor.start()
         build = self.store.get_build(self.build_id)
-        logw = LogWriter(self.store, self.build_id, Masker(self.settings.secret_values()))
+        logw = LogWriter(
+            self.store,
+            self.build_id,
+            Masker(self.settings.secret_values()),
+            max_bytes=self.settings.max_log_bytes,
+        )
         self.masker = logw.masker  # build.error, step errors and details, statuses: masked like the log
         self._report(build, "pending", "build started")
         status, error = BuildStatus.ERROR, "internal error"

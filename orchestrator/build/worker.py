@@ -1,4 +1,4 @@
-"""The worker process: the RQ job ``run_build(ticket)`` and the janitor for lost builds.
+"""The worker process: the RQ job ``run_build(ticket)``, the janitor for lost builds and retention.
 
 RQ runs jobs in this process (SimpleWorker): a build's heartbeat thread then dies with the process,
 so a SIGKILL really loses the lease, and the janitor of any surviving worker (or the web process)
@@ -21,7 +21,7 @@ from typing import Any
 from rq.job import Job
 
 from orchestrator import background, defaults
-from orchestrator.build import artifacts, schedules
+from orchestrator.build import artifacts, retention, schedules
 from orchestrator.build.queue import RUN_BUILD, build_queue, rq_connection
 from orchestrator.build.runner import docker_factory
 from orchestrator.build.runner import run_build as run_one
@@ -144,6 +144,8 @@ def janitor_once(
             _reset_canary(settings, store, build_id)
         released = store.release_build_locks(build_id)
         store.incr_counter("builds", str(BuildStatus.ERROR))
+        with contextlib.suppress(Exception):  # its writer died: the cap's marker line, if it dropped lines
+            store.close_log(build_id, settings.max_log_bytes if settings else 0)
         with contextlib.suppress(Exception):
             store.append_log(
                 build_id,
@@ -237,6 +239,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     stop = start_janitor(settings, store)
     stop_notify = notifications.start(settings, store)
     stop_schedules = schedules.start(settings, store, queue, owner=worker_name())
+    stop_retention = retention.start(settings, store)
     try:
         with contextlib.suppress(Exception):
             janitor_once(store, None, settings=settings)
@@ -248,3 +251,4 @@ def work(settings: Settings, burst: bool = False) -> bool:
         stop.set()
         stop_notify.set()
         stop_schedules.set()
+        stop_retention.set()

@@ -19,6 +19,7 @@ import requests
 from orchestrator import defaults
 from orchestrator.cli import EnvDefault, command
 from orchestrator.errors import OrchestratorError
+from orchestrator.models import is_sha
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT = defaults.API_CLIENT_TIMEOUT
@@ -234,8 +235,7 @@ def _trigger_args(p: argparse.ArgumentParser) -> None:
 
 @command("trigger", "build a repository at a branch head or a commit", _trigger_args)
 def trigger(args: argparse.Namespace) -> int:
-    is_sha = len(args.ref) == 40 and all(c in "0123456789abcdef" for c in args.ref)
-    body = {"repo": args.repo, ("sha" if is_sha else "ref"): args.ref}
+    body = {"repo": args.repo, ("sha" if is_sha(args.ref) else "ref"): args.ref}
     _print_build(args, _client(args).json("POST", "/builds", json=body, timeout=60))
     return 0
 

@@ -72,12 +72,13 @@ def require_program(name: str, package: str) -> str:
 
 @dataclass
 class RedisServer:
-    """A redis-server with AOF on and noeviction, in its own directory. Can be stopped and restarted."""
+    """A redis-server with AOF on, ``maxmemory`` and noeviction, in its own directory; can be restarted."""
 
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     password: str | None = None  # requirepass: whoever can write Redis can run builds
+    maxmemory: str = "512mb"  # with noeviction: writes fail (a 503) at the limit, nothing is evicted
 
     @property
     def url(self) -> str:
@@ -102,6 +103,8 @@ class RedisServer:
                 "everysec",
                 "--maxmemory-policy",
                 "noeviction",
+                "--maxmemory",
+                self.maxmemory,
                 "--dir",
                 str(self.directory),
                 "--daemonize",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from orchestrator import defaults
 from orchestrator.devstack.services import (
@@ -33,7 +34,7 @@ from orchestrator.devstack.services import (
     wait_for,
 )
 from orchestrator.devstack.userrepos import UserRepo
-from orchestrator.errors import InfrastructureError
+from orchestrator.errors import ConfigError, InfrastructureError
 
 REPO_NAME = "local/house-price"
 LABEL_REPO = "mlship.repo"
@@ -198,8 +199,24 @@ class Stack:
 
     def _start_redis(self) -> None:
         password = self._secret(self.state / "redis.password", pysecrets.token_hex(16))
-        self.redis = RedisServer(self.state / "redis", password=password).start()
+        self.redis = RedisServer(
+            self.state / "redis", password=password, maxmemory=self.redis_maxmemory()
+        ).start()
         self.redis_url = self.redis.url
+
+    def redis_maxmemory(self) -> str:
+        """The ``redis_maxmemory`` setting (``--config`` file, else ``MLSHIP_REDIS_MAXMEMORY``, else the
+        default) for the Redis this stack starts, checked like every setting."""
+        from orchestrator.config import Settings
+
+        raw = self.extra_config.get("redis_maxmemory") or os.environ.get("MLSHIP_REDIS_MAXMEMORY")
+        value = Settings.model_fields["redis_maxmemory"].default if raw is None else str(raw)
+        try:
+            return Settings.model_validate({"redis_maxmemory": value}).redis_maxmemory
+        except ValidationError as exc:
+            raise ConfigError(
+                f"redis_maxmemory {value!r}: a size like 512mb or 2gb ({exc.errors()[0]['msg']})"
+            ) from exc
 
     def _start_docker(self) -> None:
         self.docker.ensure(work=Path("/run/mlship"))
@@ -259,6 +276,7 @@ class Stack:
             "docker_host": self.docker.host,
             "known_hosts": str(self.known_hosts),
             "lease_seconds": 10,
+            "redis_maxmemory": self.redis_maxmemory(),
             "vars": {**self.server_vars(), **(self.extra_config.get("vars") or {})},
             "edge_base_image": self.base_image,  # nothing can be pulled here: the local base image
             "repositories": repositories,

@@ -23,10 +23,9 @@ import orjson
 
 from orchestrator.config import RepoConfig
 from orchestrator.errors import ConfigError, PayloadError
-from orchestrator.models import Trigger
+from orchestrator.models import Trigger, is_sha
 
 ZERO_SHA = "0" * 40
-_SHA = re.compile(r"[0-9a-f]{40}\Z")
 # Forges send UUIDs; anything key-safe and short is accepted so other senders (tests, a relay) work.
 DELIVERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}\Z")
 
@@ -129,6 +128,25 @@ def delivery_id(value: str, header: str, forge: str) -> str:
     if not DELIVERY_ID.match(value):
         raise PayloadError(f"{header} must be 1-100 characters of [A-Za-z0-9._:-]")
     return value
+
+
+def event_name(value: str | None, header: str, forge: str, pattern: re.Pattern[str], form: str) -> str:
+    """The event header's value: present (else "is this a <forge> delivery?") and of ``form``."""
+    event = (value or "").strip()
+    if not event:
+        raise PayloadError(f"missing {header} header: is this a {forge} webhook delivery?")
+    if not pattern.match(event):
+        raise PayloadError(f"{header} must be {form}")
+    return event
+
+
+def named_repository(payload: Mapping[str, Any], key: str, field: str, label: str) -> str | None:
+    """``payload[key][field]`` (the repository's full name), or None when ``key`` is absent: the
+    delivery is not about one repository."""
+    value = payload.get(key)
+    if value is None:
+        return None
+    return string(obj(value, key), field, label, required=True)
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -321,7 +339,7 @@ def head_of(commits: Any, after: str) -> Mapping[str, Any]:
 
 
 def commit_sha(value: Any, where: str) -> str:
-    if isinstance(value, str) and _SHA.match(value.lower()):
+    if isinstance(value, str) and is_sha(value.lower()):
         return value.lower()
     raise PayloadError(f"'{where}' must be a commit sha of 40 hex characters", field=where)
 

@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.config import RepoConfig
-from orchestrator.errors import PayloadError, SignatureError
+from orchestrator.errors import SignatureError
 from orchestrator.intake import forge, github
 from orchestrator.intake.forge import Decision, Meta, Push
 from orchestrator.intake.forge import ping as ping
 from orchestrator.intake.github import repository_of as repository_of
 
 NAME = "gitea"
+EVENT_FORM = "a lower-case event name such as pull_request"  # what the event header must look like
 TITLE = "Gitea"
 # Forgejo first: it sends both families; plain Gitea only X-Gitea-*.
 SIGNATURE_HEADERS = ("X-Forgejo-Signature", "X-Gitea-Signature")
@@ -73,10 +74,13 @@ def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
     header, value = forge.first_header(headers, DELIVERY_HEADERS)
     delivery_id = forge.delivery_id(value, header or DELIVERY_HEADERS[1], TITLE)
     header, event = forge.first_header(headers, EVENT_HEADERS)
-    if not event:
-        raise PayloadError("missing X-Gitea-Event header: is this a Gitea or Forgejo webhook delivery?")
-    if not _EVENT.match(event):
-        raise PayloadError(f"{header} must be a lower-case event name such as pull_request")
+    event = forge.event_name(
+        event,
+        header or "X-Gitea-Event",
+        "Gitea or Forgejo",
+        _EVENT,
+        "a lower-case event name such as pull_request",
+    )
     return Meta(delivery_id, event)
 
 

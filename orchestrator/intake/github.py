@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.config import RepoConfig
-from orchestrator.errors import PayloadError, SignatureError
+from orchestrator.errors import SignatureError
 from orchestrator.intake import forge
 from orchestrator.intake.forge import ZERO_SHA as ZERO_SHA  # re-exported for current callers
 from orchestrator.intake.forge import Decision as Decision
@@ -24,6 +24,7 @@ from orchestrator.intake.forge import Meta as Meta
 from orchestrator.intake.forge import branch_matches as branch_matches
 
 NAME = "github"
+EVENT_FORM = "a lower-case event name such as pull_request"  # what the event header must look like
 TITLE = "GitHub"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 EVENT_HEADER = "X-GitHub-Event"
@@ -77,11 +78,7 @@ def verify(body: bytes, headers: Any, secrets: Sequence[bytes]) -> int:
 def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
     """Delivery id and event name from the headers (case-insensitive mapping)."""
     delivery_id = forge.delivery_id((headers.get(DELIVERY_HEADER) or "").strip(), DELIVERY_HEADER, TITLE)
-    event = (headers.get(EVENT_HEADER) or "").strip()
-    if not event:
-        raise PayloadError(f"missing {EVENT_HEADER} header: is this a GitHub webhook delivery?")
-    if not _EVENT.match(event):
-        raise PayloadError(f"{EVENT_HEADER} must be a lower-case event name such as pull_request")
+    event = forge.event_name(headers.get(EVENT_HEADER), EVENT_HEADER, TITLE, _EVENT, EVENT_FORM)
     return Meta(delivery_id, event)
 
 
@@ -90,10 +87,7 @@ parse_body = forge.parse_json  # JSON is JSON on every forge
 
 def repository_of(payload: Mapping[str, Any]) -> str | None:
     """``repository.full_name``, or None when the delivery is not about one repository."""
-    repo = payload.get("repository")
-    if repo is None:
-        return None
-    return forge.string(forge.obj(repo, "repository"), "full_name", REPOSITORY_FIELD, required=True)
+    return forge.named_repository(payload, "repository", "full_name", REPOSITORY_FIELD)
 
 
 # -- decisions --------------------------------------------------------------------------------------

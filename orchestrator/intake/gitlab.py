@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orchestrator.config import RepoConfig
-from orchestrator.errors import PayloadError, SignatureError
+from orchestrator.errors import SignatureError
 from orchestrator.intake import forge
 from orchestrator.intake.forge import Decision, Merge, Meta, Push
 from orchestrator.intake.forge import ping as ping
 
 NAME = "gitlab"
+EVENT_FORM = "a GitLab event name such as 'Merge Request Hook'"  # what the event header must look like
 TITLE = "GitLab"
 SIGNATURE_HEADER = "X-Gitlab-Token"
 EVENT_HEADER = "X-Gitlab-Event"
@@ -65,11 +66,13 @@ def parse_meta(headers: Mapping[str, str] | Any) -> Meta:
     and event name (``X-Gitlab-Event``, e.g. "Merge Request Hook")."""
     header, value = forge.first_header(headers, DELIVERY_HEADERS)
     delivery_id = forge.delivery_id(value, header or DELIVERY_HEADERS[1], TITLE)
-    event = (headers.get(EVENT_HEADER) or "").strip()
-    if not event:
-        raise PayloadError(f"missing {EVENT_HEADER} header: is this a GitLab webhook delivery?")
-    if not _EVENT.match(event):
-        raise PayloadError(f"{EVENT_HEADER} must be a GitLab event name such as 'Merge Request Hook'")
+    event = forge.event_name(
+        headers.get(EVENT_HEADER),
+        EVENT_HEADER,
+        TITLE,
+        _EVENT,
+        "a GitLab event name such as 'Merge Request Hook'",
+    )
     return Meta(delivery_id, event)
 
 
@@ -78,10 +81,7 @@ parse_body = forge.parse_json  # JSON is JSON on every forge
 
 def repository_of(payload: Mapping[str, Any]) -> str | None:
     """``project.path_with_namespace``, or None when the delivery is not about one project."""
-    project = payload.get("project")
-    if project is None:
-        return None
-    return forge.string(forge.obj(project, "project"), "path_with_namespace", REPOSITORY_FIELD, required=True)
+    return forge.named_repository(payload, "project", "path_with_namespace", REPOSITORY_FIELD)
 
 
 # -- decisions --------------------------------------------------------------------------------------

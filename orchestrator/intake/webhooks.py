@@ -32,6 +32,7 @@ from orchestrator.build import queue as jobs
 from orchestrator.config import RepoConfig, Settings
 from orchestrator.errors import (
     ConfigError,
+    NotFound,
     PayloadError,
     PayloadTooLarge,
     SignatureError,
@@ -284,14 +285,22 @@ def _build(intake: Intake, inc: Incoming, repo: RepoConfig, decision: Decision, 
         why = why[: _MAX_REASON - 200] + "…"
     d.duration_ms = applog.now_ms(inc.start)
     received = d.received_at
-    build, _ = intake.store.create_build(
-        decision.trigger,
-        pipeline=repo.pipeline,
-        triggered_by=d.id,
-        enqueue=intake.enqueue,
-        delivery=d,
-        reasons=(f"{why}: queued as build #", f"{why}: commit {decision.trigger.sha[:7]} is already build #"),
-    )
+    try:
+        build, _ = intake.store.create_build(
+            decision.trigger,
+            pipeline=repo.pipeline,
+            triggered_by=d.id,
+            enqueue=intake.enqueue,
+            delivery=d,
+            reasons=(
+                f"{why}: queued as build #",
+                f"{why}: commit {decision.trigger.sha[:7]} is already build #",
+            ),
+        )
+    except NotFound as exc:  # a redelivery whose build retention pruned: ``d`` is the earlier record
+        answer = Answer(d.status_code, _body(d), replayed=True)
+        answer.body.update(build=d.build_id, pruned=exc.message)
+        return answer
     # On a redelivery of a queued or duplicate delivery, ``d`` is now the earlier record.
     answer = Answer(d.status_code, _body(d), replayed=d.received_at != received)
     return _with_build(answer, build, intake.settings)

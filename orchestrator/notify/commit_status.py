@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from orchestrator import defaults
 from orchestrator.config import Settings
 from orchestrator.masking import Masker
-from orchestrator.models import Build
+from orchestrator.models import Build, is_sha
 from orchestrator.notify import forge_status
 
 log = logging.getLogger("orchestrator.notify.commit_status")
@@ -24,7 +24,6 @@ CONTEXT = "mlship"
 STATES = ("pending", "success", "failure", "error")
 TIMEOUT = defaults.COMMIT_STATUS_TIMEOUT
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def report(settings: Settings, build: Build, state: str, description: str) -> No
     token = settings.github_token()
     if not token:
         return
-    if not _REPO_RE.match(build.repo) or not _SHA_RE.match(build.sha):
+    if not _REPO_RE.match(build.repo) or not is_sha(build.sha):
         log.warning(
             "not reporting a status for build %s: repo %r / sha %r are not GitHub-shaped",
             build.id,

@@ -4,8 +4,8 @@ One module per concern, each a part of ``Store``: ``keys`` (every key name; noth
 ``clients`` (the Redis clients and the failure rule), ``builds`` (created atomically with their RQ
 job), ``deliveries`` (webhook delivery records, the rejected sample), ``logs`` (build log streams),
 ``leases`` (running-build leases, cancel requests, locks), ``deployments`` (deployment records),
-``progressive`` (canary commands, markers, analysis numbers), ``counters`` (for /metrics).
-Lua scripts are ``lua/*.lua``, loaded by name (``scripts.lua``).
+``progressive`` (canary commands, markers, analysis numbers), ``counters`` (for /metrics),
+``retention`` (pruning old builds and logs). Lua scripts are ``lua/*.lua``, loaded by name (``scripts.lua``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from orchestrator.store.leases import Leases, Locks
 from orchestrator.store.logs import Logs
 from orchestrator.store.notifications import NotificationStore
 from orchestrator.store.progressive import Progressive
+from orchestrator.store.retention import Retention
 from orchestrator.store.schedules import ScheduleStore
 
 __all__ = ["FINAL", "TICKET_TTL", "BuildRef", "Keys", "Replay", "Store"]
 
 
-class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Progressive, Counters):
+class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Progressive, Counters, Retention):
     """Typed access to the orchestrator's Redis state."""
 
     def __init__(self, client: Any, prefix: str = "mlship", delivery_ttl_days: float = 8.0) -> None:
@@ -44,3 +45,9 @@ class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Progressive, C
     def ping(self) -> bool:
         with self.available():
             return bool(self.r.ping())
+
+    def memory(self) -> dict[str, int]:
+        """Redis's ``used_memory`` and ``maxmemory`` in bytes (INFO memory; maxmemory 0: no limit)."""
+        with self.available():
+            info = self.r.info("memory")
+        return {"used_memory": int(info["used_memory"]), "maxmemory": int(info.get("maxmemory", 0))}

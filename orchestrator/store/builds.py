@@ -17,6 +17,7 @@ from orchestrator.errors import NotFound
 from orchestrator.models import Build, BuildStatus, Delivery, StepRecord, Trigger
 from orchestrator.store.clients import StoreBase
 from orchestrator.store.deliveries import BUILT, decode_delivery, hash_of, record_pairs
+from orchestrator.store.retention import Tombstone
 from orchestrator.store.scripts import lua
 
 _JSON_FIELDS = {"steps", "deploys", "gate"}
@@ -157,11 +158,30 @@ class Builds(StoreBase):
         return int(v) if v else None
 
     def get_build(self, build_id: int) -> Build:
+        """The build; NotFound says whether retention pruned it (and why) or it never existed."""
         with self.available():
             h = self.r.hgetall(self.k.build(build_id))
         if not h:
-            raise NotFound(f"build {build_id} does not exist", build=build_id)
+            raise NotFound(self.missing_build_message(build_id), build=build_id)
         return decode_build(h)
+
+    def tombstone(self, build_id: int) -> Tombstone | None:
+        """Why build ``build_id`` was pruned, while its tombstone lasts."""
+        with self.available():
+            raw = self.r.get(self.k.build_pruned(build_id))
+        return Tombstone(**json.loads(raw)) if raw else None
+
+    def missing_build_message(self, build_id: int) -> str:
+        """What to say about a build id without a record: pruned (with the rule, while its tombstone
+        lasts; builds are numbered without gaps and only retention deletes one) or never created."""
+        stone = self.tombstone(build_id)
+        if stone is not None:
+            return f"build {build_id} ({stone.repo} #{stone.number}) was pruned by retention: {stone.reason}"
+        with self.available():
+            seq = self.r.get(self.k.build_seq())
+        if 0 < build_id <= int(seq or 0):
+            return f"build {build_id} was pruned by retention (its record and log are gone)"
+        return f"build {build_id} does not exist"
 
     def update_build(self, build_id: int, **values: Any) -> None:
         unknown = set(values) - BUILD_FIELDS

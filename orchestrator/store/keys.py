@@ -24,6 +24,14 @@ class Keys:
     def build_log(self, build_id: int) -> str:
         return self.p + f"build:{build_id}:log"
 
+    def build_log_cap(self, build_id: int) -> str:
+        """Hash of a build's log size and what its cap dropped (bytes, dropped_lines/_bytes, marker)."""
+        return self.p + f"build:{build_id}:logcap"
+
+    def build_pruned(self, build_id: int) -> str:
+        """Tombstone of a build pruned by retention: why and when (JSON), kept ``PRUNED_TOMBSTONE_TTL``."""
+        return self.p + f"build:{build_id}:pruned"
+
     def build_locks(self, build_id: int) -> str:
         return self.p + f"build:{build_id}:locks"
 

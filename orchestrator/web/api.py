@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context, url_for
 from werkzeug.exceptions import HTTPException
 
 from orchestrator import actions, defaults
@@ -239,9 +239,22 @@ def rollback_environment(env: str) -> Response:
 
 @bp.get("/builds/<int:build_id>/log")
 def get_log(build_id: int) -> Response:
+    """The whole log as text, streamed a few thousand lines per Redis round trip (a capped log is
+    up to max_log_bytes; it is never built as one response). 410 when retention pruned the log."""
     store = get_runtime().store
-    store.get_build(build_id)
-    return Response(store.log_text(build_id), mimetype="text/plain")
+    build = store.get_build(build_id)
+    if build.log_pruned:
+        return error_response(
+            "log_pruned", f"the log of build {build_id} was pruned by retention: {build.log_pruned}", 410
+        )
+    return Response(stream_with_context(_log_chunks(store, build_id)), mimetype="text/plain")
+
+
+def _log_chunks(store: Any, build_id: int) -> Iterator[str]:
+    try:
+        yield from store.iter_log_text(build_id)
+    except StoreUnavailable as exc:  # the status line is sent already: say so in the text
+        yield f"[mlship] the rest of the log could not be read: {exc.message}\n"
 
 
 def _sse(event: str, data: Any, event_id: str | None = None) -> str:

@@ -10,6 +10,7 @@ contributes and any web process answers the same numbers.
 - ``mlship_deploy_analysis_{requests,errors,error_rate,p99_seconds}{repo,environment,side}``: the
   latest interval a progressive deploy judged (side ``stable`` or ``candidate``), and
   ``mlship_deploy_analysis_pass{repo,environment,phase}`` (1 passed, 0 failed or too little traffic)
+- ``mlship_redis_used_memory_bytes`` and ``mlship_redis_maxmemory_bytes``: Redis memory against its limit
 - ``mlship_store_up``: 1 when Redis answered this scrape
 """
 
@@ -156,6 +157,15 @@ class RedisCollector:
         for verdict, n in sorted(store.counters("gates").items()):
             gates.add_metric([verdict], n)
         yield gates
+        memory = store.memory()
+        yield GaugeMetricFamily(
+            "mlship_redis_used_memory_bytes", "Redis used_memory", value=memory["used_memory"]
+        )
+        yield GaugeMetricFamily(
+            "mlship_redis_maxmemory_bytes",
+            "Redis maxmemory (0: no limit); with noeviction, writes fail past it",
+            value=memory["maxmemory"],
+        )
         yield GaugeMetricFamily(
             "mlship_queue_depth", "Build jobs waiting in the queue", value=self.rt.queue.count
         )

@@ -110,6 +110,10 @@ _SCHEMAS: dict[str, Any] = {
             "steps": {"type": "array", "items": _ref("Step")},
             "deploys": {"type": "object"},
             "worker": {"type": "string"},
+            "log_pruned": {
+                "type": "string",
+                "description": "why retention pruned the log ('' while it is there)",
+            },
             "gate": {
                 "type": "object",
                 "description": "model_check results by step name: passed, comparison "
@@ -334,8 +338,12 @@ def document() -> dict[str, Any]:
                 "The build's whole log as text",
                 {
                     "200": {
-                        "description": "One line per entry: [step] text",
+                        "description": "One line per entry: [step] text (streamed)",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "410": {
+                        "description": "Retention pruned the log (error code log_pruned); the build stays",
+                        "content": {"application/json": {"schema": _ref("Error")}},
                     },
                     **_errors(*_READ, 404),
                 },

@@ -257,6 +257,8 @@ def build_page(build_id: int) -> str:
     return render_template(
         "build.html",
         build=build,
+        log_cap=get_runtime().store.log_cap(build_id),
+        max_log_bytes=get_runtime().settings.max_log_bytes,
         acts=build_actions(build),
         lines=lines,
         truncated=truncated,
@@ -380,12 +382,13 @@ def logout() -> BaseResponse:
 
 @bp.get("/healthz")
 def healthz() -> tuple[dict[str, Any], int]:
-    """Liveness plus whether Redis answers (503 when it does not, so a balancer can tell)."""
+    """Liveness plus whether Redis answers (503 when it does not, so a balancer can tell), and its
+    memory use against its limit (used_memory, maxmemory in bytes; with noeviction, writes fail at it)."""
     try:
-        get_runtime().store.ping()
+        memory = get_runtime().store.memory()
     except StoreUnavailable as exc:
         return {"status": "degraded", "redis": "unreachable", "error": exc.message}, 503
-    return {"status": "ok", "redis": "ok"}, 200
+    return {"status": "ok", "redis": "ok", "redis_memory": memory}, 200
 
 
 @bp.get("/metrics")

@@ -80,6 +80,10 @@ def test_compose_file_is_valid(compose_env):
     redis_cmd = cfg["services"]["redis"]["command"]
     assert "appendonly" in " ".join(redis_cmd) and "noeviction" in redis_cmd
     assert redis_cmd[redis_cmd.index("--requirepass") + 1] == compose_env["REDIS_PASSWORD"]
+    assert redis_cmd[redis_cmd.index("--maxmemory") + 1] == "1gb"  # the documented default
+    limited = compose({**compose_env, "MLSHIP_REDIS_MAXMEMORY": "300mb"}, "config")
+    redis_cmd = yaml.safe_load(limited.stdout)["services"]["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--maxmemory") + 1] == "300mb"
     url = cfg["services"]["worker"]["environment"]["MLSHIP_REDIS_URL"]
     assert url == f"redis://:{compose_env['REDIS_PASSWORD']}@redis:6379/0"
     assert cfg["services"]["web"]["environment"]["MLSHIP_READ_AUTH"] == "true"

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from orchestrator.deploy import commands as remote
-from orchestrator.errors import DeployError
 from orchestrator.deploy.swap import tar_of
+from orchestrator.errors import DeployError
 
 pytestmark = [pytest.mark.docker]
 

@@ -7,10 +7,10 @@ import shlex
 import pytest
 
 from orchestrator.deploy import commands as remote
+from orchestrator.deploy.plan import deploy_ref
 from orchestrator.deploy.policy import images_to_keep, images_to_prune, rollback_target, superseded_by
 from orchestrator.errors import DeployError
 from orchestrator.models import Deployment
-from orchestrator.deploy.plan import deploy_ref
 
 HOSTILE = [
     "$(reboot)",

@@ -83,7 +83,8 @@ def test_env_keys_are_every_scalar_field() -> None:
             "redis_url", "queue", "workspace", "public_url", "secrets_dir", "api_tokens", "read_auth",
             "max_body_bytes", "max_rows_per_page", "lease_seconds", "build_timeout", "delivery_ttl_days",
             "keep_artifacts", "docker_host", "known_hosts", "ssh_key", "github_api_url", "github_token",
-            "csrf_secret", "edge_base_image",
+            "csrf_secret", "edge_base_image", "retention_days", "retention_builds", "log_retention_days",
+            "max_log_bytes", "redis_maxmemory",
         ]
     )  # fmt: skip
 
@@ -119,3 +120,28 @@ def test_settings_construct_by_field_name_as_before() -> None:
     s = Settings(api_token_names=("A",), ssh_key_secret="K", workspace=Path("/w"))
     assert (s.api_token_names, s.ssh_key_secret, s.workspace) == (("A",), "K", Path("/w"))
     assert type(s)(**{**s.__dict__, "queue": "other"}).queue == "other"
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "expected"),
+    [
+        ({}, {}, "512mb"),
+        ({"redis_maxmemory": "2gb"}, {}, "2gb"),
+        ({}, {"MLSHIP_REDIS_MAXMEMORY": "300mb"}, "300mb"),
+        ({"redis_maxmemory": "1gb"}, {"MLSHIP_REDIS_MAXMEMORY": "300mb"}, "1gb"),
+    ],
+)
+def test_standalone_redis_maxmemory(tmp_path: Path, monkeypatch, extra, env, expected) -> None:
+    from orchestrator.devstack.stack import Stack
+
+    monkeypatch.delenv("MLSHIP_REDIS_MAXMEMORY", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert Stack(tmp_path, extra_config=extra).redis_maxmemory() == expected
+
+
+def test_standalone_redis_maxmemory_must_be_a_size(tmp_path: Path) -> None:
+    from orchestrator.devstack.stack import Stack
+
+    with pytest.raises(ConfigError, match=r"^redis_maxmemory 'lots': a size like 512mb or 2gb"):
+        Stack(tmp_path, extra_config={"redis_maxmemory": "lots"}).redis_maxmemory()

@@ -10,10 +10,10 @@ import pytest
 from orchestrator.build import artifacts
 from orchestrator.build.worker import prune_artifacts
 from orchestrator.config import Settings, load_settings
+from orchestrator.deploy.plan import ship_model
 from orchestrator.errors import ConfigError, DeployError
 from orchestrator.models import BuildStatus, Deployment, Trigger
 from orchestrator.pipeline import load_pipeline
-from orchestrator.deploy.plan import ship_model
 from orchestrator.store import Store
 
 MODEL = "model/model.skops"

@@ -87,3 +87,44 @@ def test_lines_are_kept_while_redis_is_away(own_redis) -> None:
     own_redis.start()
     w.close()
     assert [f["text"] for _, f in store.read_log(3)] == ["during the outage"]
+
+
+def _texts(store: Store, build_id: int) -> list[str]:
+    return [f["text"] for _, f in store.read_log(build_id, count=100_000)]
+
+
+def test_the_cap_keeps_a_prefix_and_writes_one_marker_with_the_final_count(store: Store) -> None:
+    w = LogWriter(store, 7, max_bytes=10_000, flush_bytes=2_000)
+    w.step = "test"
+    lines = [f"{i:04d} " + "y" * 95 for i in range(1000)]  # 100 bytes each: 100 fit
+    for line in lines:
+        w.write(line + "\n")
+    w.close()
+    got = _texts(store, 7)
+    assert got[:-1] == lines[:100]
+    assert got[-1] == ("log cap reached (max_log_bytes=10000): 900 more lines (90000 bytes) were dropped")
+    assert store.log_cap(7).dropped_lines == 900
+    store.close_log(7, 10_000)  # a second close (the janitor, say) writes no second marker
+    assert len(_texts(store, 7)) == 101
+
+
+def test_two_writers_of_one_build_share_its_cap(store: Store) -> None:
+    writers = [LogWriter(store, 8, max_bytes=50_000, flush_bytes=1_000) for _ in range(2)]
+    for i in range(2000):
+        writers[i % 2].write(f"w{i % 2} line {i:05d}".ljust(50, ".") + "\n")
+    for w in writers:
+        w.close()
+    got = _texts(store, 8)
+    markers = [t for t in got if t.startswith("log cap reached")]
+    assert len(markers) == 1
+    kept = [t for t in got if not t.startswith("log cap reached")]
+    assert sum(len(t) for t in kept) <= 50_000 and len(kept) == 1000
+    assert markers[0].endswith(": 1000 more lines (50000 bytes) were dropped")
+
+
+def test_no_cap_keeps_everything(store: Store) -> None:
+    w = LogWriter(store, 9, max_bytes=0)
+    for i in range(500):
+        w.write(f"line {i}\n")
+    w.close()
+    assert len(_texts(store, 9)) == 500 and store.log_cap(9).dropped_lines == 0

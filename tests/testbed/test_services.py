@@ -17,6 +17,7 @@ def test_redis_answers_and_survives_restart_with_aof(own_redis):
     assert client.ping()
     assert client.config_get("appendonly")["appendonly"] == "yes"
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    assert client.config_get("maxmemory")["maxmemory"] == str(512 * 1024 * 1024)
     client.set("k", "kept")
     own_redis.restart()
     client = redis.Redis.from_url(own_redis.url)

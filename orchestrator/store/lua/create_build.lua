@@ -29,6 +29,9 @@ end
 
 local kind, id
 local existing = KEYS[3] ~= '' and redis.call('GET', KEYS[3])
+-- A dedup key naming a build that retention pruned (prune_builds removes it, but not one written
+-- before builds recorded their dedup key) does not stop a new build.
+if existing and redis.call('EXISTS', ARGV[1] .. existing) == 0 then existing = false end
 if existing then
   kind, id = 0, existing
 else
@@ -37,7 +40,10 @@ else
   local number = redis.call('INCR', KEYS[2])
   redis.call('HSET', ARGV[1] .. id, 'id', id, 'number', number, unpack(cjson.decode(ARGV[2])))
   redis.call('ZADD', KEYS[4], id, id)
-  if KEYS[3] ~= '' then redis.call('SET', KEYS[3], id, 'EX', ARGV[4]) end
+  if KEYS[3] ~= '' then
+    redis.call('SET', KEYS[3], id, 'EX', ARGV[4])
+    redis.call('HSET', ARGV[1] .. id, 'dedup_key', KEYS[3])  -- so that pruning the build removes it
+  end
   redis.call('SET', KEYS[5], id, 'EX', ARGV[3])
 end
 local build = build_hash(tostring(id))
