@@ -147,9 +147,7 @@ class HostDeploy:
 
     # -- phase 1: pull, start, check, switch -------------------------------------------------------
 
-    def switch(self, shift: bool = True) -> None:
-        """Up to the health gate; then (``shift``) all new requests to the new container. Without
-        ``shift`` a strategy moves the traffic later (orchestrator/deploy/strategy.py)."""
+    def switch(self) -> None:
         self.timed("pull", self.pull)
         if self.plan.model is not None and self.plan.model.artifact is not None:
             self.timed("model", self.upload_model)
@@ -172,8 +170,7 @@ class HostDeploy:
         except (StepFailed, Cancelled, InfrastructureError):
             self.remove_new()
             raise
-        if shift:
-            self.timed("switch", lambda: self.shift(name))
+        self.timed("switch", lambda: self.shift(name))
 
     def pull(self) -> None:
         images = [self.plan.image, self.plan.edge_image]

@@ -90,7 +90,6 @@ class DeployEnv:
     port: int = 5000
     health_path: str = "/ready"
     volume_spec: list[str] | None = None  # default: the model volume at /models
-    strategy: dict[str, Any] | None = None  # deploy-qa's strategy: (default: switch)
 
     @property
     def url(self) -> str:
@@ -129,10 +128,7 @@ class DeployEnv:
             "name": "house-price",
             "image": self.image_repository or self.images.repository,
             "steps": [
-                {
-                    "name": "deploy-qa",
-                    "deploy": {"environment": "qa", **({"strategy": self.strategy} if self.strategy else {})},
-                },
+                {"name": "deploy-qa", "deploy": {"environment": "qa"}},
                 {"name": "deploy-prod", "deploy": {"environment": "prod", "promote": "manual"}},
             ],
             "environments": {
