@@ -147,7 +147,9 @@ class HostDeploy:
 
     # -- phase 1: pull, start, check, switch -------------------------------------------------------
 
-    def switch(self) -> None:
+    def switch(self, shift: bool = True) -> None:
+        """Up to the health gate; then (``shift``) all new requests to the new container. Without
+        ``shift`` a strategy moves the traffic later (orchestrator/deploy/strategy.py)."""
         self.timed("pull", self.pull)
         if self.plan.model is not None and self.plan.model.artifact is not None:
             self.timed("model", self.upload_model)
@@ -170,7 +172,8 @@ class HostDeploy:
         except (StepFailed, Cancelled, InfrastructureError):
             self.remove_new()
             raise
-        self.timed("switch", lambda: self.shift(name))
+        if shift:
+            self.timed("switch", lambda: self.shift(name))
 
     def pull(self) -> None:
         images = [self.plan.image, self.plan.edge_image]

@@ -4,7 +4,7 @@ One module per concern, each a part of ``Store``: ``keys`` (every key name; noth
 ``clients`` (the Redis clients and the failure rule), ``builds`` (created atomically with their RQ
 job), ``deliveries`` (webhook delivery records, the rejected sample), ``logs`` (build log streams),
 ``leases`` (running-build leases, cancel requests, locks), ``deployments`` (deployment records),
-``counters`` (for /metrics),
+``progressive`` (canary commands, markers, analysis numbers), ``counters`` (for /metrics),
 ``retention`` (pruning old builds and logs). Lua scripts are ``lua/*.lua``, loaded by name (``scripts.lua``).
 """
 
@@ -21,13 +21,14 @@ from orchestrator.store.keys import Keys
 from orchestrator.store.leases import Leases, Locks
 from orchestrator.store.logs import Logs
 from orchestrator.store.notifications import NotificationStore
+from orchestrator.store.progressive import Progressive
 from orchestrator.store.retention import Retention
 from orchestrator.store.schedules import ScheduleStore
 
 __all__ = ["FINAL", "TICKET_TTL", "BuildRef", "Keys", "Replay", "Store"]
 
 
-class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Counters, Retention):
+class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Progressive, Counters, Retention):
     """Typed access to the orchestrator's Redis state."""
 
     def __init__(self, client: Any, prefix: str = "mlship", delivery_ttl_days: float = 8.0) -> None:

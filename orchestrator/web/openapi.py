@@ -412,6 +412,26 @@ def document() -> dict[str, Any]:
                 write=True,
             )
         },
+        "/api/v1/builds/{build_id}/deploy/{command}": {
+            "post": _op(
+                "deployCommand",
+                "Pause, resume, abort (roll back to stable) or promote-now the build's running canary",
+                {
+                    "202": _json(_ref("Build"), "The build; its worker acts within a second"),
+                    **_errors(*_WRITE),
+                },
+                params=[
+                    _BUILD_ID,
+                    {
+                        "name": "command",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["pause", "resume", "abort", "promote"]},
+                    },
+                ],
+                write=True,
+            )
+        },
         "/api/v1/builds/{build_id}/promote": {
             "post": _op(
                 "promoteBuild",
