@@ -221,7 +221,7 @@ def run(ctx: StepContext, env_name: str, action: str) -> None:
         states = rollout(ctx, plan, lock, fence, record_batch, strat)
         recorded = ctx.store.get_deployment(b.repo, env_name) or record
         try:
-            strat.watch(states, current, recorded)  # keeps the old containers; may roll back
+            strat.watch(states, fence, current, recorded)  # keeps the old containers; may roll back
             # Not cancellable: traffic already moved. Old servers leave once their sessions end.
             ctx.log.line(f"draining the old servers (at most {plan.env.drain_seconds:g}s)")
             drain_until = time.monotonic() + plan.env.drain_seconds

@@ -35,6 +35,7 @@ from orchestrator.errors import DeployError, InfrastructureError
 from orchestrator.pipeline.strategy import AnalysisSpec, StrategySpec
 
 if TYPE_CHECKING:
+    from orchestrator.deploy.fence import Fence
     from orchestrator.deploy.plan import Plan
     from orchestrator.deploy.swap import HostDeploy, HostState
     from orchestrator.models import Deployment
@@ -56,7 +57,9 @@ class Switch:
     def run(self, hosts: Sequence[HostDeploy]) -> None:
         return None
 
-    def watch(self, states: Sequence[HostState], previous: Deployment | None, recorded: Deployment) -> None:
+    def watch(
+        self, states: Sequence[HostState], fence: Fence, previous: Deployment | None, recorded: Deployment
+    ) -> None:
         return None
 
 
@@ -407,13 +410,15 @@ class Progressive:
 
     # -- phase 2: the watch after the switch ---------------------------------------------------------
 
-    def watch(self, states: Sequence[HostState], previous: Deployment | None, recorded: Deployment) -> None:
+    def watch(
+        self, states: Sequence[HostState], fence: Fence, previous: Deployment | None, recorded: Deployment
+    ) -> None:
         w = self.spec.watch
         if w is None:
             return
         from orchestrator.deploy.swap import HostDeploy
 
-        hosts = [HostDeploy(self.ctx, self.plan, s) for s in states]
+        hosts = [HostDeploy(self.ctx, self.plan, s, fence) for s in states]
         self.last = None  # the watch's intervals start after the switch
         base = self.baseline or an.Window()
         self.info["state"], self.info["baseline"] = "watching", base.as_dict()

@@ -18,7 +18,7 @@ from orchestrator import defaults, labels
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import haproxy
 from orchestrator.deploy.edgectl import EdgeControl
-from orchestrator.deploy.fence import Fence, NoFence
+from orchestrator.deploy.fence import Fence
 from orchestrator.deploy.plan import Plan
 from orchestrator.deploy.ssh import RemoteHost, Target
 from orchestrator.errors import Cancelled, DeployError, InfrastructureError, StepFailed
@@ -61,13 +61,13 @@ class HostState:
 class HostDeploy:
     """The swap on one host. Every remote command goes through ``sh``; output goes to the build log."""
 
-    def __init__(self, ctx: StepContext, plan: Plan, state: HostState, fence: Fence | None = None) -> None:
+    def __init__(self, ctx: StepContext, plan: Plan, state: HostState, fence: Fence) -> None:
         self.ctx = ctx
         self.plan = plan
         self.state = state
         self.ssh: RemoteHost = state.ssh  # type: ignore[assignment]
         self.label = f"{state.target.host}:{state.target.port}"
-        self.fence = fence or NoFence()
+        self.fence = fence  # NoFence() for code that drives a host outside a deploy
         self.edge = EdgeControl(
             self.run_quiet, plan.names["edge"], plan.edge_config(), self.label, fence=self.fence.check
         )

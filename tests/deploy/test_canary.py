@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import DeployError
+from orchestrator.errors import DeployError, Fenced
 from tests.deploy.canary_app import build_canary_images
 from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, edge_servers
 
@@ -270,7 +270,7 @@ def test_a_lost_workers_canary_is_returned_to_stable_by_the_janitor(
     run.wait_for("at 10%", lambda st: st.get("percent") == 10)
     assert _weights(docker_client, env)[f"{env.name}-b1"] == ("UP", 90)
     # The worker stops renewing its lease (as if its machine died); the janitor reaps the build.
-    env.store.renew_lease(run.build.id, -5)
+    env.store.start_lease(run.build.id, "", -5)
     assert janitor_once(env.store, None, settings=env.settings) == [run.build.id]
     assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100), f"{env.name}-b2": ("UP", 0)}
     saved = docker_client.containers.get(f"{env.name}-edge").exec_run(["cat", "/state/haproxy.cfg"]).output
@@ -279,8 +279,11 @@ def test_a_lost_workers_canary_is_returned_to_stable_by_the_janitor(
     assert any(x.startswith(f"server {env.name}-b2 ") and x.endswith("weight 0") for x in lines), lines
     assert env.store.rollout_markers() == []
     assert "canary returned to stable: " in env.log(run.build)
-    env.store.push_deploy_command(run.build.id, "abort", "test")  # the thread standing in for the worker
+    # The stalled worker wakes (here: is told to abort): it is fenced and changes nothing more.
+    env.store.push_deploy_command(run.build.id, "abort", "test")
     run.join()
+    assert isinstance(run.error, Fenced), run.error
+    assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100), f"{env.name}-b2": ("UP", 0)}
 
 
 class PostLoad(threading.Thread):
