@@ -4,7 +4,8 @@
 ``GET /work`` answers ``ok``; ``ERROR_EVERY=N`` makes every N-th one a 500 (exactly 1/N of them, so an
 interval's error rate is known), ``DELAY_MS`` delays each; once the file ``/tmp/fail`` exists (a test
 creates it with ``docker exec``) every 5th one is a 500. ``GET /metrics`` is a Prometheus histogram
-``app_request_seconds`` of the ``/work`` answers' time. ``POST /predict`` answers
+``app_request_seconds`` of the ``/work`` answers' time (``REPORT_MS`` makes it record that instead of the
+time measured: a histogram whose content a test knows, whatever the machine's load). ``POST /predict`` answers
 ``{"predictions": [sum(row) for row in rows]}``, except that with ``CHANGED_DIGITS=k`` the prediction
 of each row whose first value mod 10 is below k (k/10 of rows whose first values cycle 0..9) is
 shifted by ``CHANGE_BY``. ``GET /ready`` is the health check (no fault).
@@ -27,6 +28,7 @@ ERROR_EVERY = int(os.environ.get("ERROR_EVERY", "0"))
 DELAY = float(os.environ.get("DELAY_MS", "0")) / 1000
 CHANGED_DIGITS = int(os.environ.get("CHANGED_DIGITS", "0"))
 CHANGE_BY = float(os.environ.get("CHANGE_BY", "1"))
+REPORT = float(os.environ.get("REPORT_MS", "0")) / 1000
 lock, count = threading.Lock(), [0]
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 hist = [0] * (len(BOUNDS) + 1)
@@ -81,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
             n = count[0]
         if DELAY:
             time.sleep(DELAY)
-        observe(time.monotonic() - t0)
+        observe(REPORT or time.monotonic() - t0)
         if (ERROR_EVERY and n % ERROR_EVERY == 0) or (n % 5 == 0 and os.path.exists("/tmp/fail")):
             return self.answer(500, "injected failure\\n")
         return self.answer(200, "ok\\n")

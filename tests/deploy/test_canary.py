@@ -384,11 +384,14 @@ def test_the_latency_rule_can_read_the_services_own_histogram(
     env = canary_env
     prom = {"path": "/metrics", "histogram": "app_request_seconds"}
     env.strategy = {"canary": {**CANARY["canary"], "analysis": {**ANALYSIS, "prometheus": prom}}}
-    ctx, result, err = _canary(env, {"DELAY_MS": "100"})
+    # The candidate answers as fast as the stable version (the edge's times would pass it), but its
+    # own histogram says 150 ms per request: only a rule that reads the histogram rolls it back.
+    ctx, result, err = _canary(env, {"REPORT_MS": "150"})
     assert isinstance(err, DeployError) and "max_p99_ratio_vs_stable 2.5" in str(err), err
     (row,) = ctx.record.details["strategy"]["intervals"]
-    # Interpolated within the app's buckets, as histogram_quantile does (20 ms lands in 0.01..0.025 s,
-    # 100 ms plus overhead in 0.1..0.25 s), not the edge's per-request times.
-    assert 10 < row["stable"]["p99_ms"] <= 25 and 100 < row["candidate"]["p99_ms"] <= 250, row
+    # Interpolated within the app's buckets, as histogram_quantile does: every observation of 150 ms
+    # lands in 0.1..0.25 s, so the p99 is 0.1 + 0.99 x 0.15 s. The stable one measured ~20 ms.
+    assert row["candidate"]["p99_ms"] == pytest.approx(248.5, abs=0.5), row
+    assert row["stable"]["p99_ms"] < 100, row
     assert result["failed"] == 0, result
     assert _weights(docker_client, env) == {f"{env.name}-b1": ("UP", 100)}
