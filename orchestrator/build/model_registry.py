@@ -209,8 +209,10 @@ def secure(registry: str, daemon_info: Mapping[str, Any]) -> bool:
     index = (cfg.get("IndexConfigs") or {}).get(registry)
     if index is not None:
         return bool(index.get("Secure", True))
-    host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
-    host = host.strip("[]")
+    if registry.startswith("["):  # [v6 address]:port
+        host = registry[1:].partition("]")[0]
+    else:
+        host = registry.rsplit(":", 1)[0] if registry.count(":") == 1 else registry
     try:
         addrs = {ipaddress.ip_address(host)}
     except ValueError:
