@@ -113,7 +113,9 @@ def test_a_fetched_manifest_must_be_the_recorded_one() -> None:
     body = mr.manifest_blob(config, FILES, {})
     mr.check_manifest(body, _published(body))  # the recorded one: accepted
     other = mr.manifest_blob(config, FILES, {"x": "y"})
-    with pytest.raises(mr.RegistryError, match=r"has digest sha256:\w+, not the recorded sha256:\w+: refused"):
+    with pytest.raises(
+        mr.RegistryError, match=r"has digest sha256:\w+, not the recorded sha256:\w+: refused"
+    ):
         mr.check_manifest(other, _published(body))
     fewer = mr.manifest_blob(config, FILES[:1], {})
     with pytest.raises(mr.RegistryError, match="does not list the recorded model files"):

@@ -13,7 +13,7 @@ from orchestrator.deploy import edge as edge_image
 from orchestrator.deploy import haproxy
 from orchestrator.deploy import policy as deployments
 from orchestrator.deploy.ssh import Target
-from orchestrator.errors import DeployError, StepFailed
+from orchestrator.errors import DeployError, ModelUnavailable, StepFailed
 from orchestrator.models import Deployment
 from orchestrator.pipeline import Environment
 
@@ -142,6 +142,8 @@ def ship_model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> Model
         if prior is None:  # never silently fall back to whatever model the volume holds
             raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
         art = None
+    except ModelUnavailable as exc:  # kept as such: the registry did not give what was recorded
+        raise ModelUnavailable(f"cannot ship the model of build #{plan.number}: {exc}") from exc
     except StepFailed as exc:
         raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
     if art is None:
