@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from orchestrator import defaults
 from orchestrator.build import artifacts
 from orchestrator.build import model_registry as mr
-from orchestrator.errors import ModelUnavailable, StepFailed
+from orchestrator.devstack.services import Registry, port_open, require_program, wait_for
+from orchestrator.errors import InfrastructureError, ModelUnavailable, StepFailed
 from tests.deploy.helpers import DeployEnv
 
 MODEL = "model/model.skops"
@@ -150,3 +154,62 @@ def test_deploying_a_tampered_model_fails_and_deploys_nothing(
     assert docker_client.containers.list(all=True, filters={"label": f"mlship.app={deploy_env.name}"}) == []
     assert deploy_env.store.get_deployment("acme/house-price", "qa") is None
     assert not (deploy_env.settings.workspace / "artifacts" / str(build.id) / MODEL).exists()
+
+
+class HtpasswdRegistry(Registry):
+    """``docker-registry`` with its htpasswd (Basic) auth: user ``ci``, password ``s3cret``."""
+
+    def start(self) -> HtpasswdRegistry:
+        import bcrypt
+
+        exe = require_program("docker-registry", "docker-registry")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        users = self.directory / "htpasswd"
+        users.write_text("ci:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=5)).decode() + "\n")
+        cfg = self.directory / "config.yml"
+        cfg.write_text(
+            "version: 0.1\nlog: {level: warn}\n"
+            f"storage: {{filesystem: {{rootdirectory: {self.directory / 'data'}}}}}\n"
+            f"auth: {{htpasswd: {{realm: mlship-test, path: {users}}}}}\n"
+            f"http: {{addr: {self.addr}}}\n"
+        )
+        with open(self.directory / "registry.log", "ab") as log:
+            self.proc = subprocess.Popen([exe, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: port_open(self.port), defaults.SERVICE_START_TIMEOUT, f"registry on {self.addr}")
+        return self
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path) -> Iterator[Registry]:
+    from tests.conftest import unavailable
+
+    try:
+        reg = HtpasswdRegistry(tmp_path / "auth-registry").start()
+    except InfrastructureError as exc:
+        unavailable(str(exc))
+    yield reg
+    reg.stop()
+
+
+def test_basic_auth_with_the_push_credentials_and_a_clear_refusal_without(
+    auth_registry: Registry, tmp_path: Path
+) -> None:
+    art = _trained(tmp_path / "ws", 8)
+    files = mr.model_files(artifacts.artifacts_dir(tmp_path / "ws", 8), art)
+    config = mr.config_blob("acme/house-price", 8, "f" * 40, files)
+    repo = mr.repository_of(f"{auth_registry.addr}/house-price:8")
+
+    anonymous = mr.Registry(repo, https=False)
+    with pytest.raises(mr.RegistryError, match=r"asks for credentials .*Basic.*set docker_push\.auth"):
+        mr.publish(anonymous, art, "model-8", config, files)
+    wrong = mr.Registry(repo, {"username": "ci", "password": "nope"}, https=False)
+    with pytest.raises(mr.RegistryError, match=r"HTTP 401 .*check the credentials"):
+        mr.publish(wrong, art, "model-8", config, files)
+
+    ci = mr.Registry(repo, {"username": "ci", "password": "s3cret"}, https=False)
+    pub = mr.publish(ci, art, "model-8", config, files)
+    mr.fetch(ci, pub, artifacts.artifacts_dir(tmp_path / "other", 8))
+    got = artifacts.find_model(tmp_path / "other", 8, MODEL)
+    assert got is not None and got.sha256 == art.sha256
+    for r in (anonymous, wrong, ci):
+        r.close()
