@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +171,18 @@ def test_bearer_challenge_parameters() -> None:
 def test_file_paths_must_stay_inside_the_artifacts(rel: str) -> None:
     with pytest.raises(mr.RegistryError, match="not a plain relative path"):
         mr.check_path(rel)
+
+
+def test_published_paths_are_where_find_model_looks_even_through_a_symlink(tmp_path: Path) -> None:
+    from orchestrator.build import artifacts
+
+    d = artifacts.ensure_dir(tmp_path, 9) / "model"
+    d.mkdir()
+    (d / "v2.skops").write_bytes(b"weights")
+    (d / "model.skops").symlink_to("v2.skops")  # inside the directory: allowed
+    (d / "model.json").write_text("{}")
+    art = artifacts.find_model(tmp_path, 9, "model/model.skops")
+    assert art is not None
+    files = mr.model_files(art, "model/model.skops")
+    assert [(f.path, f.size) for f in files] == [("model/model.skops", 7), ("model/model.json", 2)]
+    assert files[0].sha256 == art.sha256

@@ -406,16 +406,17 @@ def _read_capped(res: requests.Response, cap: int, what: str) -> bytes:
 # -- publish and fetch ------------------------------------------------------------------------------
 
 
-def model_files(root: Path, art: artifacts.ModelArtifact) -> tuple[ModelFile, ...]:
-    """The files of ``art`` as they will be published (the model first), paths relative to ``root``."""
+def model_files(art: artifacts.ModelArtifact, rel: str) -> tuple[ModelFile, ...]:
+    """The files of ``art`` (found at ``rel``) as they will be published: the model at ``rel``, then its
+    metadata where ``find_model`` looks for it, so a fetch puts both where that finds them."""
+    model = PurePosixPath(check_path(rel))
     out = []
-    base = root.resolve()
-    for p in art.files():
+    for p, path in zip(art.files(), (model, model.with_suffix(".json")), strict=False):
         size = p.stat().st_size
         if size > MAX_MODEL_BYTES:
             raise StepFailed(f"the model file {p.name} is {size} bytes, over the {MAX_MODEL_BYTES}-byte cap")
         sha = art.sha256 if p == art.path else artifacts.sha256_file(p)
-        out.append(ModelFile(str(p.relative_to(base)), sha, size))
+        out.append(ModelFile(str(path), sha, size))
     return tuple(out)
 
 
@@ -480,8 +481,7 @@ def publish_build_model(ctx: StepContext, auth: Mapping[str, str] | None) -> Pub
     art = artifacts.find_model(ctx.settings.workspace, ctx.build.id, rel)
     if art is None:
         return None
-    root = artifacts.artifacts_dir(ctx.settings.workspace, ctx.build.id)
-    files = model_files(root, art)
+    files = model_files(art, rel)
     config = config_blob(ctx.build.repo, ctx.build.number, ctx.build.sha, files)
     reg = registry_for(ctx, ctx.pipeline.image, auth)
     try:

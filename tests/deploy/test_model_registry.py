@@ -39,8 +39,7 @@ def _trained(
 
 def _publish(registry: Any, workspace: Path, build_id: int, number: int, **kw: Any) -> mr.PublishedModel:
     art = _trained(workspace, build_id, **kw)
-    root = artifacts.artifacts_dir(workspace, build_id)
-    files = mr.model_files(root, art)
+    files = mr.model_files(art, MODEL)
     reg = mr.Registry(mr.repository_of(f"{registry.addr}/house-price:{number}"), https=False)
     try:
         return mr.publish(
@@ -195,7 +194,7 @@ def test_basic_auth_with_the_push_credentials_and_a_clear_refusal_without(
     auth_registry: Registry, tmp_path: Path
 ) -> None:
     art = _trained(tmp_path / "ws", 8)
-    files = mr.model_files(artifacts.artifacts_dir(tmp_path / "ws", 8), art)
+    files = mr.model_files(art, MODEL)
     config = mr.config_blob("acme/house-price", 8, "f" * 40, files)
     repo = mr.repository_of(f"{auth_registry.addr}/house-price:8")
 
