@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,16 +97,29 @@ def test_a_pruned_copy_is_whole_again_after_a_fetch(registry: Any, tmp_path: Pat
     assert got is not None and got.sha256 == pub.sha256
 
 
-def test_a_tampered_blob_is_refused_and_nothing_is_written(registry: Any, tmp_path: Path) -> None:
-    pub = _publish(registry, tmp_path / "ws-a", 5, 5, data=b"honest model" * 10_000)
+def _flip(data: bytes) -> bytes:
+    """Same size, one byte flipped: only the hash can tell."""
+    return data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+
+
+@pytest.mark.parametrize(
+    "tamper, error",
+    [
+        (_flip, r"model/model.skops has sha256 \w+ .*not the recorded .*tampered"),
+        (lambda data: data + b"more", r"blob for model/model.skops is larger than recorded: refused"),
+        (lambda data: data[:-1], r"model/model.skops has sha256 \w+ \(119999 bytes\), not the recorded"),
+    ],
+    ids=["flipped", "longer", "shorter"],
+)
+def test_a_tampered_blob_is_refused_and_nothing_is_written(
+    registry: Any, tmp_path: Path, tamper: Any, error: str
+) -> None:
+    unique = (b"honest model" * 10_000)[:-32] + uuid.uuid4().hex.encode()  # 120000 bytes, a blob of its own
+    pub = _publish(registry, tmp_path / "ws-a", 5, 5, data=unique)
     blob = _blob_file(registry, pub.files[0].digest)
-    data = bytearray(blob.read_bytes())
-    data[100] ^= 0xFF  # same size, one byte flipped: only the hash can tell
-    blob.write_bytes(bytes(data))
+    blob.write_bytes(tamper(blob.read_bytes()))
     root = artifacts.artifacts_dir(tmp_path / "ws-b", 5)
-    with pytest.raises(
-        mr.RegistryError, match=r"model/model.skops has sha256 \w+ .*not the recorded .*tampered"
-    ):
+    with pytest.raises(mr.RegistryError, match=error):
         _fetch(registry, pub, root)
     assert not (root / MODEL).exists()
     assert not list((tmp_path / "ws-b/artifacts").glob(".fetch-*"))  # the staging directory went too
