@@ -264,8 +264,10 @@ class Registry:
         auth: Mapping[str, str] | None = None,
         https: bool = True,
         timeout: float = defaults.MODEL_REGISTRY_TIMEOUT,
+        push: bool = True,
     ) -> None:
         self.repository = repository
+        self.actions = "pull,push" if push else "pull"  # the token scope: a deploy only reads
         self.auth = (auth["username"], auth["password"]) if auth else None
         self.base = f"{'https' if https else 'http'}://{repository.registry}/v2/{repository.name}/"
         self.timeout = timeout
@@ -288,6 +290,7 @@ class Registry:
                 ) from exc
             if res.status_code != 401 or attempt == 2:
                 return res
+            res.close()
             self._authorization = self._login(res.headers.get("WWW-Authenticate", ""))
             if "data" in kw and hasattr(kw["data"], "seek"):
                 kw["data"].seek(0)
@@ -306,7 +309,7 @@ class Registry:
                 "docker_push.auth (or the environment's registry_login)"
             )
         p = bearer_params(challenge)
-        scope = f"repository:{self.repository.name}:pull,push"
+        scope = f"repository:{self.repository.name}:{self.actions}"
         try:
             res = self.session.get(
                 p.get("realm", ""),
@@ -466,13 +469,13 @@ def push_auth(pipeline: Pipeline, env_name: str | None = None) -> dict[str, str]
     return {"username": login.username, "password": login.password} if login else None
 
 
-def registry_for(ctx: StepContext, image: str, auth: Mapping[str, str] | None) -> Registry:
+def registry_for(ctx: StepContext, image: str, auth: Mapping[str, str] | None, push: bool) -> Registry:
     repo = repository_of(image)
     try:
         info = ctx.docker.info()
     except Exception as exc:  # the daemon decides TLS; without it nothing else in the step works either
         raise InfrastructureError(f"docker info (to reach the registry {repo.registry}): {exc}") from exc
-    return Registry(repo, auth, https=secure(repo.registry, info))
+    return Registry(repo, auth, https=secure(repo.registry, info), push=push)
 
 
 def publish_build_model(ctx: StepContext, auth: Mapping[str, str] | None) -> PublishedModel | None:
@@ -483,7 +486,7 @@ def publish_build_model(ctx: StepContext, auth: Mapping[str, str] | None) -> Pub
         return None
     files = model_files(art, rel)
     config = config_blob(ctx.build.repo, ctx.build.number, ctx.build.sha, files)
-    reg = registry_for(ctx, ctx.pipeline.image, auth)
+    reg = registry_for(ctx, ctx.pipeline.image, auth, push=True)
     try:
         published = publish(reg, art, model_tag(ctx.build.number), config, files)
     except RegistryError as exc:
@@ -519,7 +522,7 @@ def local_or_fetched(
         if pruned is not None:
             raise pruned
         return None
-    reg = registry_for(ctx, published.ref, auth)
+    reg = registry_for(ctx, published.ref, auth, push=False)
     try:
         fetch(reg, published, artifacts.artifacts_dir(ws, build_id))
     except RegistryError as exc:
