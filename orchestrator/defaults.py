@@ -26,6 +26,7 @@ DEPLOY_CONNECT_TIMEOUT = 10.0  # SSH connect to a deploy host
 DEPLOY_COMMAND_TIMEOUT = 300.0  # one remote command (a pull of a large image is the slow one)
 DEPLOY_STOP_GRACE = 10  # SIGTERM → SIGKILL for an old container after the drain
 MODEL_PRUNE_GRACE = 3600.0  # a model directory younger than this is never pruned (a concurrent upload)
+MODEL_REGISTRY_TIMEOUT = 60.0  # one request to the registry for a model (connect; a read between chunks)
 LOCK_TTL = 30.0  # a deploy lock outlives its last renewal by this much
 LOCK_POLL = 0.5  # how often a waiting deploy retries the environment lock
 

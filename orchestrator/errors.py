@@ -97,6 +97,13 @@ class DeployError(StepFailed):
     code = "deploy_failed"
 
 
+class ModelUnavailable(StepFailed):
+    """A build's model could not be had from the registry as recorded (missing, tampered, refused):
+    nothing was deployed with it."""
+
+    code = "model_unavailable"
+
+
 class HostKeyError(InfrastructureError):
     """A deploy host presented an unknown or changed SSH host key."""
 

@@ -403,6 +403,7 @@ class BuildRunner:
             steps=build.steps,
             image=build.image,
             digest=build.digest,
+            model=build.model,
             deploys=build.deploys,
             gate=build.gate,
         )

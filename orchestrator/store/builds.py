@@ -20,7 +20,7 @@ from orchestrator.store.deliveries import BUILT, decode_delivery, hash_of, recor
 from orchestrator.store.retention import Tombstone
 from orchestrator.store.scripts import lua
 
-_JSON_FIELDS = {"steps", "deploys", "gate"}
+_JSON_FIELDS = {"steps", "deploys", "gate", "model"}
 _INT_FIELDS = {"id", "number", "rerun_of"}
 _FLOAT_FIELDS = {"created_at", "started_at", "finished_at"}
 BUILD_FIELDS = {f.name for f in fields(Build)}

@@ -106,6 +106,12 @@ _SCHEMAS: dict[str, Any] = {
             "pipeline_yaml": {"type": "string"},
             "image": {"type": "string"},
             "digest": {"type": "string"},
+            "model": {
+                "type": "object",
+                "description": "where docker_push published the build's model (an OCI artifact beside the "
+                "image; {} when it wrote none): ref (<registry>/<repo>:model-<number>), manifest (sha256 "
+                "digest, what fetches use), sha256 (the model file), files [{path, sha256, size}]",
+            },
             "error": {"type": "string"},
             "steps": {"type": "array", "items": _ref("Step")},
             "deploys": {"type": "object"},
