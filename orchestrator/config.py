@@ -468,7 +468,7 @@ def sentinel_address(entry: str) -> tuple[str, int]:
     host, sep, port = entry.strip().rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     fix = "write each sentinel as host:port, e.g. 10.0.0.5:26379 (MLSHIP_REDIS_SENTINELS=h1:26379,h2:26379)"
-    if not sep or not host or ":" in host and not entry.strip().startswith("["):
+    if not sep or not host or (":" in host and not entry.strip().startswith("[")):
         raise ValueError(f"sentinel {entry!r} is not host:port: {fix}")
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"sentinel {entry!r}: port {port!r} is not a number from 1 to 65535: {fix}")
