@@ -9,6 +9,7 @@ primary a replica of the new one). Settings for mlship: ``settings_fields()``.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from orchestrator.devstack.services import RedisServer, _stop, free_port, requir
 from orchestrator.errors import InfrastructureError
 
 SERVICE = "mlship"
+START_TIMEOUT = 2 * defaults.SERVICE_START_TIMEOUT  # sentinels find each other by hello messages every 2 s
 QUORUM = 2
 
 
@@ -68,7 +70,7 @@ class SentinelProcess:
         self.proc = subprocess.Popen(
             [cmd[0], str(path), *cmd[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_for(lambda: bool(self.client().ping()), defaults.SERVICE_START_TIMEOUT, f"sentinel on {self.port}")
+        wait_for(lambda: bool(self.client().ping()), START_TIMEOUT, f"sentinel on {self.port}")
         return self
 
     def client(self) -> Any:
@@ -106,7 +108,7 @@ class SentinelBed:
                 args=("--replicaof", "127.0.0.1", str(primary.port)),
             ).start()
             self.servers.append(replica)
-            wait_for(self._replica_synced, defaults.SERVICE_START_TIMEOUT, "the replica's first sync")
+            wait_for(self._replica_synced, START_TIMEOUT, "the replica's first sync")
             for i in range(3):
                 s = SentinelProcess(self.directory / f"sentinel-{i}")
                 self.sentinels.append(s)
@@ -115,7 +117,7 @@ class SentinelBed:
                         s.port, s.directory, primary.port, self.down_after_ms, self.failover_ms, self.password
                     )
                 )
-            wait_for(self._ready, defaults.SERVICE_START_TIMEOUT, "sentinels seeing the replica and each other")
+            wait_for(self._ready, START_TIMEOUT, "sentinels seeing the replica and each other")
         except InfrastructureError:
             self.stop()
             raise
@@ -126,11 +128,9 @@ class SentinelBed:
         return info.get("master_link_status") == "up"
 
     def _ready(self) -> bool:
-        for s in self.sentinels:
-            m = s.master()
-            if int(m.get("num-slaves", 0)) < 1 or int(m.get("num-other-sentinels", 0)) < len(self.sentinels) - 1:
-                return False
-        return True
+        others = len(self.sentinels) - 1
+        masters = [s.master() for s in self.sentinels]
+        return all(int(m["num-slaves"]) >= 1 and int(m["num-other-sentinels"]) >= others for m in masters)
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -150,10 +150,9 @@ class SentinelBed:
         """The port a majority of the sentinels name as primary (None while they disagree)."""
         votes: dict[int, int] = {}
         for s in self.sentinels:
-            try:
+            addr = None
+            with contextlib.suppress(Exception):  # a sentinel that does not answer has no vote
                 addr = s.client().sentinel_get_master_addr_by_name(SERVICE)
-            except Exception:  # a sentinel that does not answer has no vote
-                continue
             if addr:
                 votes[int(addr[1])] = votes.get(int(addr[1]), 0) + 1
         best = max(votes.items(), key=lambda kv: kv[1], default=None)
