@@ -21,9 +21,9 @@ JOB_PREFIX = "build-"
 RQ_TIMEOUT = 10.0  # RQ's blocking dequeue sets its own, longer socket timeout on top of this
 
 
-def rq_connection(settings: Settings) -> redis.Redis:
+def rq_connection(settings: Settings, ride_out: bool = False) -> redis.Redis:
     """RQ needs a bytes (non-decoding) client of its own; it follows a Sentinel failover like the store's."""
-    return redis_for(settings, RQ_TIMEOUT, decode=False)
+    return redis_for(settings, RQ_TIMEOUT, decode=False, ride_out=ride_out)
 
 
 def build_queue(settings: Settings, connection: redis.Redis | None = None) -> Queue:

@@ -47,7 +47,7 @@ class WorkerRuntime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerRuntime:
-        store = Store.from_settings(settings)
+        store = Store.from_settings(settings, ride_out=True)
         return cls(settings, store, docker_factory(settings))
 
 
@@ -220,7 +220,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     from rq.serializers import JSONSerializer
 
     store = configure(settings).store
-    connection = rq_connection(settings)
+    connection = rq_connection(settings, ride_out=True)
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
     stop_notify = notifications.start(settings, store)

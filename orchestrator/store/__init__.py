@@ -47,15 +47,16 @@ class Store(Builds, Deliveries, Logs, Leases, Locks, Deployments, Counters, Rete
         return store
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
-        """The store every process uses: ``redis_url`` or the Sentinel primary, WAIT as configured."""
+    def from_settings(cls, settings: Settings, ride_out: bool = False) -> Store:
+        """The store every process uses: ``redis_url`` or the Sentinel primary, WAIT as configured;
+        ``ride_out`` for workers (``clients.redis_for``: a running build waits out a failover)."""
         store = cls(
-            redis_for(settings, READ_TIMEOUT),
+            redis_for(settings, READ_TIMEOUT, ride_out=ride_out),
             delivery_ttl_days=settings.delivery_ttl_days,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_ms=settings.redis_wait_timeout,
         )
-        store.w = redis_for(settings, WRITE_TIMEOUT)
+        store.w = redis_for(settings, WRITE_TIMEOUT, ride_out=ride_out)
         return store
 
     def ping(self) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -30,20 +30,33 @@ WRITE_TIMEOUT = defaults.INTAKE_TIMEOUT  # GitHub must get its 503 within 2 s wh
 READ_TIMEOUT = 5.0  # room for XREAD blocks of up to a second
 
 
+# 0.2, 0.4, 0.8, 1, 1 s between tries, for a call and (nested in redis-py) for each of its connects:
+# 2.4 s at least, about 15 s at most before StoreUnavailable. Sentinel's down-after-milliseconds plus
+# its election must fit (docs/reliability.md: 5000 ms is a good production value; the test bed's is 1000).
+def ride_out_retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=1.0, base=0.1), 4, supported_errors=(redis.ConnectionError,))
+
+
 SENTINEL_TIMEOUT = 0.5  # one question to one sentinel (which is the primary?); three fit in 2 s
 
 
-def _fail_fast(timeout: float, decode: bool) -> dict[str, Any]:
+def _fail_fast(timeout: float, decode: bool, ride_out: bool = False) -> dict[str, Any]:
     """redis-py retries timeouts 10 times with backoff by default; a frozen (SIGSTOPped, swapping) Redis
     would hold a request for a minute. Here a timeout is final (one attempt of ``timeout``), and a
     connection error is retried once at once (a pooled socket that died with a Redis restart, or the
-    old primary's after a failover: the retry asks the sentinels again)."""
+    old primary's after a failover: the retry asks the sentinels again).
+
+    ``ride_out`` (a worker's clients under Sentinel): refused connections and "no primary yet" are
+    retried with backoff for several seconds (``ride_out_retry``), long enough for the sentinels to promote a
+    replica, so a running build carries on instead of failing; timeouts stay final.
+    """
+    retry = ride_out_retry() if ride_out else Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
     return {
         "decode_responses": decode,
         "socket_connect_timeout": 1.0,
         "socket_timeout": timeout,
         "health_check_interval": 10,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "retry": retry,
     }
 
 
@@ -59,6 +72,7 @@ def master_for(
     sentinel_password: str | None = None,
     timeout: float = READ_TIMEOUT,
     decode: bool = True,
+    ride_out: bool = False,
 ) -> redis.Redis:
     """A client of the primary that ``sentinels`` name for ``service``, with ``client``'s failure rule.
 
@@ -76,11 +90,17 @@ def master_for(
         "password": sentinel_password,
     }
     sentinel = Sentinel(sentinels, sentinel_kwargs=asked)
-    return sentinel.master_for(service, **auth, **_fail_fast(timeout, decode))
+    return sentinel.master_for(service, **auth, **_fail_fast(timeout, decode, ride_out))
 
 
-def redis_for(settings: Settings, timeout: float = READ_TIMEOUT, decode: bool = True) -> redis.Redis:
-    """The one factory every process uses: Sentinel's primary if ``redis_sentinels``, else ``redis_url``."""
+def redis_for(
+    settings: Settings, timeout: float = READ_TIMEOUT, decode: bool = True, ride_out: bool = False
+) -> redis.Redis:
+    """The one factory every process uses: Sentinel's primary if ``redis_sentinels``, else ``redis_url``.
+
+    ``ride_out`` (workers): under Sentinel, wait out a failover instead of failing at once (a plain
+    ``redis_url`` that refuses connections is down, not failing over: it fails fast as before).
+    """
     if not settings.redis_sentinels:
         return client(settings.redis_url, timeout, decode)
     return master_for(
@@ -90,6 +110,7 @@ def redis_for(settings: Settings, timeout: float = READ_TIMEOUT, decode: bool = 
         settings.sentinel_password(),
         timeout,
         decode,
+        ride_out,
     )
 
 
