@@ -80,8 +80,9 @@ def bench(bed: SentinelBed, n: int, rounds: int, threads: int) -> dict[str, Any]
         one_round(ws, 10 * threads, 10_000_000)
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     offset = 0
-    for _ in range(rounds):
-        for mode, ws in loads.items():
+    for r in range(rounds):
+        order = list(loads.items())
+        for mode, ws in order if r % 2 == 0 else order[::-1]:  # ABBA: neither mode always goes first
             rows[mode].append(one_round(ws, n, offset))
             offset += n
     med = {
