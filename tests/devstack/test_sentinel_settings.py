@@ -1,14 +1,17 @@
-"""Settings for Redis Sentinel and WAIT: parsing from the environment and the file, and errors that
-say what is wrong and how to fix it (docs/reliability.md, "Redis failover")."""
+"""Settings for Redis Sentinel and WAIT: parsing from the environment and the file, errors that say
+what is wrong and how to fix it, and the one client factory built from them (docs/reliability.md,
+"Redis failover")."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from redis.sentinel import SentinelConnectionPool
 
 from orchestrator.config import load_settings, sentinel_address
 from orchestrator.errors import ConfigError
+from orchestrator.store.clients import redis_for
 
 FIX = "write each sentinel as host:port, e.g. 10.0.0.5:26379 (MLSHIP_REDIS_SENTINELS=h1:26379,h2:26379)"
 
@@ -106,3 +109,27 @@ def test_bad_settings_name_the_key_and_the_fix(env: dict[str, str], message: str
     with pytest.raises(ConfigError) as err:
         load_settings(env)
     assert str(err.value) == message
+
+
+def test_the_factory_asks_the_sentinels_with_the_urls_credentials_and_database() -> None:
+    s = load_settings(
+        {
+            "MLSHIP_REDIS_URL": "redis://mlship:p%40ss@ignored:1/3",
+            "MLSHIP_REDIS_SENTINELS": "127.0.0.1:26379,127.0.0.1:26380",
+            "MLSHIP_REDIS_SENTINEL_SERVICE": "prod-redis",
+            "REDIS_SENTINEL_PASSWORD": "sentinel-pass",
+        }
+    )
+    pool = redis_for(s, timeout=1.5).connection_pool
+    assert isinstance(pool, SentinelConnectionPool)
+    assert pool.service_name == "prod-redis"
+    kw = pool.connection_kwargs
+    assert (kw["username"], kw["password"], kw["db"], kw["socket_timeout"]) == ("mlship", "p@ss", 3, 1.5)
+
+
+def test_without_sentinels_the_factory_uses_redis_url() -> None:
+    s = load_settings({"MLSHIP_REDIS_URL": "redis://:pw@10.1.2.3:6380/2"})
+    pool = redis_for(s).connection_pool
+    assert not isinstance(pool, SentinelConnectionPool)
+    kw = pool.connection_kwargs
+    assert (kw["host"], kw["port"], kw["password"], kw["db"]) == ("10.1.2.3", 6380, "pw", 2)
