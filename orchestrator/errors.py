@@ -53,6 +53,13 @@ class StoreUnavailable(OrchestratorError):
     http_status = 503
 
 
+class NotReplicated(StoreUnavailable):
+    """A write reached the Redis primary but fewer replicas than ``redis_wait_replicas`` confirmed it:
+    a failover could lose it, so it is not acknowledged (503); a retry is safe (dedup, records)."""
+
+    code = "not_replicated"
+
+
 class NotFound(OrchestratorError):
     """A build, delivery or environment that does not exist."""
 

@@ -47,7 +47,7 @@ class WorkerRuntime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerRuntime:
-        store = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
+        store = Store.from_settings(settings, ride_out=True)
         return cls(settings, store, docker_factory(settings))
 
 
@@ -236,7 +236,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     from rq.serializers import JSONSerializer
 
     store = configure(settings).store
-    connection = rq_connection(settings.redis_url)
+    connection = rq_connection(settings, ride_out=True)
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
     stop_notify = notifications.start(settings, store)

@@ -19,13 +19,19 @@ from orchestrator.store.clients import StoreBase
 from orchestrator.store.scripts import lua
 
 
+def lease_ttl_ms(seconds: float) -> int:
+    """How long a lease's token key lives: it outlives its lease (the janitor deletes it when it claims
+    the build); a day bounds what a build whose runner and janitor both vanished leaves behind."""
+    return int(max(seconds, 0) * 1000) + 86_400_000
+
+
 class Leases(StoreBase):
     def start_lease(self, build_id: int, token: str, seconds: float) -> None:
         """Give the runner that just claimed the build its lease: ``token`` holds it until now + seconds."""
         keys = [self.k.running(), self.k.lease(build_id)]
         with self.available():
             self.r.eval(
-                lua("start_lease"), 2, *keys, str(build_id), token, repr(seconds), self._lease_ttl_ms(seconds)
+                lua("start_lease"), 2, *keys, str(build_id), token, repr(seconds), lease_ttl_ms(seconds)
             )
 
     def renew_lease(self, build_id: int, token: str, seconds: float) -> bool:
@@ -41,15 +47,9 @@ class Leases(StoreBase):
                     str(build_id),
                     token,
                     repr(seconds),
-                    self._lease_ttl_ms(seconds),
+                    lease_ttl_ms(seconds),
                 )
             )
-
-    @staticmethod
-    def _lease_ttl_ms(seconds: float) -> int:
-        # The token outlives its lease (the janitor deletes it when it claims the build); a day
-        # bounds what a build whose runner and janitor both vanished leaves behind.
-        return int(max(seconds, 0) * 1000) + 86_400_000
 
     def fence_check(
         self, build_id: int, token: str, locks: Sequence[tuple[str, str]], now: float | None = None

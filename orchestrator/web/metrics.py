@@ -11,6 +11,7 @@ contributes and any web process answers the same numbers.
   latest interval a progressive deploy judged (side ``stable`` or ``candidate``), and
   ``mlship_deploy_analysis_pass{repo,environment,phase}`` (1 passed, 0 failed or too little traffic)
 - ``mlship_redis_used_memory_bytes`` and ``mlship_redis_maxmemory_bytes``: Redis memory against its limit
+- ``mlship_redis_waits_total{result}``: WAITs for replicas (``redis_wait_replicas``): ``total``, ``short``
 - ``mlship_store_up``: 1 when Redis answered this scrape
 """
 
@@ -166,6 +167,14 @@ class RedisCollector:
             "Redis maxmemory (0: no limit); with noeviction, writes fail past it",
             value=memory["maxmemory"],
         )
+        waits = CounterMetricFamily(
+            "mlship_redis_waits",
+            "WAITs for redis_wait_replicas replicas (total) and those fewer replicas confirmed (short)",
+            labels=["result"],
+        )
+        for result, n in sorted(store.counters("redis_waits").items()):
+            waits.add_metric([result], n)
+        yield waits
         yield GaugeMetricFamily(
             "mlship_queue_depth", "Build jobs waiting in the queue", value=self.rt.queue.count
         )
