@@ -14,11 +14,9 @@ Python's standard library only: no package install in the image.
 
 from __future__ import annotations
 
-import io
-import tarfile
 from typing import Any
 
-from tests.deploy.helpers import ExampleImages
+from tests.deploy.helpers import ExampleImages, build_two
 
 APP = """\
 import json, os, threading, time
@@ -114,25 +112,5 @@ CMD ["python3", "app.py"]
 
 def build_canary_images(client: Any, base_image: str, registry_addr: str) -> ExampleImages:
     """The app as build 1 and (a label layer on top) build 2, pushed; faults come from the env."""
-    repository = f"{registry_addr}/canary-app"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in {"Dockerfile": DOCKERFILE, "app.py": APP}.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    client.images.build(
-        fileobj=buf, custom_context=True, buildargs={"BASE_IMAGE": base_image}, tag=f"{repository}:1", rm=True
-    )
-    df = f"FROM {repository}:1\nLABEL org.example.build=2\n"
-    client.images.build(fileobj=io.BytesIO(df.encode()), tag=f"{repository}:2", rm=True)
-    digests: dict[int, str] = {}
-    for n in (1, 2):
-        for line in client.api.push(repository, tag=str(n), stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(line["error"])
-            if (line.get("aux") or {}).get("Digest"):
-                digests[n] = line["aux"]["Digest"]
-    return ExampleImages(repository, {n: f"{repository}:{n}" for n in (1, 2)}, digests)
+    files = {"Dockerfile": DOCKERFILE, "app.py": APP}
+    return build_two(client, f"{registry_addr}/canary-app", files, base_image)

@@ -36,11 +36,8 @@ class ExampleImages:
     digests: dict[int, str]
 
 
-def build_example_images(client: Any, base_image: str, registry_addr: str) -> ExampleImages:
-    repository = f"{registry_addr}/house-price"
-    client.images.build(
-        path=str(REPO_ROOT), buildargs={"BASE_IMAGE": base_image}, rm=True, tag=f"{repository}:1"
-    )
+def push_two(client: Any, repository: str) -> ExampleImages:
+    """Add a label layer to ``repository:1`` as build 2 and push both; their refs and digests."""
     df = f"FROM {repository}:1\nLABEL org.example.build=2\n"
     client.images.build(fileobj=io.BytesIO(df.encode()), tag=f"{repository}:2", rm=True)
     digests: dict[int, str] = {}
@@ -52,6 +49,32 @@ def build_example_images(client: Any, base_image: str, registry_addr: str) -> Ex
             if aux.get("Digest"):
                 digests[n] = aux["Digest"]
     return ExampleImages(repository, {n: f"{repository}:{n}" for n in (1, 2)}, digests)
+
+
+def build_two(client: Any, repository: str, files: dict[str, str], base_image: str) -> ExampleImages:
+    """Build the context ``files`` (name → text) FROM ``base_image`` as build 1; then ``push_two``."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    client.images.build(
+        fileobj=buf, custom_context=True, buildargs={"BASE_IMAGE": base_image}, tag=f"{repository}:1", rm=True
+    )
+    return push_two(client, repository)
+
+
+def build_example_images(client: Any, base_image: str, registry_addr: str) -> ExampleImages:
+    repository = f"{registry_addr}/house-price"
+    client.images.build(
+        path=str(REPO_ROOT), buildargs={"BASE_IMAGE": base_image}, rm=True, tag=f"{repository}:1"
+    )
+    return push_two(client, repository)
 
 
 def make_model_volume(client: Any, image: str) -> str:

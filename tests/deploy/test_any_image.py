@@ -9,7 +9,6 @@ environment that the old TCP edge served.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,17 @@ import pytest
 
 from orchestrator.deploy.edgectl import inspect
 from orchestrator.errors import DeployError
-from tests.deploy.helpers import REPO, DeployEnv, ExampleImages, Load, cleanup, get, serving, wait_http
+from tests.deploy.helpers import (
+    REPO,
+    DeployEnv,
+    ExampleImages,
+    Load,
+    build_two,
+    cleanup,
+    get,
+    serving,
+    wait_http,
+)
 
 pytestmark = [pytest.mark.ssh, pytest.mark.docker, pytest.mark.slow]
 
@@ -59,46 +68,16 @@ CMD ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]
 """
 
 
-def _build_two(
-    client: Any, registry: str, name: str, files: dict[str, str], base_image: str
-) -> ExampleImages:
-    """Build ``files`` as build 1, add a label layer as build 2, push both; their digests."""
-    import tarfile
-
-    repository = f"{registry}/{name}"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for fname, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(fname)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    client.images.build(
-        fileobj=buf, custom_context=True, buildargs={"BASE_IMAGE": base_image}, tag=f"{repository}:1", rm=True
-    )
-    df = f"FROM {repository}:1\nLABEL org.example.build=2\n"
-    client.images.build(fileobj=io.BytesIO(df.encode()), tag=f"{repository}:2", rm=True)
-    digests: dict[int, str] = {}
-    for n in (1, 2):
-        for line in client.api.push(repository, tag=str(n), stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(line["error"])
-            if (line.get("aux") or {}).get("Digest"):
-                digests[n] = line["aux"]["Digest"]
-    return ExampleImages(repository, {n: f"{repository}:{n}" for n in (1, 2)}, digests)
-
-
 @pytest.fixture(scope="session")
 def flask_images(docker_client: Any, base_image: str, registry: Any) -> ExampleImages:
     files = {"Dockerfile": FLASK_DOCKERFILE, "inference.py": FLASK_APP}
-    return _build_two(docker_client, registry.addr, "their-flask-app", files, base_image)
+    return build_two(docker_client, f"{registry.addr}/their-flask-app", files, base_image)
 
 
 @pytest.fixture(scope="session")
 def static_images(docker_client: Any, base_image: str, registry: Any) -> ExampleImages:
-    return _build_two(
-        docker_client, registry.addr, "no-python", {"Dockerfile": STATIC_DOCKERFILE}, base_image
+    return build_two(
+        docker_client, f"{registry.addr}/no-python", {"Dockerfile": STATIC_DOCKERFILE}, base_image
     )
 
 
