@@ -58,13 +58,29 @@ class Host:
         return f"{self.sshd.user}@{self.address}:{self.sshd.port}"
 
 
+def _bridge(n: int) -> str:
+    """The default bridge of host ``n``'s dockerd: its own interface, created here. A ``--bip`` on the
+    shared ``docker0`` would re-address the machine's own daemon's bridge and break its containers."""
+    name = f"mlsh-br{n}"
+    subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)  # a crashed run's
+    for argv in (
+        ["ip", "link", "add", name, "type", "bridge"],
+        ["ip", "addr", "add", f"10.{231 + n}.0.1/24", "dev", name],
+        ["ip", "link", "set", name, "up"],
+    ):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return name
+
+
 def _start_host(n: int, address: str, pubkey: str, images: ExampleImages, volume: str, work: Path) -> Host:
     daemon = DockerDaemon(
         extra_args=(
             "--ip",
             address,  # the default bridge's binding; the environment's network gets its own (below)
-            "--bip",
-            f"10.{231 + n}.0.1/24",
+            "--bridge",
+            _bridge(n),
             "--default-address-pool",
             f"base=10.{241 + n}.0.0/16,size=24",
         )
@@ -94,6 +110,16 @@ def _start_host(n: int, address: str, pubkey: str, images: ExampleImages, volume
     return Host(address, sshd, daemon, client)
 
 
+def _docker0() -> str:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True)
+    return " ".join(w for w in out.stdout.split() if "/" in w)
+
+
+def _remove_bridges() -> None:
+    for n in range(len(ADDRESSES)):
+        subprocess.run(["ip", "link", "del", f"mlsh-br{n}"], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="module")
 def fleet(
     deploy_hosts: Any,
@@ -103,6 +129,7 @@ def fleet(
     pub = (deploy_hosts.client_key.parent / (deploy_hosts.client_key.name + ".pub")).read_text()
     hosts: list[Host] = []
     works: list[Path] = []
+    before = _docker0()
     try:
         for n, address in enumerate(ADDRESSES):
             works.append(Path(tempfile.mkdtemp(prefix="mlh-", dir="/tmp")))
@@ -113,12 +140,16 @@ def fleet(
         for h in hosts:
             h.sshd.stop()
             h.daemon.stop()
+        _remove_bridges()
         unavailable(f"a second deploy host (sshd + dockerd on {ADDRESSES}): {exc}")
+    # The machine's own daemon (the registry, the other tests' containers) keeps its bridge as it was.
+    assert _docker0() == before, f"starting the hosts' daemons changed docker0: {before} -> {_docker0()}"
     yield hosts
     for h in hosts:
         h.client.close()
         h.sshd.stop()
         h.daemon.stop()
+    _remove_bridges()
     for w in works:
         subprocess.run(["rm", "-rf", str(w)], check=False)
 
