@@ -2,6 +2,7 @@
 stop-and-run, all on the same machine, image and load.
 
     .venv/bin/python bench/deploy_bench.py [--rate 100] [--rounds 1]
+    .venv/bin/python bench/deploy_bench.py --only edge-cost [--cost-rounds 5] [--seconds 5] [--app-threads 4]
 
 Starts the real test bed (dockerd, registry, redis, one sshd host), builds the example image (root
 Dockerfile) as builds 1 and 2, then measures, each under ``--rate`` GET /ready per second on a new
@@ -11,10 +12,13 @@ connection each:
 - mlship rollback: build 2 → build 1 through request_rollback and the runner;
 - seed stop-and-run: ``docker stop old; docker rm old; docker run -d -p PORT:5000 ... new`` over the
   same SSH connection (what the seed's Jenkins job does, with the stop it forgot added);
-- the edge's own cost: GET /ready from ``--clients`` clients on keep-alive connections for
-  ``--seconds`` each way, in the same run: straight to the app container (its bridge IP), through the
-  HAProxy edge (the edge container's IP) and through the published port (what clients use: Docker's
-  port forwarding plus the edge). p50/p99 and requests/s; goals ≤ 0.3 ms added at p50, ≥ 0.9x.
+- the edge's own cost (bench/edge_cost.py; ``--only edge-cost`` measures just this): GET /ready from
+  ``--clients`` keep-alive connections, ``--cost-rounds`` interleaved rounds of ``--seconds`` per
+  path, with the Python client and with wrk (``--cost-client``): straight to the app container (its
+  bridge IP), through the HAProxy edge (the edge container's IP), through the published port on
+  127.0.0.1 (docker-proxy plus the edge) and on the host's address (Docker's DNAT plus the edge, the
+  way clients on other machines come in). Medians, paired differences to the direct path, CPU per
+  request of client, app, edge and the whole machine. Goals: ≤ 0.3 ms added at p50, ≥ 0.9x.
 
 Every daemon it starts (registry, redis, sshd; dockerd only if none was running) is stopped at the end.
 """
@@ -103,8 +107,13 @@ def edge_cost(
     paths = {
         "direct to container": (ip(f"{env.name}-b1"), 5000),
         "through HAProxy edge": (ip(f"{env.name}-edge"), EDGE_PORT),
-        "through published port": ("127.0.0.1", env.publish),
+        # Docker's userland proxy (docker-proxy) carries connections to 127.0.0.1; clients on other
+        # machines come in on the host's address, which Docker forwards by DNAT, without docker-proxy.
+        "published, 127.0.0.1": ("127.0.0.1", env.publish),
     }
+    address = cost.host_address()
+    if address:
+        paths["published, host address"] = (address, env.publish)
     accounts = {"app": container(f"{env.name}-b1").id, "edge": container(f"{env.name}-edge").id}
     out: dict[str, dict[str, dict[str, object]]] = {}
     for tool in tools:
@@ -157,6 +166,12 @@ def _args() -> argparse.Namespace:
         choices=["python", "wrk", "both"],
         default="both",
         help="the edge cost's load generator (see bench/edge_cost.py)",
+    )
+    ap.add_argument(
+        "--app-threads",
+        type=int,
+        default=1,
+        help="GUNICORN_THREADS of the app (1: sync workers, a connection per request; >1: keep-alive)",
     )
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "deploy.json")
     return ap.parse_args()
@@ -268,6 +283,8 @@ def main() -> int:
                 volume=volume,
                 edge_base_image=base,
             )
+            if args.app_threads > 1:  # gunicorn's gthread workers keep connections alive (sync ones close)
+                env.env["GUNICORN_THREADS"] = str(args.app_threads)
             try:
                 env.deploy(env.new_build(1))
                 wait_http(env.url + "/ready")

@@ -28,6 +28,7 @@ import os
 import re
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import threading
@@ -46,6 +47,8 @@ CLIENTS = ("python", "wrk")
 
 def _cgroup_file(container_id: str) -> tuple[Path, bool] | None:
     """The container's CPU usage file and whether it is in ns (cgroup v1) or µs (v2's cpu.stat)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", container_id):
+        return None
     v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
     if v1.exists():
         return v1, True
@@ -76,6 +79,17 @@ def machine_busy_us() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal, less idle and iowait
     return busy * 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+def host_address() -> str | None:
+    """The machine's own address on its default route (no packet is sent), None without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("1.1.1.1", 53))
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
 
 
 # -- the two clients ---------------------------------------------------------------------------------
