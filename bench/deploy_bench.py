@@ -240,8 +240,6 @@ def _print(
                     f"{name:<20} {r['requests']:>9} {r['failed']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} "
                     f"{r['operation_s']:>6}"
                 )
-    for tool, summary in costs.items():
-        print("\n" + cost.report(tool, summary, args.clients, args.seconds))
 
 
 def main() -> int:
@@ -290,6 +288,8 @@ def main() -> int:
                 wait_http(env.url + "/ready")
                 if not costs:
                     costs = edge_cost(client, env, args.clients, args.seconds, args.cost_rounds, tools)
+                    for tool, summary in costs.items():  # now: a later failure must not lose them
+                        print("\n" + cost.report(tool, summary, args.clients, args.seconds), flush=True)
                 if args.only is None:
                     _swaps(env, settings, store, args.rate, results)
             finally:
@@ -304,7 +304,7 @@ def main() -> int:
             client.volumes.get(volume).remove(force=True)
         client.close()
         daemon.stop()  # only if this run started it
-    _print(args, results, costs)
+    _print(args, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rate": args.rate, "results": results, "edge_cost": costs}, indent=2))
     return 0
