@@ -225,9 +225,7 @@ def _seed(host: SshdHost, key: Path, known: Path, images: Any, volume: str, rate
         ssh.close()
 
 
-def _print(
-    args: argparse.Namespace, results: dict[str, list[dict[str, object]]], costs: dict[str, Any]
-) -> None:
+def _print(args: argparse.Namespace, results: dict[str, list[dict[str, object]]]) -> None:
     if args.only is None:
         print(
             f"\nconstant load: {args.rate:g} GET /ready per second, a new connection each; "
