@@ -201,23 +201,14 @@ def _seed(host: SshdHost, key: Path, known: Path, images: Any, volume: str, rate
     ssh.connect()
     seed_swap = _seed_swap(ssh, images.refs[2], old, new, port, volume)
     try:
-        ssh.run(
-            [
-                "docker",
-                "run",
-                "-d",
-                "--name",
-                old,
-                "-p",
-                f"{port}:5000",
-                "-v",
-                f"{volume}:/models:ro",
-                "-e",
-                "WEB_CONCURRENCY=2",
-                images.refs[1],
-            ]
-        )
-        wait_http(f"http://127.0.0.1:{port}/ready", 60)
+        argv = ["docker", "run", "-d", "--name", old, "-p", f"{port}:5000", "-v", f"{volume}:/models:ro"]
+        res = ssh.run([*argv, "-e", "WEB_CONCURRENCY=2", images.refs[1]], capture=True)
+        assert res.exit_code == 0, f"the seed's docker run failed: {res}"
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ready", 60)
+        except AssertionError:
+            print(ssh.run(["docker", "logs", "--tail", "30", old], capture=True), flush=True)
+            raise
         return measure(f"http://127.0.0.1:{port}", rate, seed_swap)
     finally:
         for c in (old, new):
