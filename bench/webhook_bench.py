@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.build.queue import rq_connection  # noqa: E402
+from orchestrator.config import Settings  # noqa: E402
 from orchestrator.devstack.services import RedisServer, free_port, port_open, wait_for  # noqa: E402
 from orchestrator.intake.github import sign  # noqa: E402
 from orchestrator.store import Store  # noqa: E402
@@ -159,7 +160,7 @@ def ours(work: Path, workers: int, threads: int, root: Path | None = None) -> It
     try:
         with _web(work, redis.url, workers, threads, root, label) as server:
             server.store = Store.from_url(redis.url)
-            server.queue = Queue("builds", connection=rq_connection(redis.url))
+            server.queue = Queue("builds", connection=rq_connection(Settings(redis_url=redis.url)))
             yield server
     finally:
         redis.stop()

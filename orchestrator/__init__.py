@@ -26,7 +26,7 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> Runtime:
         from orchestrator.build.queue import build_queue
 
-        store = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
+        store = Store.from_settings(settings)
         return cls(settings=settings, store=store, queue=build_queue(settings))
 
 

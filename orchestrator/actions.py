@@ -14,9 +14,10 @@ from orchestrator import Runtime, defaults
 from orchestrator.build import cancel as cancel_builds
 from orchestrator.config import RepoConfig
 from orchestrator.deploy import policy
-from orchestrator.errors import InfrastructureError, NotFound, PayloadError
+from orchestrator.errors import Conflict, InfrastructureError, NotFound, PayloadError
 from orchestrator.intake.forge import normalize_ref  # the one branch-name check (API and webhook)
 from orchestrator.models import Build, Trigger, is_sha
+from orchestrator.store.progressive import COMMANDS as DEPLOY_COMMANDS
 
 ENV_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 LS_REMOTE_TIMEOUT = defaults.LS_REMOTE_TIMEOUT
@@ -96,6 +97,24 @@ def rerun(rt: Runtime, build_id: int, by: str = "") -> Build:
 def cancel(rt: Runtime, build_id: int, by: str = "") -> Build:
     """Cancel a queued or running build; Conflict if it already finished."""
     return cancel_builds.cancel_build(rt, build_id, by=by)
+
+
+def deploy_command(rt: Runtime, build_id: int, command: Any, by: str = "") -> Build:
+    """Pause, resume, abort (roll back) or promote-now the progressive deploy a running build runs;
+    its worker reads the command within a second (orchestrator/deploy/strategy.py)."""
+    if command not in DEPLOY_COMMANDS:
+        raise PayloadError(
+            f"unknown deploy command {str(command)[:40]!r}: one of {', '.join(DEPLOY_COMMANDS)}",
+            command=str(command)[:40],
+        )
+    build = rt.store.get_build(build_id)
+    if build.status.finished:
+        raise Conflict(
+            f"build {build_id} already finished ({build.status}); there is no deploy to {command}",
+            build=build_id,
+        )
+    rt.store.push_deploy_command(build_id, command, by)
+    return build
 
 
 def _env(env: Any) -> str:

@@ -38,6 +38,7 @@ ENV_PREFIX = "MLSHIP_"
 OLD_ENV_PREFIX = "ORCHESTRATOR_"
 DEFAULT_TRIGGER_BRANCHES = ("main", "master")
 GITHUB_MAX_BODY = 25 * 1024 * 1024
+MAX_WAIT_TIMEOUT_MS = 1000  # WAIT must return within the intake's Redis timeout (defaults.INTAKE_TIMEOUT)
 
 
 def env_get(name: str, env: Mapping[str, str] | None = None) -> str | None:
@@ -82,6 +83,7 @@ SERVER_SECRET_NAMES = frozenset(
         "CSRF_SECRET",
         "GITHUB_WEBHOOK_SECRET",
         "REDIS_PASSWORD",
+        "REDIS_SENTINEL_PASSWORD",
         "REDISCLI_AUTH",
     }
 )
@@ -303,6 +305,16 @@ class Settings(BaseModel):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel (docs/reliability.md "Redis failover"): with sentinels listed, the primary is the one
+    # they name for redis_sentinel_service; redis_url then gives only the password and database number.
+    redis_sentinels: tuple[str, ...] = ()  # host:port of each sentinel; empty: redis_url's server
+    redis_sentinel_service: str = Field("mlship", min_length=1)  # the master name the sentinels monitor
+    redis_sentinel_password_secret: str = Field("REDIS_SENTINEL_PASSWORD", alias="redis_sentinel_password")
+    # WAIT after a build is created (before the webhook's 2xx) and after a worker claims one: that many
+    # replicas must hold the write, else the webhook answers 503 (the forge redelivers; dedup makes it
+    # safe). 0: no WAIT (a failover may lose the last acknowledged writes).
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout: int = 500  # ms that WAIT may take (1 to MAX_WAIT_TIMEOUT_MS)
     queue: str = "builds"
     workspace: Path = Path("/var/lib/mlship/workspace")
     public_url: str = "http://127.0.0.1:8000"
@@ -337,6 +349,23 @@ class Settings(BaseModel):
     edge_base_image: str = Field("debian:bookworm-slim", min_length=1)
     notifications: Mapping[str, NotifyTarget] = Field(default_factory=dict)
     schedules: Mapping[str, Schedule] = Field(default_factory=dict)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            sentinel_address(entry)
+        return v
+
+    @field_validator("redis_wait_timeout")
+    @classmethod
+    def _wait_timeout(cls, v: int) -> int:
+        if not 0 < v <= MAX_WAIT_TIMEOUT_MS:
+            raise ValueError(
+                f"{v} ms is out of range: give 1 to {MAX_WAIT_TIMEOUT_MS} ms (the webhook must answer "
+                "within 2 s, its Redis calls time out after 1.5 s), e.g. MLSHIP_REDIS_WAIT_TIMEOUT=500"
+            )
+        return v
 
     @field_validator("public_url", "github_api_url")
     @classmethod
@@ -391,6 +420,13 @@ class Settings(BaseModel):
         password = urlsplit(self.redis_url).password  # Redis is root-equivalent: mask its password
         return values + ([unquote(password)] if password else [])
 
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of each sentinel in ``redis_sentinels`` (empty: no Sentinel)."""
+        return [sentinel_address(e) for e in self.redis_sentinels]
+
+    def sentinel_password(self) -> str | None:
+        return self.secrets.get(self.redis_sentinel_password_secret)
+
     def validate(self) -> None:  # type: ignore[override]
         """Checks that need the secrets: every webhook secret set and non-empty."""
         for repo in self.repositories.values():
@@ -404,7 +440,13 @@ class Settings(BaseModel):
 
     def server_secret_names(self) -> frozenset[str]:
         """Names a pipeline may never resolve: the defaults plus every name this server uses itself."""
-        names = {self.ssh_key_secret, self.github_token_secret, self.csrf_secret_name, *self.api_token_names}
+        names = {
+            self.ssh_key_secret,
+            self.github_token_secret,
+            self.csrf_secret_name,
+            self.redis_sentinel_password_secret,
+            *self.api_token_names,
+        }
         for repo in self.repositories.values():
             names.update(repo.webhook_secrets)
             if repo.reach.deploy_key:
@@ -419,6 +461,18 @@ class Settings(BaseModel):
         """The secret holding the SSH key for this repository's deploys (its own, else the server's)."""
         repo = self.repo(full_name)
         return (repo.reach.deploy_key if repo else None) or self.ssh_key_secret
+
+
+def sentinel_address(entry: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) → (host, port); ValueError says what is wrong and the fix."""
+    host, sep, port = entry.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    fix = "write each sentinel as host:port, e.g. 10.0.0.5:26379 (MLSHIP_REDIS_SENTINELS=h1:26379,h2:26379)"
+    if not sep or not host or (":" in host and not entry.strip().startswith("[")):
+        raise ValueError(f"sentinel {entry!r} is not host:port: {fix}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"sentinel {entry!r}: port {port!r} is not a number from 1 to 65535: {fix}")
+    return host, int(port)
 
 
 def _named(full_name: str, spec: Any) -> Any:

@@ -17,6 +17,8 @@ LS_REMOTE_TIMEOUT = 30.0  # resolving a branch head for a manual trigger
 JANITOR_INTERVAL = 2.0  # how often a worker looks for builds whose lease expired
 RETENTION_INTERVAL = 60.0  # how often a worker prunes builds and logs past retention
 PRUNED_TOMBSTONE_TTL = 90 * 24 * 3600  # a pruned build's tombstone (why it went) is kept this long
+CLAIM_CONFIRM_TIMEOUT = 30.0  # with redis_wait_replicas: how long a claim may wait for its replicas
+CLAIM_CONFIRM_POLL = 0.2  # between two tries to confirm a claim (a failover under way)
 CANCEL_POLL = 0.5  # how often a running step checks for a cancel request
 DOCKER_STOP_GRACE = 2  # SIGTERM → SIGKILL for a step's container on cancel/timeout
 SHELL_KILL_GRACE = 2.0  # SIGTERM → SIGKILL for a shell step's process group
@@ -26,6 +28,7 @@ DEPLOY_CONNECT_TIMEOUT = 10.0  # SSH connect to a deploy host
 DEPLOY_COMMAND_TIMEOUT = 300.0  # one remote command (a pull of a large image is the slow one)
 DEPLOY_STOP_GRACE = 10  # SIGTERM → SIGKILL for an old container after the drain
 MODEL_PRUNE_GRACE = 3600.0  # a model directory younger than this is never pruned (a concurrent upload)
+MODEL_REGISTRY_TIMEOUT = 60.0  # one request to the registry for a model (connect; a read between chunks)
 LOCK_TTL = 30.0  # a deploy lock outlives its last renewal by this much
 LOCK_POLL = 0.5  # how often a waiting deploy retries the environment lock
 

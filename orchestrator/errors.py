@@ -53,6 +53,13 @@ class StoreUnavailable(OrchestratorError):
     http_status = 503
 
 
+class NotReplicated(StoreUnavailable):
+    """A write reached the Redis primary but fewer replicas than ``redis_wait_replicas`` confirmed it:
+    a failover could lose it, so it is not acknowledged (503); a retry is safe (dedup, records)."""
+
+    code = "not_replicated"
+
+
 class NotFound(OrchestratorError):
     """A build, delivery or environment that does not exist."""
 
@@ -95,6 +102,13 @@ class DeployError(StepFailed):
     """A deploy failed (health check, swap); the previous container keeps serving."""
 
     code = "deploy_failed"
+
+
+class ModelUnavailable(StepFailed):
+    """A build's model could not be had from the registry as recorded (missing, tampered, refused):
+    nothing was deployed with it."""
+
+    code = "model_unavailable"
 
 
 class HostKeyError(InfrastructureError):

@@ -110,6 +110,7 @@ class Build:
     pipeline_yaml: str = ""
     image: str = ""
     digest: str = ""
+    model: dict[str, Any] = field(default_factory=dict)  # where docker_push published the model (OCI ref)
     error: str = ""
     steps: list[StepRecord] = field(default_factory=list)
     deploys: dict[str, Any] = field(default_factory=dict)

@@ -159,6 +159,19 @@ def test_an_expired_lease_is_not_renewed_even_by_its_holder(store):
     assert store.r.zscore(store.k.running(), "8") is None
 
 
+def test_lease_deadlines_are_on_redis_clock_not_the_workers(store, monkeypatch):
+    """Workers on machines whose clocks disagree: one running an hour ahead neither expires its own
+    lease nor lets its janitor reap another worker's live one."""
+    store.start_lease(12, "holder", seconds=30)
+    monkeypatch.setattr(time, "time", lambda: time.monotonic() + 10_000_000_000)
+    assert store.expired_leases() == [] and not store.claim_expired(12)
+    assert store.fence_check(12, "holder", []) == "ok"
+    assert store.renew_lease(12, "holder", 30)
+    monkeypatch.undo()
+    deadline = store.r.zscore(store.k.running(), "12")
+    assert abs(deadline - (store.clock() + 30)) < 5  # from Redis's TIME, not the skewed clock
+
+
 def test_fence_check_in_one_round_trip(store):
     store.start_lease(9, "holder", seconds=30)
     assert store.acquire_lock("deploy:acme/a:qa", "9", ttl=30, build_id=9)

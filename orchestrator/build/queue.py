@@ -12,21 +12,24 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from orchestrator.config import Settings
-from orchestrator.store.clients import WRITE_TIMEOUT, client
+from orchestrator.store.clients import WRITE_TIMEOUT, redis_for
 
 RUN_BUILD = "orchestrator.build.worker.run_build"
 JOB_PREFIX = "build-"
 
 
-def rq_connection(url: str) -> redis.Redis:
-    """RQ needs a bytes (non-decoding) client of its own."""
-    return redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=10.0)
+RQ_TIMEOUT = 10.0  # RQ's blocking dequeue sets its own, longer socket timeout on top of this
+
+
+def rq_connection(settings: Settings, ride_out: bool = False) -> redis.Redis:
+    """RQ needs a bytes (non-decoding) client of its own; it follows a Sentinel failover like the store's."""
+    return redis_for(settings, RQ_TIMEOUT, decode=False, ride_out=ride_out)
 
 
 def build_queue(settings: Settings, connection: redis.Redis | None = None) -> Queue:
     return Queue(
         settings.queue,
-        connection=connection or rq_connection(settings.redis_url),
+        connection=connection or rq_connection(settings),
         serializer=JSONSerializer,
         default_timeout=int(settings.build_timeout) + 120,
     )
@@ -39,7 +42,7 @@ def intake_queue(settings: Settings) -> Queue:
     here that connection fails as fast as the store's (a frozen Redis still gets GitHub its 503
     within 2 s), and the question is asked at start when Redis answers.
     """
-    queue = build_queue(settings, client(settings.redis_url, WRITE_TIMEOUT, decode=False))
+    queue = build_queue(settings, redis_for(settings, WRITE_TIMEOUT, decode=False))
     with contextlib.suppress(redis.RedisError):
         queue.get_redis_server_version()
     return queue

@@ -32,6 +32,7 @@ from orchestrator.build.workspace import build_dir, clean, prepare
 from orchestrator.config import Settings
 from orchestrator.errors import (
     InfrastructureError,
+    NotReplicated,
     OrchestratorError,
     PipelineError,
     StepFailed,
@@ -50,6 +51,8 @@ __all__ = ["BuildRunner", "cancel_build", "docker_factory", "rerun_build", "run_
 
 log = logging.getLogger(__name__)
 CANCEL_POLL = defaults.CANCEL_POLL
+CLAIM_CONFIRM_TIMEOUT = defaults.CLAIM_CONFIRM_TIMEOUT
+CLAIM_CONFIRM_POLL = defaults.CLAIM_CONFIRM_POLL
 DEPLOY_TRIGGERS = {"promote": "deploy", "rollback": "rollback"}
 
 
@@ -178,16 +181,12 @@ class BuildRunner:
     def run(self) -> Build | None:
         """Claim and run the build; None if it is not queued any more (cancelled, taken, finished)."""
         started = time.time()
-        if not self.store.set_status_if(
-            self.build_id,
-            [BuildStatus.QUEUED],
-            status=str(BuildStatus.RUNNING),
-            started_at=started,
-            worker=self.worker_name,
-        ):
-            return None
         self.lease_token = secrets.token_hex(16)
-        self.store.start_lease(self.build_id, self.lease_token, self.settings.lease_seconds)
+        if not self._claim(started):
+            return None
+        confirmed = self._confirm_claim(started)
+        if confirmed is None:
+            return None
         monitor = Monitor(self.store, self.build_id, self.settings.lease_seconds, self.lease_token)
         monitor.start()
         build = self.store.get_build(self.build_id)
@@ -201,6 +200,12 @@ class BuildRunner:
         self._report(build, "pending", "build started")
         status, error = BuildStatus.ERROR, "internal error"
         try:
+            if not confirmed:
+                raise NotReplicated(
+                    f"this worker's claim of the build was not confirmed by {self.store.wait_replicas} "
+                    f"Redis replicas within {CLAIM_CONFIRM_TIMEOUT:g} s (redis_wait_replicas): not run, "
+                    "so that a failover cannot run it twice; re-run it once the replicas are back"
+                )
             status, error = self._execute(build, monitor, logw)
         except OrchestratorError as exc:  # the error class says what the build ends as
             status, error = BuildStatus(exc.step_status), str(exc)
@@ -228,6 +233,40 @@ class BuildRunner:
         return build
 
     # -- phases -------------------------------------------------------------------------------------
+
+    def _claim(self, started: float) -> bool:
+        return self.store.claim_build(
+            self.build_id,
+            self.lease_token,
+            self.settings.lease_seconds,
+            started_at=started,
+            worker=self.worker_name,
+        )
+
+    def _confirm_claim(self, started: float) -> bool | None:
+        """With ``redis_wait_replicas``: True once that many replicas hold the claim.
+
+        A claim only the old primary had is gone after a failover, and the job (its dequeue lost too)
+        could run again elsewhere: so no step runs before the replicas hold it. While confirming, the
+        lease is renewed here; if the new primary lacks it, the build is claimed again (it is queued
+        there) or, claimed by another runner meanwhile, left to it (None). False: not confirmed in
+        time (the build then ends as an error without running).
+        """
+        store, n = self.store, self.store.wait_replicas
+        deadline = time.monotonic() + CLAIM_CONFIRM_TIMEOUT
+        while n > 0:
+            try:
+                if store.replicas_acked(store.r) >= n:
+                    return True
+                held = store.renew_lease(self.build_id, self.lease_token, self.settings.lease_seconds)
+                if not held and not self._claim(started):
+                    return None
+            except StoreUnavailable:
+                log.warning("build %s: confirming the claim: Redis unavailable (a failover?)", self.build_id)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(CLAIM_CONFIRM_POLL)
+        return True
 
     def _execute(self, build: Build, monitor: Monitor, logw: LogWriter) -> tuple[BuildStatus, str]:
         repo = self.settings.repo(build.repo)
@@ -403,6 +442,7 @@ class BuildRunner:
             steps=build.steps,
             image=build.image,
             digest=build.digest,
+            model=build.model,
             deploys=build.deploys,
             gate=build.gate,
         )

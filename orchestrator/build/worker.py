@@ -47,7 +47,7 @@ class WorkerRuntime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerRuntime:
-        store = Store.from_url(settings.redis_url, delivery_ttl_days=settings.delivery_ttl_days)
+        store = Store.from_settings(settings, ride_out=True)
         return cls(settings, store, docker_factory(settings))
 
 
@@ -142,6 +142,8 @@ def janitor_once(
         ):
             continue
         lost.append(build_id)
+        if settings is not None:  # a canary half-way: traffic back to stable before its lock goes
+            _reset_canary(settings, store, build_id)
         released = store.release_build_locks(build_id)
         store.incr_counter("builds", str(BuildStatus.ERROR))
         with contextlib.suppress(Exception):  # its writer died: the cap's marker line, if it dropped lines
@@ -165,6 +167,20 @@ def janitor_once(
             notifications.notify_finished(settings, store, build)
         log.warning("build %s: %s", build_id, error)
     return lost
+
+
+def _reset_canary(settings: Settings, store: Store, build_id: int) -> None:
+    from orchestrator.deploy.lost import reset_lost
+
+    try:
+        done = reset_lost(settings, store, build_id)
+    except Exception as exc:  # never keep the janitor from marking the rest
+        done = [f"could not return its canary to the stable version: {exc}"]
+    if done:
+        with contextlib.suppress(Exception):
+            store.append_log(
+                build_id, [("janitor", "stderr", f"canary returned to stable: {line}") for line in done]
+            )
 
 
 def start_janitor(settings: Settings, store: Store, interval: float = JANITOR_INTERVAL) -> threading.Event:
@@ -220,7 +236,7 @@ def work(settings: Settings, burst: bool = False) -> bool:
     from rq.serializers import JSONSerializer
 
     store = configure(settings).store
-    connection = rq_connection(settings.redis_url)
+    connection = rq_connection(settings, ride_out=True)
     queue = build_queue(settings, connection)
     stop = start_janitor(settings, store)
     stop_notify = notifications.start(settings, store)

@@ -215,6 +215,18 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_args(p: argparse.ArgumentParser) -> None:
+    _id_args(p)
+    p.add_argument("action", choices=["pause", "resume", "abort", "promote"], help="what to do")
+
+
+@command("canary", "pause, resume, abort (roll back) or promote-now a running canary", _deploy_args)
+def canary(args: argparse.Namespace) -> int:
+    _print_build(args, _client(args).json("POST", f"/builds/{args.build}/deploy/{args.action}"))
+    print(f"{args.action}: sent; the deploy acts within a second (see its log)", file=sys.stderr)
+    return 0
+
+
 def _trigger_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("repo", help="allow-listed repository, e.g. acme/house-price")

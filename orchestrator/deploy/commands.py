@@ -204,6 +204,25 @@ def reload_edge(edge: str) -> Argv:
     return _docker("kill", "--signal", "USR2", "--", edge)
 
 
+_IP_PORT = re.compile(r"^[0-9a-fA-F.:]{2,45}:[0-9]{1,5}$")
+_HTTP_PATH = re.compile(r"^/[A-Za-z0-9._~/%?=&+-]*$")
+
+
+def edge_fetch(edge: str, addr: str) -> Argv:
+    """A raw TCP exchange from inside the edge container with an app container at ``addr`` (ip:port):
+    the request on stdin, the answer on stdout (socat; the edge image has no HTTP client)."""
+    if not _IP_PORT.match(addr):
+        raise DeployError(f"{addr!r} is not an ip:port")
+    return _docker("exec", "--interactive", edge, "socat", "-t", "5", "stdio", f"TCP:{addr}")
+
+
+def http_get(path: str) -> bytes:
+    """The HTTP/1.0 request ``edge_fetch`` sends for ``path`` (the server closes after answering)."""
+    if not _HTTP_PATH.match(path):
+        raise DeployError(f"{path!r} is not a plain URL path")
+    return f"GET {path} HTTP/1.0\r\nAccept: text/plain\r\n\r\n".encode()
+
+
 def edge_admin(edge: str) -> Argv:
     """The edge's HAProxy runtime API: commands on stdin, the answers on stdout."""
     return _docker("exec", "--interactive", edge, "socat", "stdio", ADMIN_SOCKET)

@@ -86,6 +86,20 @@ class EdgeControl:
     def stats(self) -> dict[str, haproxy.ServerStat]:
         return haproxy.parse_stat(self._send([haproxy.show_stat()]))
 
+    def query(self, command: str) -> str:
+        """A read-only command's answer as HAProxy prints it (e.g. ``mlship shadow dump``)."""
+        return self._send([command])
+
+    def stats_and_timings(self) -> tuple[dict[str, haproxy.ServerStat], str]:
+        """``show stat`` and the timing ring in one round trip (an analysis reads both each interval)."""
+        text = self._send([haproxy.show_stat(), haproxy.show_timings()])
+        stat, _, events = text.lstrip().partition("\n\n")
+        return haproxy.parse_stat(stat), events
+
+    def timings(self) -> str:
+        """The ring of per-request timings (``show events timing``), as HAProxy prints it."""
+        return self._send([haproxy.show_timings()])
+
     def wait_ready(self, timeout: float = 15.0) -> None:
         """Until the admin socket answers (a just-started edge)."""
         deadline = time.monotonic() + timeout

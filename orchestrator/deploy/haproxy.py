@@ -29,10 +29,12 @@ EDGE_PORT = (
 )
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 FULL_WEIGHT = 100
+SHADOW_LUA = "/usr/local/share/mlship/shadow.lua"  # in the edge image (orchestrator/deploy/edge/)
+TIMING_RING = "timing"  # the ring the frontend logs every request into, for an analysis's p99
 MAX_WEIGHT = 256
 STATES = ("ready", "drain", "maint")
 # What the runtime API answers on success; anything else a mutating command prints is an error.
-OK_REPLIES = ("New server registered.", "Server deleted.")
+OK_REPLIES = ("New server registered.", "Server deleted.", "Shadow started.", "Shadow stopped.")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ADDR = re.compile(r"^[0-9a-fA-F.:]{2,45}$")
 
@@ -113,6 +115,34 @@ def set_state(name: str, state: str) -> str:
 def del_server(name: str) -> list[str]:
     """Deleting needs maintenance first; the API refuses while the server still has connections."""
     return [set_state(name, "maint"), f"shutdown sessions server {_ref(name)}", f"del server {_ref(name)}"]
+
+
+def show_timings() -> str:
+    """The ring of per-request timings the frontend logs (``<counter> <server> <Tr ms> <status>``)."""
+    return f"show events {TIMING_RING}"
+
+
+def shadow_start(percent: int, path: str, stable: str, candidate: str) -> str:
+    """Copy ``percent``% of the POSTs to ``path`` to ``stable`` and ``candidate`` (ip:port), keeping
+    both answers (the edge's shadow.lua)."""
+    if not 0 < percent <= 100:
+        raise DeployError(f"shadow percent {percent} is outside 1..100")
+    if not path.startswith("/") or any(ch.isspace() or ch in ";#\\'\"" for ch in path):
+        raise DeployError(f"shadow path {path!r} must start with / and have no spaces, quotes, ';' or '#'")
+    for addr in (stable, candidate):
+        ip, _, port = addr.rpartition(":")
+        if not _ADDR.match(ip) or not port.isdigit():
+            raise DeployError(f"shadow target {addr!r} is not an IP:port")
+    return f"mlship shadow start {percent} {path} {stable} {candidate}"
+
+
+def shadow_stop() -> str:
+    return "mlship shadow stop"
+
+
+def shadow_dump() -> str:
+    """The answers recorded since the last dump (and they are forgotten by the edge)."""
+    return "mlship shadow dump"
 
 
 def show_stat() -> str:
@@ -241,6 +271,7 @@ def render(config: EdgeConfig, servers: Sequence[Server]) -> str:
         app=config.app,
         environment=config.environment,
         port=config.port,
+        shadow_lua=SHADOW_LUA,
         path=config.check.path,
         status=config.check.status,
         servers="\n".join(lines) if lines else "    # no servers yet",

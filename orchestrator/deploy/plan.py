@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator import labels
-from orchestrator.build import artifacts
+from orchestrator.build import artifacts, model_registry
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import edge as edge_image
 from orchestrator.deploy import haproxy
 from orchestrator.deploy import policy as deployments
 from orchestrator.deploy.ssh import Target
-from orchestrator.errors import DeployError, StepFailed
+from orchestrator.errors import DeployError, ModelUnavailable, StepFailed
 from orchestrator.models import Deployment
 from orchestrator.pipeline import Environment
 
@@ -128,18 +128,22 @@ def make_plan(ctx: StepContext, env_name: str, action: str, image: str) -> Plan:
 
 def ship_model(ctx: StepContext, plan: Plan, history: list[Deployment]) -> ModelShip | None:
     """The model this deploy ships (see docs/deploy.md, "The model"): the deployed build's model
-    artifact if it wrote one, else the file an earlier deploy of that build left on the volume, else
-    None (the container uses the pipeline's MODEL_PATH on the operator's volume, as before)."""
+    artifact if it wrote one (this worker's copy, else fetched from the registry it was published
+    to), else the file an earlier deploy of that build left on the volume, else None (the container
+    uses the pipeline's MODEL_PATH on the operator's volume, as before)."""
     rel = artifacts.model_path(ctx.pipeline)
     prior = next(
         (d for d in history if d.build_id == plan.build_id and d.model_sha256 and d.model_path), None
     )
-    try:
-        art = artifacts.find_model(ctx.settings.workspace, plan.build_id, rel)
+    try:  # this worker's artifacts, else the registry (any worker can promote or roll back)
+        auth = model_registry.push_auth(ctx.pipeline, plan.env_name)
+        art = model_registry.local_or_fetched(ctx, plan.build_id, rel, auth)
     except artifacts.ArtifactsPruned as exc:
         if prior is None:  # never silently fall back to whatever model the volume holds
             raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
         art = None
+    except ModelUnavailable as exc:  # kept as such: the registry did not give what was recorded
+        raise ModelUnavailable(f"cannot ship the model of build #{plan.number}: {exc}") from exc
     except StepFailed as exc:
         raise DeployError(f"cannot ship the model of build #{plan.number}: {exc}") from exc
     if art is None:

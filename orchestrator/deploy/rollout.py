@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from orchestrator import defaults
 from orchestrator.deploy import policy as deployments
+from orchestrator.deploy import strategy as strategies
 from orchestrator.deploy.fence import Fence
 from orchestrator.deploy.plan import (
     Plan,
@@ -41,9 +42,12 @@ def rollout(
     lock: deployments.EnvironmentLock,
     fence: Fence,
     on_batch: Callable[[list[HostState]], None] = lambda switched: None,
+    strategy: strategies.Switch | strategies.Progressive | None = None,
 ) -> list[HostState]:
     """Phase 1 on every host, ``parallelism`` at a time, ``on_batch`` (the hosts switched so far)
-    after each batch; undo the switched hosts if one fails, unless this deploy was fenced."""
+    after each batch, then the strategy's traffic moves (a progressive strategy reports every host
+    once it reached 100%); undo the changed hosts if one fails, unless this deploy was fenced."""
+    strat = strategy or strategies.Switch()
     key = key_from_settings(ctx.settings, ctx.settings.deploy_key_name(ctx.build.repo))
     states = [HostState(t) for t in targets(plan.env)]
     done: list[HostState] = []
@@ -52,7 +56,7 @@ def rollout(
     def one(state: HostState) -> None:
         state.ssh = RemoteHost(state.target, key, ctx.settings.known_hosts, CONNECT_TIMEOUT)
         state.ssh.connect()
-        HostDeploy(ctx, plan, state, fence).switch()
+        HostDeploy(ctx, plan, state, fence).switch(shift=strat.per_host)
 
     try:
         for i in range(0, len(states), par):
@@ -71,7 +75,11 @@ def rollout(
                         done.append(s)
                 if errors:
                     raise next((e for e in errors if isinstance(e, Fenced)), errors[0])
-            on_batch([s for s in states if s.switched])
+            if strat.per_host:
+                on_batch([s for s in states if s.switched])
+        strat.run([HostDeploy(ctx, plan, s, fence) for s in states])
+        if not strat.per_host:
+            on_batch(states)
     except BaseException as exc:
         unwind(ctx, plan, states, done, fence, exc)
     return states
@@ -184,6 +192,7 @@ def run(ctx: StepContext, env_name: str, action: str) -> None:
         if plan.model is not None:
             ctx.log.line(f"model: sha256 {plan.model.sha256[:16]}, served from {plan.model.path}")
         fence = Fence(ctx.store, b.id, ctx.lease_token, [(lock.name, lock.owner)])
+        strat = strategies.for_step(ctx, plan)
         record = Deployment(
             repo=b.repo,
             environment=env_name,
@@ -209,8 +218,10 @@ def run(ctx: StepContext, env_name: str, action: str) -> None:
             dep, complete = deployments.after_batch(current, new, hosts)
             ctx.store.set_deployment(dep, complete=complete)
 
-        states = rollout(ctx, plan, lock, fence, record_batch)
+        states = rollout(ctx, plan, lock, fence, record_batch, strat)
+        recorded = ctx.store.get_deployment(b.repo, env_name) or record
         try:
+            strat.watch(states, fence, current, recorded)  # keeps the old containers; may roll back
             # Not cancellable: traffic already moved. Old servers leave once their sessions end.
             ctx.log.line(f"draining the old servers (at most {plan.env.drain_seconds:g}s)")
             drain_until = time.monotonic() + plan.env.drain_seconds

@@ -18,7 +18,7 @@ from orchestrator import defaults, labels
 from orchestrator.deploy import commands as remote
 from orchestrator.deploy import haproxy
 from orchestrator.deploy.edgectl import EdgeControl
-from orchestrator.deploy.fence import Fence, NoFence
+from orchestrator.deploy.fence import Fence
 from orchestrator.deploy.plan import Plan
 from orchestrator.deploy.ssh import RemoteHost, Target
 from orchestrator.errors import Cancelled, DeployError, InfrastructureError, StepFailed
@@ -61,13 +61,13 @@ class HostState:
 class HostDeploy:
     """The swap on one host. Every remote command goes through ``sh``; output goes to the build log."""
 
-    def __init__(self, ctx: StepContext, plan: Plan, state: HostState, fence: Fence | None = None) -> None:
+    def __init__(self, ctx: StepContext, plan: Plan, state: HostState, fence: Fence) -> None:
         self.ctx = ctx
         self.plan = plan
         self.state = state
         self.ssh: RemoteHost = state.ssh  # type: ignore[assignment]
         self.label = f"{state.target.host}:{state.target.port}"
-        self.fence = fence or NoFence()
+        self.fence = fence  # NoFence() for code that drives a host outside a deploy
         self.edge = EdgeControl(
             self.run_quiet, plan.names["edge"], plan.edge_config(), self.label, fence=self.fence.check
         )
@@ -147,7 +147,9 @@ class HostDeploy:
 
     # -- phase 1: pull, start, check, switch -------------------------------------------------------
 
-    def switch(self) -> None:
+    def switch(self, shift: bool = True) -> None:
+        """Up to the health gate; then (``shift``) all new requests to the new container. Without
+        ``shift`` a strategy moves the traffic later (orchestrator/deploy/strategy.py)."""
         self.timed("pull", self.pull)
         if self.plan.model is not None and self.plan.model.artifact is not None:
             self.timed("model", self.upload_model)
@@ -170,7 +172,8 @@ class HostDeploy:
         except (StepFailed, Cancelled, InfrastructureError):
             self.remove_new()
             raise
-        self.timed("switch", lambda: self.shift(name))
+        if shift:
+            self.timed("switch", lambda: self.shift(name))
 
     def pull(self) -> None:
         images = [self.plan.image, self.plan.edge_image]

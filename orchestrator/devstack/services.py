@@ -79,6 +79,7 @@ class RedisServer:
     proc: subprocess.Popen[bytes] | None = None
     password: str | None = None  # requirepass: whoever can write Redis can run builds
     maxmemory: str = "512mb"  # with noeviction: writes fail (a 503) at the limit, nothing is evicted
+    args: tuple[str, ...] = ()  # more options, e.g. --replicaof HOST PORT (devstack/sentinel.py)
 
     @property
     def url(self) -> str:
@@ -111,7 +112,8 @@ class RedisServer:
                 "no",
                 "--logfile",
                 str(self.directory / "redis.log"),
-                *(["--requirepass", self.password] if self.password else []),
+                *(["--requirepass", self.password, "--masterauth", self.password] if self.password else []),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -119,10 +121,14 @@ class RedisServer:
         wait_for(self._ping, defaults.SERVICE_START_TIMEOUT, f"redis-server on port {self.port}")
         return self
 
-    def _ping(self) -> bool:
+    def client(self) -> Any:
+        """A plain decoding client of this very server (not through any sentinel)."""
         import redis
 
-        return bool(redis.Redis(port=self.port, password=self.password, socket_timeout=0.5).ping())
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=0.5, decode_responses=True)
+
+    def _ping(self) -> bool:
+        return bool(self.client().ping())
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -33,6 +33,7 @@ from orchestrator.config import RepoConfig, Settings
 from orchestrator.errors import (
     ConfigError,
     NotFound,
+    NotReplicated,
     PayloadError,
     PayloadTooLarge,
     SignatureError,
@@ -170,6 +171,9 @@ def handle(intake: Intake, inc: Incoming) -> tuple[int, bytes]:
     d = Delivery(id="", event="")
     try:
         answer = _process(intake, d, inc)
+    except NotReplicated as exc:  # recorded on the primary only: a redelivery is answered from the record
+        answer = _verdict(d, 503, "failed", f"{exc}; redeliver it: no second build is made")
+        answer.body["error"] = exc.code
     except StoreUnavailable as exc:
         answer = _verdict(d, 503, "failed", f"{exc}; the delivery was not processed, redeliver it later")
         answer.body["error"] = exc.code

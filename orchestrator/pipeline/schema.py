@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from orchestrator.gate.spec import ModelCheckSpec
+from orchestrator.pipeline.strategy import Strategy, StrategySpec
 from orchestrator.pipeline.variables import FULL_VAR_RE
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -71,6 +72,7 @@ class DockerPushSpec(_Spec):
 class DeploySpec(_Spec):
     environment: str
     promote: Literal["auto", "manual"] = "auto"
+    strategy: Strategy = Field(default_factory=StrategySpec)  # switch | canary | shadow (+ watch)
 
 
 class RollbackSpec(_Spec):

@@ -9,7 +9,9 @@ For each host (``parallelism`` at a time), under the environment lock:
    ``<name>-b<number>`` beside the old one on ``<name>-net``;
 4. add it to the edge at weight 0 and wait for the edge's own HTTP check (``health:``) to pass —
    on failure it is removed, the old one keeps serving, and the step fails with its last log lines;
-5. give it the weight and set the old servers to drain: new requests go to the new container.
+5. give it the weight and set the old servers to drain: new requests go to the new container (or,
+   with a ``strategy:``, a canary, shadow and/or watch over every host at once:
+   orchestrator/deploy/strategy.py).
 
 When every host has switched, the deployment is recorded; then the old servers drain (until their
 sessions end, at most ``drain_seconds``), leave the edge and their containers are stopped and removed.

@@ -25,6 +25,7 @@ import urllib3.exceptions
 from docker.utils import parse_bytes
 
 from orchestrator import defaults
+from orchestrator.build import model_registry
 from orchestrator.build.artifacts import ensure_dir
 from orchestrator.config import ContainerLimits
 from orchestrator.errors import InfrastructureError, StepFailed
@@ -505,6 +506,10 @@ def docker_push(ctx: StepContext) -> None:
     ctx.record.details.update(
         {"digest": digest, "pushed": [image_ref(r.repository, r.tag) for r in requests_]}
     )
+    # The model travels beside the image: any worker can then deploy or gate this build.
+    published = model_registry.publish_build_model(ctx, requests_[0].auth)
+    if published is not None:
+        ctx.record.details["model"] = {"ref": published.ref, "manifest": published.manifest}
 
 
 def remove_build_containers(client: Any, build_id: int, wait: float = 0) -> list[str]:

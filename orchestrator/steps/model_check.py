@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.build import model_registry
 from orchestrator.build.artifacts import ModelArtifact, find_model, inside
 from orchestrator.errors import StepFailed
 from orchestrator.gate import metrics
@@ -289,7 +290,8 @@ class Baseline:
 
 
 def find_baseline(ctx: StepContext, spec: ModelCheckSpec) -> Baseline:
-    """The model of the build deployed in ``compare_to``, from that build's artifacts."""
+    """The model of the build deployed in ``compare_to``, from that build's artifacts (here or in the
+    registry)."""
     if spec.compare_to is None:
         return Baseline()
     dep = ctx.store.get_deployment(ctx.build.repo, spec.compare_to)
@@ -302,8 +304,10 @@ def find_baseline(ctx: StepContext, spec: ModelCheckSpec) -> Baseline:
     def missing(why: str) -> Baseline:
         return Baseline(None, dep.build_number, {"ok": False, "deployed": True, "error": f"{where}: {why}"})
 
-    try:
-        art = find_model(ctx.settings.workspace, dep.build_id, spec.model)
+    try:  # this worker's artifacts, else the registry the build published its model to
+        art = model_registry.local_or_fetched(
+            ctx, dep.build_id, spec.model, model_registry.push_auth(ctx.pipeline)
+        )
     except StepFailed as exc:
         return missing(str(exc))
     if art is None:

@@ -17,10 +17,11 @@ from orchestrator.errors import NotFound
 from orchestrator.models import Build, BuildStatus, Delivery, StepRecord, Trigger
 from orchestrator.store.clients import StoreBase
 from orchestrator.store.deliveries import BUILT, decode_delivery, hash_of, record_pairs
+from orchestrator.store.leases import lease_ttl_ms
 from orchestrator.store.retention import Tombstone
 from orchestrator.store.scripts import lua
 
-_JSON_FIELDS = {"steps", "deploys", "gate"}
+_JSON_FIELDS = {"steps", "deploys", "gate", "model"}
 _INT_FIELDS = {"id", "number", "rerun_of"}
 _FLOAT_FIELDS = {"created_at", "started_at", "finished_at"}
 BUILD_FIELDS = {f.name for f in fields(Build)}
@@ -137,6 +138,9 @@ class Builds(StoreBase):
             kind, build_id, raw, record = pipe.execute()[0]
             if kind != 1 and job is not None:
                 job.delete()  # a duplicate's job (its ticket resolves to nothing): RQ's public API
+        # Acknowledged (the webhook's 2xx) only once replicas hold it too: also a duplicate's or a replayed
+        # verdict, whose record may have been written before a failover the replica did not see.
+        self.require_replicas(f"build {build_id}" if kind == 1 else f"the verdict naming build {build_id}")
         if delivery is not None:
             delivery.__dict__.update(decode_delivery(hash_of(record)).__dict__)
         if not raw:  # a replayed record whose build is gone: NotFound
@@ -203,6 +207,30 @@ class Builds(StoreBase):
                         return False
                     pipe.multi()
                     pipe.hset(key, mapping=encode_build_fields(values))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def claim_build(self, build_id: int, token: str, lease_seconds: float, **values: Any) -> bool:
+        """queued → running (with ``values``) and the lease held by ``token``, in one transaction: a
+        claim is never recorded without its lease (the janitor could not reap it). False if not queued."""
+        key = self.k.build(build_id)
+        with self.available(), self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if pipe.hget(key, "status") != str(BuildStatus.QUEUED):
+                        pipe.unwatch()
+                        return False
+                    seconds, micros = pipe.time()  # lease deadlines are on Redis's clock (store/leases.py)
+                    now = float(seconds) + micros / 1e6
+                    pipe.multi()
+                    pipe.hset(
+                        key, mapping=encode_build_fields({"status": str(BuildStatus.RUNNING), **values})
+                    )
+                    pipe.set(self.k.lease(build_id), token, px=lease_ttl_ms(lease_seconds))
+                    pipe.zadd(self.k.running(), {str(build_id): now + lease_seconds})
                     pipe.execute()
                     return True
                 except redis.WatchError:

@@ -63,6 +63,18 @@ class Keys:
     def cancel(self, build_id: int) -> str:
         return self.p + f"cancel:{build_id}"
 
+    def deploy_control(self, build_id: int) -> str:
+        """List of manual commands (pause, resume, abort, promote) for a build's progressive deploy."""
+        return self.p + f"deploy-control:{build_id}"
+
+    def rollouts(self) -> str:
+        """Hash of progressive deploys in progress, field ``["repo", "env"]``: what the janitor resets."""
+        return self.p + "rollouts"
+
+    def analysis(self) -> str:
+        """Hash of the latest analysis interval per environment, field ``["repo", "env"]`` (/metrics)."""
+        return self.p + "analysis"
+
     def lock(self, name: str) -> str:
         return self.p + f"lock:{name}"
 

@@ -3,11 +3,14 @@
 A lease is held by a token the runner picks when it claims the build: only that token renews it,
 and not once it expired or the janitor took it. A deploy checks lease and lock before every remote
 change (``fence_check``), so a runner that stalled past its lease stops instead of deploying on.
+
+Lease deadlines are on Redis's clock (``TIME``), not the worker's: with workers on several machines, a
+janitor whose clock runs ahead must not reap a build whose worker is alive, nor one whose clock lags
+keep a dead one. ``now`` arguments exist for tests that need to look ahead.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import redis
@@ -16,18 +19,24 @@ from orchestrator.store.clients import StoreBase
 from orchestrator.store.scripts import lua
 
 
+def lease_ttl_ms(seconds: float) -> int:
+    """How long a lease's token key lives: it outlives its lease (the janitor deletes it when it claims
+    the build); a day bounds what a build whose runner and janitor both vanished leaves behind."""
+    return int(max(seconds, 0) * 1000) + 86_400_000
+
+
 class Leases(StoreBase):
     def start_lease(self, build_id: int, token: str, seconds: float) -> None:
         """Give the runner that just claimed the build its lease: ``token`` holds it until now + seconds."""
-        with self.available(), self.r.pipeline(transaction=True) as pipe:
-            pipe.set(self.k.lease(build_id), token, px=self._lease_ttl_ms(seconds))
-            pipe.zadd(self.k.running(), {str(build_id): time.time() + seconds})
-            pipe.execute()
+        keys = [self.k.running(), self.k.lease(build_id)]
+        with self.available():
+            self.r.eval(
+                lua("start_lease"), 2, *keys, str(build_id), token, repr(seconds), lease_ttl_ms(seconds)
+            )
 
     def renew_lease(self, build_id: int, token: str, seconds: float) -> bool:
         """Extend the lease to now + seconds if ``token`` still holds it and it has not expired
         (the heartbeat). False once the janitor took it or it ran out: the runner is fenced."""
-        now = time.time()
         with self.available():
             return bool(
                 self.r.eval(
@@ -37,17 +46,10 @@ class Leases(StoreBase):
                     self.k.lease(build_id),
                     str(build_id),
                     token,
-                    repr(now),
-                    repr(now + seconds),
-                    self._lease_ttl_ms(seconds),
+                    repr(seconds),
+                    lease_ttl_ms(seconds),
                 )
             )
-
-    @staticmethod
-    def _lease_ttl_ms(seconds: float) -> int:
-        # The token outlives its lease (the janitor deletes it when it claims the build); a day
-        # bounds what a build whose runner and janitor both vanished leaves behind.
-        return int(max(seconds, 0) * 1000) + 86_400_000
 
     def fence_check(
         self, build_id: int, token: str, locks: Sequence[tuple[str, str]], now: float | None = None
@@ -55,7 +57,7 @@ class Leases(StoreBase):
         """One round trip: "ok" if ``token`` still holds the build's unexpired lease ("" = no lease to
         check) and each (lock name, owner) is still owned; else what was lost."""
         keys = [self.k.running(), self.k.lease(build_id), *(self.k.lock(n) for n, _ in locks)]
-        args = [str(build_id), token, repr(now or time.time()), *(o for _, o in locks)]
+        args = [str(build_id), token, "" if now is None else repr(now), *(o for _, o in locks)]
         with self.available():
             answer = str(self.r.eval(lua("fence_check"), len(keys), *keys, *args))
         if answer.startswith("lock:"):
@@ -68,19 +70,27 @@ class Leases(StoreBase):
             pipe.delete(self.k.lease(build_id))
             pipe.execute()
 
-    def expired_leases(self, now: float | None = None) -> list[int]:
+    def clock(self) -> float:
+        """Redis's time: the clock lease deadlines are on."""
         with self.available():
-            ids = self.r.zrangebyscore(self.k.running(), "-inf", now or time.time())
+            seconds, micros = self.r.time()
+        return float(seconds) + micros / 1e6
+
+    def expired_leases(self, now: float | None = None) -> list[int]:
+        now = self.clock() if now is None else now
+        with self.available():
+            ids = self.r.zrangebyscore(self.k.running(), "-inf", now)
         return [int(i) for i in ids]
 
     def claim_expired(self, build_id: int, now: float | None = None) -> bool:
         """Atomically take an expired lease away (exactly one reaper wins)."""
         key = self.k.running()
+        now = self.clock() if now is None else now
         with self.available(), self.r.pipeline() as pipe:
             try:
                 pipe.watch(key)
                 score = pipe.zscore(key, str(build_id))
-                if score is None or score > (now or time.time()):
+                if score is None or score > now:
                     pipe.unwatch()
                     return False
                 pipe.multi()

@@ -210,6 +210,16 @@ def cancel_build(build_id: int) -> Response:
     return resp
 
 
+@bp.post("/builds/<int:build_id>/deploy/<command>")
+def deploy_command(build_id: int, command: str) -> Response:
+    """pause | resume | abort | promote a running canary (or watch) of this build."""
+    who = writer()
+    build = actions.deploy_command(get_runtime(), build_id, command, by=who.name)
+    resp = jsonify({**build_json(build), "command": command})
+    resp.status_code = 202
+    return resp
+
+
 @bp.post("/builds/<int:build_id>/promote")
 def promote_build(build_id: int) -> Response:
     who = writer()

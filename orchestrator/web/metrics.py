@@ -7,7 +7,11 @@ contributes and any web process answers the same numbers.
 - ``mlship_queue_depth``: jobs waiting in the RQ build queue
 - ``mlship_step_duration_seconds{kind}``: gauge histogram over the steps of the most recent builds
 - ``mlship_http_requests_total{method,endpoint,status}`` and ``mlship_http_request_duration_seconds``
+- ``mlship_deploy_analysis_{requests,errors,error_rate,p99_seconds}{repo,environment,side}``: the
+  latest interval a progressive deploy judged (side ``stable`` or ``candidate``), and
+  ``mlship_deploy_analysis_pass{repo,environment,phase}`` (1 passed, 0 failed or too little traffic)
 - ``mlship_redis_used_memory_bytes`` and ``mlship_redis_maxmemory_bytes``: Redis memory against its limit
+- ``mlship_redis_waits_total{result}``: WAITs for replicas (``redis_wait_replicas``): ``total``, ``short``
 - ``mlship_store_up``: 1 when Redis answered this scrape
 """
 
@@ -78,6 +82,42 @@ def _step_histogram(builds: list[Any]) -> GaugeHistogramMetricFamily:
     return fam
 
 
+def _analysis(rows: dict[tuple[str, str], dict[str, Any]]) -> Iterator[Metric]:
+    """The latest analysis interval of each environment (Store.set_analysis)."""
+    labels = ["repo", "environment", "side"]
+    fams = {
+        "requests": GaugeMetricFamily(
+            "mlship_deploy_analysis_requests", "Requests in the latest analysis interval", labels=labels
+        ),
+        "errors": GaugeMetricFamily(
+            "mlship_deploy_analysis_errors", "5xx answers in the latest analysis interval", labels=labels
+        ),
+        "error_rate": GaugeMetricFamily(
+            "mlship_deploy_analysis_error_rate", "5xx share of the latest analysis interval", labels=labels
+        ),
+        "p99_ms": GaugeMetricFamily(
+            "mlship_deploy_analysis_p99_seconds",
+            "p99 server response time at the edge in the latest analysis interval",
+            labels=labels,
+        ),
+    }
+    verdict = GaugeMetricFamily(
+        "mlship_deploy_analysis_pass",
+        "1 if the latest analysis interval passed, else 0",
+        labels=["repo", "environment", "phase"],
+    )
+    for (repo, env), row in sorted(rows.items()):
+        for side in ("stable", "candidate"):
+            numbers = row.get(side) or {}
+            for key, fam in fams.items():
+                value = numbers.get(key)
+                if isinstance(value, (int, float)):
+                    fam.add_metric([repo, env, side], value / 1000 if key == "p99_ms" else value)
+        verdict.add_metric([repo, env, str(row.get("phase", ""))], 1 if row.get("verdict") == "pass" else 0)
+    yield from fams.values()
+    yield verdict
+
+
 class RedisCollector:
     """Reads every metric from the store (and the RQ queue) when Prometheus scrapes."""
 
@@ -127,6 +167,14 @@ class RedisCollector:
             "Redis maxmemory (0: no limit); with noeviction, writes fail past it",
             value=memory["maxmemory"],
         )
+        waits = CounterMetricFamily(
+            "mlship_redis_waits",
+            "WAITs for redis_wait_replicas replicas (total) and those fewer replicas confirmed (short)",
+            labels=["result"],
+        )
+        for result, n in sorted(store.counters("redis_waits").items()):
+            waits.add_metric([result], n)
+        yield waits
         yield GaugeMetricFamily(
             "mlship_queue_depth", "Build jobs waiting in the queue", value=self.rt.queue.count
         )
@@ -141,6 +189,7 @@ class RedisCollector:
                 requests.add_metric(parts, n)
         yield requests
         yield _http_histogram(store.counters("http_duration"))
+        yield from _analysis(store.analyses())
 
 
 def render(rt: Any) -> bytes:

@@ -106,6 +106,12 @@ _SCHEMAS: dict[str, Any] = {
             "pipeline_yaml": {"type": "string"},
             "image": {"type": "string"},
             "digest": {"type": "string"},
+            "model": {
+                "type": "object",
+                "description": "where docker_push published the build's model (an OCI artifact beside the "
+                "image; {} when it wrote none): ref (<registry>/<repo>:model-<number>), manifest (sha256 "
+                "digest, what fetches use), sha256 (the model file), files [{path, sha256, size}]",
+            },
             "error": {"type": "string"},
             "steps": {"type": "array", "items": _ref("Step")},
             "deploys": {"type": "object"},
@@ -409,6 +415,26 @@ def document() -> dict[str, Any]:
                     **_errors(*_WRITE),
                 },
                 params=[_BUILD_ID],
+                write=True,
+            )
+        },
+        "/api/v1/builds/{build_id}/deploy/{command}": {
+            "post": _op(
+                "deployCommand",
+                "Pause, resume, abort (roll back to stable) or promote-now the build's running canary",
+                {
+                    "202": _json(_ref("Build"), "The build; its worker acts within a second"),
+                    **_errors(*_WRITE),
+                },
+                params=[
+                    _BUILD_ID,
+                    {
+                        "name": "command",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": ["pause", "resume", "abort", "promote"]},
+                    },
+                ],
                 write=True,
             )
         },

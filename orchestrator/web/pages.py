@@ -213,9 +213,26 @@ def build_actions(build: Build) -> dict[str, Any]:
     return {
         "rerun": finished,
         "cancel": not finished,
+        "canary": _canary_controls(build),
         "promote": promote_envs,
         "rollback": _deployed_here(build),
     }
+
+
+CONTROLLABLE = ("running", "paused", "watching")
+
+
+def _canary_controls(build: Build) -> list[str]:
+    """The commands that apply to this build's progressive deploy now (none once it finished)."""
+    if build.status.finished:
+        return []
+    for s in build.steps:
+        st = (s.details or {}).get("strategy") or {}
+        state = st.get("state")
+        if state in CONTROLLABLE:
+            pause = "resume" if state == "paused" else "pause"
+            return [pause, "promote", "abort"]
+    return []
 
 
 def _log_lines(build_id: int) -> tuple[list[tuple[str, dict[str, str]]], bool]:
@@ -307,6 +324,13 @@ def promote_form(build_id: int) -> BaseResponse:
     user = _form_user()
     new = actions.promote(get_runtime(), build_id, request.form.get("environment"), by=user.name)
     return _done(new, f"Build #{new.number} promotes build {build_id} to {request.form.get('environment')}.")
+
+
+@bp.post("/builds/<int:build_id>/deploy/<command>")
+def deploy_command_form(build_id: int, command: str) -> BaseResponse:
+    user = _form_user()
+    build = actions.deploy_command(get_runtime(), build_id, command, by=user.name)
+    return _done(build, f"{command.capitalize()} sent; the deploy acts within a second.")
 
 
 @bp.post("/environments/<env>/rollback")

@@ -90,6 +90,7 @@ class DeployEnv:
     port: int = 5000
     health_path: str = "/ready"
     volume_spec: list[str] | None = None  # default: the model volume at /models
+    strategy: dict[str, Any] | None = None  # deploy-qa's strategy: (default: switch)
 
     @property
     def url(self) -> str:
@@ -128,7 +129,10 @@ class DeployEnv:
             "name": "house-price",
             "image": self.image_repository or self.images.repository,
             "steps": [
-                {"name": "deploy-qa", "deploy": {"environment": "qa"}},
+                {
+                    "name": "deploy-qa",
+                    "deploy": {"environment": "qa", **({"strategy": self.strategy} if self.strategy else {})},
+                },
                 {"name": "deploy-prod", "deploy": {"environment": "prod", "promote": "manual"}},
             ],
             "environments": {

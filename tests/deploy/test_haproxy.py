@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.deploy import edge as edge_files
 from orchestrator.deploy import haproxy
 from orchestrator.deploy.edgectl import EdgeControl, servers_from
 from orchestrator.devstack.services import free_port, port_open, wait_for
@@ -201,6 +202,7 @@ def local_edge(tmp_path: Path) -> Iterator[tuple[EdgeControl, int]]:
     cfg = tmp_path / "haproxy.cfg"
     config = haproxy.EdgeConfig("hp", "qa", CHECK, port)
     text = haproxy.render(config, []).replace(haproxy.ADMIN_SOCKET, str(sock))
+    text = text.replace(haproxy.SHADOW_LUA, str(Path(edge_files.__file__).parent / "shadow.lua"))
     text = text.replace(f"bind :{port}", f"bind 127.0.0.1:{port}").replace(
         "bind :8404", f"bind 127.0.0.1:{free_port()}"
     )

@@ -84,7 +84,8 @@ def test_env_keys_are_every_scalar_field() -> None:
             "max_body_bytes", "max_rows_per_page", "lease_seconds", "build_timeout", "delivery_ttl_days",
             "keep_artifacts", "docker_host", "known_hosts", "ssh_key", "github_api_url", "github_token",
             "csrf_secret", "edge_base_image", "retention_days", "retention_builds", "log_retention_days",
-            "max_log_bytes", "redis_maxmemory",
+            "max_log_bytes", "redis_maxmemory", "redis_sentinels", "redis_sentinel_service",
+            "redis_sentinel_password", "redis_wait_replicas", "redis_wait_timeout",
         ]
     )  # fmt: skip
 

@@ -96,13 +96,15 @@ def test_the_worker_keeps_newest_deployed_and_running_builds(redis_url: str, tmp
     assert prune_artifacts(settings, store) == []  # nothing more to do: idempotent
 
 
-def test_deploying_a_pruned_build_says_so_unless_a_host_has_its_model(tmp_path: Path) -> None:
+def test_deploying_a_pruned_build_says_so_unless_a_host_has_its_model(redis_url: str, tmp_path: Path) -> None:
+    store = Store.from_url(redis_url)
+    assert _builds(store, 7)[-1] == 7  # build 7 published no model to the registry (no ``model`` record)
     artifacts.prune(tmp_path, 7, "not among the newest 20 builds (keep_artifacts) and never deployed")
     pipeline = load_pipeline(
         "version: 1\nname: x\nimage: r/x\nsteps:\n  - name: s\n"
         '    docker_run: {image: alpine, command: ["true"]}\n'
     )
-    ctx = SimpleNamespace(pipeline=pipeline, settings=Settings(workspace=tmp_path))
+    ctx = SimpleNamespace(pipeline=pipeline, settings=Settings(workspace=tmp_path), store=store)
     plan = SimpleNamespace(build_id=7, number=7, env_name="prod")
     with pytest.raises(
         DeployError,

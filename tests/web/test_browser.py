@@ -249,3 +249,54 @@ def test_phone_layout_is_readable(browser, live_server, seed):
     assert width <= 390, f"the list scrolls sideways on a phone ({width}px)"
     page.screenshot(path=str(SHOTS / "list-phone.png"))
     context.close()
+
+
+def test_canary_table_and_screenshot(page, seed):
+    """A canary rolled back at its first step, with the numbers of a bench/canary_bench.py run (the
+    bad version, every 10th answer 5xx), as the build page shows it; saved as canary.png."""
+
+    def side(req: int, err: int, p99: float) -> dict[str, object]:
+        return {
+            "requests": req,
+            "errors": err,
+            "p99_ms": p99,
+            "timed": req,
+            "error_rate": round(err / req, 4),
+        }
+
+    why = "error rate 10.34% (6/58) > max_error_rate 2.00%"
+    row = {
+        "phase": "canary 5%",
+        "at": time.time() - 20,
+        "seconds": 5.0,
+        "stable": side(1127, 0, 2.0),
+        "candidate": side(58, 6, 3.0),
+        "verdict": "fail",
+        "reasons": [why],
+    }
+    strategy = {
+        "kind": "canary",
+        "state": "rolled back",
+        "steps": [5, 25, 100],
+        "percent": 5,
+        "intervals": [row],
+        "reason": f"DeployError: canary 5% failed the analysis: {why}",
+    }
+    now = time.time()
+    step = StepRecord(
+        "deploy-prod",
+        "deploy",
+        StepStatus.FAILED,
+        now - 40,
+        now - 12,
+        error=f"canary 5% failed the analysis: {why}",
+        details={"environment": "prod", "outcome": "failed", "strategy": strategy},
+    )
+    b = seed.build("failed", steps=[step], message="Retrain with the new features")
+    page.goto(f"/builds/{b.id}")
+    card = page.locator('[data-strategy="deploy-prod"]')
+    card.wait_for()
+    assert card.locator("tr.interval").count() == 1
+    text = card.inner_text()
+    assert "10.34%" in text and "rolled back" in text and "1127" in text
+    card.screenshot(path=str(SHOTS / "canary.png"))

@@ -34,7 +34,9 @@ from .helpers import (
 
 
 def jobs_in_queue(redis_url: str) -> list:  # type: ignore[type-arg]
-    return Queue("builds", connection=rq_connection(redis_url), serializer=JSONSerializer).jobs
+    return Queue(
+        "builds", connection=rq_connection(Settings(redis_url=redis_url)), serializer=JSONSerializer
+    ).jobs
 
 
 def builds_queued(store, redis_url: str) -> list[int]:  # type: ignore[no-untyped-def]

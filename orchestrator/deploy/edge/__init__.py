@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator.errors import InfrastructureError
 
 HAPROXY_SERIES = "2.6"  # the Dockerfile pins haproxy=2.6.* (Debian bookworm)
-FILES = ("Dockerfile", "entrypoint.sh", "haproxy.cfg")
+FILES = ("Dockerfile", "entrypoint.sh", "haproxy.cfg", "shadow.lua")
 REPOSITORY = "mlship-edge"
 
 
