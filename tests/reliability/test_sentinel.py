@@ -124,7 +124,9 @@ def _settings(bed: SentinelBed, origin: GitOrigin, runs: Path, workspace: Path) 
         repositories={REPO: repo},
         secrets=Secrets(env={"WEBHOOK_SECRET": SECRET}),
         workspace=workspace,
-        lease_seconds=10,
+        # Longer than a worker's renewals can be held up by the failover on a loaded machine (the
+        # ride-out retries, then no replica until the old primary rejoins): docs/reliability.md.
+        lease_seconds=30,
     )
 
 
@@ -284,7 +286,9 @@ def test_a_failover_mid_stream_loses_no_acknowledged_build_and_needs_no_restart(
         for sha, build_id in builds.items():
             b = store.get_build(build_id)
             assert (b.sha, b.status) == (sha, BuildStatus.SUCCESS), (build_id, b.status, b.error)
-            assert store.log_text(build_id).count("ran-once") == 1, build_id
+            # A log line written as the primary died may be appended again by the retry on the new
+            # one (docs/reliability.md); how often the step ran is counted on disk just below.
+            assert store.log_text(build_id).count("ran-once") >= 1, build_id
         ran = Counter(int(x) for x in runs.read_text().split())
         assert ran == Counter(builds.values()), "every acknowledged build ran exactly once, no other ran"
         everything, _ = store.list_builds(limit=10_000)
